@@ -1,0 +1,72 @@
+"""Finding image files under a dataset root and reading publisher CSVs with clear errors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from medssl.errors import MedsslError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
+
+
+def require_dir(root: str | Path, dataset: str) -> Path:
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise MedsslError(f"{dataset}: --root {root} is not a directory")
+    return root
+
+
+def index_images(root: Path, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> dict[str, Path]:
+    """Map file name (with extension) to path for every image anywhere under ``root``.
+
+    Publishers split images over several folders (HAM10000's part_1/part_2, NIH's
+    images_001..012); indexing by name lets adapters ignore that. Hidden files such as
+    ``.DS_Store`` are skipped.
+    """
+    exts = tuple(e.lower() for e in extensions)
+    found: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for fname in filenames:
+            if not fname.startswith(".") and fname.lower().endswith(exts):
+                found.setdefault(fname, Path(dirpath) / fname)
+    return found
+
+
+def read_csv(path: Path, required: Iterable[str], dataset: str) -> pd.DataFrame:
+    """Read a CSV and check it has the columns an adapter needs."""
+    if not path.is_file():
+        raise MedsslError(f"{dataset}: {path} not found")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
+        raise MedsslError(f"{dataset}: cannot parse {path}: {str(exc).splitlines()[0]}") from None
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise MedsslError(
+            f"{dataset}: {path} lacks column(s) {', '.join(missing)} "
+            f"(has: {', '.join(frame.columns[:12])})"
+        )
+    if frame.empty:
+        raise MedsslError(f"{dataset}: {path} has no rows")
+    return frame
+
+
+def resolve_images(
+    names: Iterable[str], index: dict[str, Path], csv_path: Path, dataset: str
+) -> list[str]:
+    """Paths for the image names a CSV lists; a missing file is an error naming its row."""
+    paths: list[str] = []
+    for row, name in enumerate(names):
+        path = index.get(name)
+        if path is None:
+            raise MedsslError(
+                f"{dataset}: image {name} listed in {csv_path} (row {row + 2}) "
+                f"was not found under {csv_path.parent}"
+            )
+        paths.append(str(path))
+    return paths

@@ -1,0 +1,90 @@
+"""Decoding one image file to an RGB uint8 array, whatever its format.
+
+JPEG and PNG go through torchvision's decoders (libjpeg-turbo / libpng, faster than PIL);
+DICOM through pydicom (rescale slope/intercept, windowing when the file has it,
+MONOCHROME1 inverted); anything else through Pillow. Grayscale becomes 3 channels so X-rays
+feed the same RGB backbones as photographs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from medssl.errors import MedsslError
+
+_TORCHVISION_EXTS = (".jpg", ".jpeg", ".png")
+_DICOM_EXTS = (".dcm", ".dicom")
+
+
+def _to_rgb(array: np.ndarray) -> np.ndarray:
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.shape[2] == 1:
+        array = np.repeat(array, 3, axis=2)
+    elif array.shape[2] == 4:
+        array = array[:, :, :3]
+    return np.ascontiguousarray(array)
+
+
+def _scale_to_uint8(values: np.ndarray) -> np.ndarray:
+    values = values.astype(np.float32)
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= lo:
+        return np.zeros(values.shape, dtype=np.uint8)
+    return np.round((values - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def read_dicom(path: str | Path) -> np.ndarray:
+    """A DICOM file's first frame as RGB uint8, with modality LUT and VOI windowing."""
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    ds = pydicom.dcmread(str(path))
+    pixels = ds.pixel_array
+    if getattr(ds, "NumberOfFrames", 1) not in (None, 1) and pixels.ndim >= 3:
+        pixels = pixels[0]
+    if getattr(ds, "PhotometricInterpretation", "") in ("RGB", "YBR_FULL", "YBR_FULL_422"):
+        return _to_rgb(pixels.astype(np.uint8))
+    values = apply_voi_lut(apply_modality_lut(pixels, ds), ds)
+    gray = _scale_to_uint8(np.asarray(values))
+    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
+        gray = 255 - gray
+    return _to_rgb(gray)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Decode ``path`` to an (H, W, 3) uint8 array; a bad file is a one-line MedsslError."""
+    path = str(path)
+    suffix = Path(path).suffix.lower()
+    try:
+        if suffix in _DICOM_EXTS:
+            return read_dicom(path)
+        if suffix in _TORCHVISION_EXTS:
+            from torchvision.io import ImageReadMode, decode_image, read_file
+
+            tensor = decode_image(read_file(path), mode=ImageReadMode.RGB)
+            return tensor.permute(1, 2, 0).numpy()
+        with Image.open(path) as img:
+            array = np.asarray(img.convert("RGB") if img.mode not in ("L", "I;16", "I") else img)
+            if array.dtype != np.uint8:
+                array = _scale_to_uint8(array)
+            return _to_rgb(array)
+    except FileNotFoundError:
+        raise MedsslError(f"image file not found: {path}") from None
+    except (OSError, RuntimeError, ValueError, SyntaxError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MedsslError(f"cannot decode image {path}: {first}") from None
+
+
+def resize_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Shorter side to ``size`` (antialiased), then a centred square crop."""
+    from torchvision.transforms.v2 import functional as F
+
+    tensor = torch.from_numpy(image).permute(2, 0, 1)
+    tensor = F.resize(tensor, size, antialias=True)
+    tensor = F.center_crop(tensor, [size, size])
+    return tensor.permute(1, 2, 0).contiguous().numpy()

@@ -1,0 +1,137 @@
+"""One table that describes any dataset.
+
+A :class:`Manifest` row is one image. Every adapter (HAM10000, NIH, CheXpert, ...) produces
+the same shape, so splits, samplers, the image cache and training never look at a
+publisher's layout again.
+
+Columns of ``table``:
+
+- ``image``: where the pixels are. A file path, or ``"array:<i>"`` when the adapter holds
+  decoded pixels in :attr:`Manifest.pixels` (MedMNIST ``.npz``).
+- ``case_id``: the patient or lesion; the unit of splitting and of MICLe bags.
+- ``source``: the site or acquisition device (for source-held-out shift tests).
+- ``view``: optional acquisition view (PA/AP, ...), empty string when unknown.
+- ``official_split``: the publisher's split when there is one (train/test/valid), else "".
+
+Labels live beside the table in :attr:`Manifest.targets` so that the table stays light:
+``(N,)`` int64 class indices for ``multiclass``, ``(N, K)`` float32 multi-hot with NaN for
+uncertain or missing findings for ``multilabel``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from medssl.errors import MedsslError
+
+Task = Literal["multiclass", "multilabel"]
+COLUMNS = ("image", "case_id", "source", "view", "official_split")
+
+
+@dataclass
+class Manifest:
+    """Images with labels, cases and sources, plus the ordered class or finding names."""
+
+    name: str
+    table: pd.DataFrame
+    targets: np.ndarray
+    class_names: list[str]
+    task: Task
+    pixels: np.ndarray | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        missing = [c for c in COLUMNS if c not in self.table.columns]
+        if missing:
+            raise ValueError(f"manifest table lacks columns {missing}")
+        if len(self.table) == 0:
+            raise MedsslError(f"{self.name}: the dataset has no images")
+        if len(self.targets) != len(self.table):
+            raise ValueError("targets and table differ in length")
+        self.table = self.table.reset_index(drop=True)
+        for col in ("case_id", "source", "view", "official_split"):
+            self.table[col] = self.table[col].fillna("").astype(str)
+        if self.task == "multiclass":
+            self.targets = np.asarray(self.targets, dtype=np.int64)
+            bad = np.flatnonzero((self.targets < 0) | (self.targets >= len(self.class_names)))
+            if bad.size:
+                row = int(bad[0])
+                raise MedsslError(
+                    f"{self.name}: label index {int(self.targets[row])} of image "
+                    f"{self.table.at[row, 'image']} is outside the {len(self.class_names)} classes"
+                )
+        else:
+            self.targets = np.asarray(self.targets, dtype=np.float32)
+            if self.targets.ndim != 2 or self.targets.shape[1] != len(self.class_names):
+                raise ValueError("multilabel targets must be (N, number of findings)")
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def subset(self, indices: np.ndarray | list[int]) -> Manifest:
+        """A manifest of the given rows, in that order (pixels follow when present)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        table = self.table.iloc[idx].reset_index(drop=True)
+        pixels = None
+        if self.pixels is not None:
+            pos = table["image"].str.removeprefix("array:").astype(np.int64).to_numpy()
+            pixels = self.pixels[pos]
+            table["image"] = [f"array:{i}" for i in range(len(table))]
+        return Manifest(
+            name=self.name,
+            table=table,
+            targets=self.targets[idx],
+            class_names=list(self.class_names),
+            task=self.task,
+            pixels=pixels,
+            warnings=list(self.warnings),
+        )
+
+    def case_codes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Integer code of each row's case, and the case ids in code order."""
+        codes, uniques = pd.factorize(self.table["case_id"], sort=True)
+        return codes.astype(np.int64), np.asarray(uniques)
+
+    def class_counts(self) -> dict[str, int]:
+        """Images per class (multiclass) or positive images per finding (multilabel)."""
+        if self.task == "multiclass":
+            counts = np.bincount(self.targets, minlength=self.num_classes)
+        else:
+            counts = np.nansum(self.targets == 1, axis=0)
+        return {name: int(c) for name, c in zip(self.class_names, counts)}
+
+    def stratum(self) -> np.ndarray:
+        """A label per row for stratified splitting.
+
+        Multiclass: the class. Multilabel: the rarest positive finding of the row (or
+        "none"), which keeps rare findings spread over the splits.
+        """
+        if self.task == "multiclass":
+            return self.targets.copy()
+        positive = self.targets == 1
+        prevalence = positive.sum(axis=0)
+        order = np.argsort(prevalence, kind="stable")
+        strata = np.full(len(self), self.num_classes, dtype=np.int64)
+        for k in order[::-1]:
+            strata[positive[:, k]] = k
+        return strata
+
+    def summary(self) -> dict:
+        """Counts that a user checks first: images, cases, bags, classes, sources."""
+        per_case = Counter(self.table["case_id"])
+        return {
+            "images": len(self),
+            "cases": len(per_case),
+            "multi_image_cases": sum(1 for n in per_case.values() if n >= 2),
+            "classes": self.class_counts(),
+            "sources": {k: int(v) for k, v in self.table["source"].value_counts().items()},
+        }

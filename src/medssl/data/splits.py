@@ -1,0 +1,170 @@
+"""Case-level splits, source-held-out shift sets and nested label fractions.
+
+Every function here works on cases, never on images: all images of a patient or lesion
+land in the same split, so no case is ever seen in training and evaluation.
+
+Why not scikit-learn's ``StratifiedGroupKFold``: it yields k equal folds, while the
+protocols need arbitrary fractions (70/10/20) and *nested* label fractions (the 10% subset
+inside the 25% subset). A per-stratum shuffle with largest-remainder allocation gives both
+in a few lines and is exactly reproducible from the seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from medssl.data.manifest import Manifest
+from medssl.errors import MedsslError
+
+DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
+
+#: Canonical in-distribution / shift sources (see DESIGN.md).
+HAM10000_IN_DISTRIBUTION = ("vidir_modern", "vidir_molemax", "vienna_dias")
+HAM10000_SHIFT = ("rosendahl",)
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Row indices of a manifest per split name (train, val, test and optionally shift)."""
+
+    indices: dict[str, np.ndarray]
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self.indices:
+            raise MedsslError(f"no split '{name}' (have: {', '.join(self.indices)})")
+        return self.indices[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.indices
+
+    def names(self) -> list[str]:
+        return list(self.indices)
+
+
+def case_strata(manifest: Manifest) -> tuple[np.ndarray, np.ndarray]:
+    """Case code per row, and one stratum per case (its most common row stratum)."""
+    codes, uniques = manifest.case_codes()
+    row_strata = manifest.stratum()
+    n_strata = int(row_strata.max()) + 1
+    counts = np.zeros((len(uniques), n_strata), dtype=np.int64)
+    np.add.at(counts, (codes, row_strata), 1)
+    return codes, counts.argmax(axis=1)
+
+
+def _allocate(n: int, fractions: list[float]) -> list[int]:
+    """Split n items into len(fractions) parts by largest remainder."""
+    raw = np.asarray(fractions) * n
+    parts = np.floor(raw).astype(int)
+    for i in np.argsort(-(raw - parts), kind="stable")[: n - parts.sum()]:
+        parts[i] += 1
+    return parts.tolist()
+
+
+def split_cases(
+    manifest: Manifest,
+    rows: np.ndarray | None = None,
+    fractions: dict[str, float] | None = None,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Split the given rows (default: all) by case, stratified by label.
+
+    Within each stratum (the case's label), cases are shuffled with ``seed`` and dealt out
+    in proportion to ``fractions``.
+    """
+    fractions = dict(fractions or DEFAULT_FRACTIONS)
+    if any(f < 0 for f in fractions.values()) or not np.isclose(sum(fractions.values()), 1.0):
+        raise MedsslError(f"split fractions must be >= 0 and sum to 1, got {fractions}")
+    rows = np.arange(len(manifest)) if rows is None else np.asarray(rows, dtype=np.int64)
+    codes, strata = case_strata(manifest)
+    cases = np.unique(codes[rows])
+    rng = np.random.default_rng(seed)
+    assigned = np.full(strata.shape[0], -1, dtype=np.int64)
+    for stratum in np.unique(strata[cases]):
+        members = cases[strata[cases] == stratum]
+        members = members[rng.permutation(members.size)]
+        start = 0
+        for split_id, size in enumerate(_allocate(members.size, list(fractions.values()))):
+            assigned[members[start : start + size]] = split_id
+            start += size
+    row_split = assigned[codes[rows]]
+    return {name: rows[row_split == i] for i, name in enumerate(fractions)}
+
+
+def source_mask(manifest: Manifest, sources: tuple[str, ...] | list[str]) -> np.ndarray:
+    """Rows acquired at any of ``sources``; an unknown source name is an error."""
+    present = set(manifest.table["source"])
+    unknown = [s for s in sources if s not in present]
+    if unknown:
+        raise MedsslError(
+            f"{manifest.name}: unknown source(s) {', '.join(unknown)} "
+            f"(have: {', '.join(sorted(present))})"
+        )
+    return manifest.table["source"].isin(list(sources)).to_numpy()
+
+
+def canonical_splits(
+    manifest: Manifest, seed: int = 0, shift_sources: list[str] | None = None
+) -> Splits:
+    """The canonical protocol for a dataset (DESIGN.md), or the generic one.
+
+    - HAM10000: the Vienna sources split 70/10/20 by lesion; shift = every rosendahl image.
+    - Everything else: all rows split 70/10/20 by case (official splits are pooled, since
+      they can leak patients); ``shift_sources`` are held out as the shift split.
+    """
+    if shift_sources is None and manifest.name == "ham10000":
+        shift_sources = list(HAM10000_SHIFT)
+    all_rows = np.arange(len(manifest))
+    if shift_sources:
+        shift = source_mask(manifest, shift_sources)
+        # a case seen at a shift source is held out entirely, even if imaged elsewhere too
+        codes, _ = manifest.case_codes()
+        shift = np.isin(codes, np.unique(codes[shift]))
+        parts = split_cases(manifest, all_rows[~shift], seed=seed)
+        parts["shift"] = all_rows[shift]
+    else:
+        parts = split_cases(manifest, all_rows, seed=seed)
+    return Splits(parts)
+
+
+def cases_shared_between_splits(manifest: Manifest, splits: Splits) -> int:
+    """How many cases appear in more than one split (0 for a leak-free split)."""
+    codes, _ = manifest.case_codes()
+    seen = np.zeros(codes.max() + 1, dtype=np.int64)
+    for rows in splits.indices.values():
+        seen[np.unique(codes[rows])] += 1
+    return int((seen > 1).sum())
+
+
+def official_split_overlap(manifest: Manifest) -> int:
+    """Cases that the publisher's own split puts in more than one of its splits."""
+    has_official = manifest.table["official_split"] != ""
+    per_case = manifest.table[has_official].groupby("case_id")["official_split"].nunique()
+    return int((per_case > 1).sum())
+
+
+def label_fraction(
+    manifest: Manifest, train_rows: np.ndarray, fraction: float, seed: int = 0
+) -> np.ndarray:
+    """Rows of the cases kept when only ``fraction`` of the training cases are labeled.
+
+    Nested by construction: for one seed, each stratum's cases are put in one random order
+    and a fraction keeps a prefix of it, so the 10% cases are inside the 25% cases, which
+    are inside 100%. Every stratum keeps at least one case when ``fraction > 0``.
+    """
+    if not 0 < fraction <= 1:
+        raise MedsslError(f"--label-fraction must be in (0, 1], got {fraction}")
+    train_rows = np.asarray(train_rows, dtype=np.int64)
+    if fraction == 1:
+        return train_rows
+    codes, strata = case_strata(manifest)
+    cases = np.unique(codes[train_rows])
+    rng = np.random.default_rng([seed, 7919])
+    keep: list[np.ndarray] = []
+    for stratum in np.unique(strata[cases]):
+        members = cases[strata[cases] == stratum]
+        members = members[rng.permutation(members.size)]
+        keep.append(members[: max(1, int(round(fraction * members.size)))])
+    kept = np.isin(codes[train_rows], np.concatenate(keep))
+    return train_rows[kept]
