@@ -2,7 +2,7 @@
 
 SSL runs hundreds of epochs over the same images; decoding JPEG/PNG/DICOM each time would
 dominate a CPU run. The first use of a manifest at a size decodes all images in parallel
-threads (torchvision's decoders release the GIL), resizes them (shorter side, centre crop)
+threads (Pillow releases the GIL while decoding), resizes them (shorter side, centre crop)
 and stores an ``(N, S, S, 3)`` uint8 ``.npy`` under the cache directory; later runs
 memory-map it. The key covers each file's path, size and modification time, so an edited
 dataset is decoded again.
@@ -52,7 +52,7 @@ def _decode_one(manifest: Manifest, row: int, size: int) -> np.ndarray:
         if array.shape[2] == 1:
             array = np.repeat(array, 3, axis=2)
     else:
-        array = read_image(image)
+        array = read_image(image, min_side=size)
     return resize_square(array, size)
 
 

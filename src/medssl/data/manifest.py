@@ -107,7 +107,7 @@ class Manifest:
             counts = np.bincount(self.targets, minlength=self.num_classes)
         else:
             counts = np.nansum(self.targets == 1, axis=0)
-        return {name: int(c) for name, c in zip(self.class_names, counts)}
+        return {name: int(c) for name, c in zip(self.class_names, counts, strict=True)}
 
     def stratum(self) -> np.ndarray:
         """A label per row for stratified splitting.

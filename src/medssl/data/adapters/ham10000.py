@@ -38,7 +38,7 @@ def load_ham10000(root: str | Path) -> Manifest:
         {
             "image": resolve_images(names, index, csv_path, "ham10000"),
             "case_id": frame["lesion_id"],
-            "source": frame["dataset"] if "dataset" in frame else "",
+            "source": frame.get("dataset", ""),
             "view": "",
             "official_split": "",
         }

@@ -50,7 +50,7 @@ def load_nih(root: str | Path) -> Manifest:
             "image": resolve_images(frame["Image Index"], index, csv_path, "nih"),
             "case_id": frame["Patient ID"],
             "source": "nih",
-            "view": frame["View Position"] if "View Position" in frame else "",
+            "view": frame.get("View Position", ""),
             "official_split": "",
         }
     )

@@ -79,4 +79,3 @@ def load_pneumonia(root: str | Path, subtypes: bool = False) -> Manifest:
             "patients, so medssl pools the folders and re-splits by case"
         )
     return manifest
-

@@ -1,0 +1,141 @@
+"""Augmentation presets for contrastive views and for fine-tuning.
+
+Presets (Azizi et al. 2021, following SimCLR):
+
+- ``derm``: SimCLR's default set: random resized crop, horizontal flip, colour jitter of
+  strength 1.0 applied with p=0.8, random grayscale p=0.2, Gaussian blur p=0.5.
+- ``cxr``: random crop, colour jitter of strength 0.5, rotation up to 45 degrees and
+  horizontal flip; **no Gaussian blur** (and no grayscale: X-rays are grey already).
+
+Every field of :class:`AugmentConfig` can be overridden (``--aug key=value`` on the CLI or
+an ``augment:`` block in a config file). The CPU path builds torchvision v2 transforms that
+run per sample in DataLoader workers; :mod:`medssl.gpu_augment` builds the same family on
+whole batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torchvision.transforms import v2
+
+from medssl.errors import MedsslError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Parameters of one view's random transform."""
+
+    crop_scale_min: float = 0.08
+    crop_scale_max: float = 1.0
+    hflip_p: float = 0.5
+    jitter_strength: float = 1.0
+    jitter_p: float = 0.8
+    grayscale_p: float = 0.2
+    blur_p: float = 0.5
+    blur_sigma_min: float = 0.1
+    blur_sigma_max: float = 2.0
+    rotation_degrees: float = 0.0
+
+    def with_overrides(self, overrides: dict[str, Any] | None) -> AugmentConfig:
+        """A copy with ``overrides`` applied; unknown keys are an error naming them."""
+        if not overrides:
+            return self
+        fields = {f.name: f.type for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - set(fields))
+        if unknown:
+            raise MedsslError(
+                f"unknown augmentation option(s) {', '.join(unknown)} (valid: {', '.join(fields)})"
+            )
+        try:
+            values = {k: float(v) for k, v in overrides.items()}
+        except (TypeError, ValueError):
+            raise MedsslError(f"augmentation options must be numbers, got {overrides}") from None
+        return dataclasses.replace(self, **values)
+
+
+PRESETS: dict[str, AugmentConfig] = {
+    "derm": AugmentConfig(),
+    "cxr": AugmentConfig(jitter_strength=0.5, grayscale_p=0.0, blur_p=0.0, rotation_degrees=45.0),
+}
+
+#: Which preset a dataset uses by default.
+DATASET_PRESET = {"nih": "cxr", "chexpert": "cxr", "pneumonia": "cxr"}
+
+
+def preset(name: str, overrides: dict[str, Any] | None = None) -> AugmentConfig:
+    if name not in PRESETS:
+        raise MedsslError(f"--augment {name!r} is not one of {', '.join(PRESETS)}")
+    return PRESETS[name].with_overrides(overrides)
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, float]:
+    """``["blur_p=0", "rotation_degrees=30"]`` -> dict; a malformed item names itself."""
+    result: dict[str, float] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise MedsslError(f"--aug {item!r}: expected key=value")
+        try:
+            result[key.strip()] = float(value)
+        except ValueError:
+            raise MedsslError(f"--aug {item!r}: value is not a number") from None
+    return result
+
+
+def blur_kernel_size(image_size: int) -> int:
+    """SimCLR's kernel: 10% of the image side, odd, at least 3."""
+    k = max(3, int(round(0.1 * image_size)))
+    return k if k % 2 else k + 1
+
+
+def _normalize() -> list[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+
+
+def view_transform(config: AugmentConfig, image_size: int) -> v2.Compose:
+    """One contrastive view: uint8 CHW tensor in, normalised float CHW tensor out."""
+    s = config.jitter_strength
+    steps: list[v2.Transform] = []
+    if config.rotation_degrees > 0:
+        steps.append(v2.RandomRotation(config.rotation_degrees))
+    steps += [
+        v2.RandomResizedCrop(
+            image_size, scale=(config.crop_scale_min, config.crop_scale_max), antialias=True
+        ),
+        v2.RandomHorizontalFlip(config.hflip_p),
+    ]
+    if s > 0 and config.jitter_p > 0:
+        jitter = v2.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)
+        steps.append(v2.RandomApply([jitter], p=config.jitter_p))
+    if config.grayscale_p > 0:
+        steps.append(v2.RandomGrayscale(config.grayscale_p))
+    if config.blur_p > 0:
+        blur = v2.GaussianBlur(
+            blur_kernel_size(image_size), sigma=(config.blur_sigma_min, config.blur_sigma_max)
+        )
+        steps.append(v2.RandomApply([blur], p=config.blur_p))
+    return v2.Compose(steps + _normalize())
+
+
+def finetune_transform(image_size: int, rotation_degrees: float = 0.0) -> v2.Compose:
+    """Light supervised augmentation: crop (scale 0.5-1), flip, optional rotation."""
+    steps: list[v2.Transform] = []
+    if rotation_degrees > 0:
+        steps.append(v2.RandomRotation(rotation_degrees))
+    steps += [
+        v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(),
+    ]
+    return v2.Compose(steps + _normalize())
+
+
+def eval_transform() -> v2.Compose:
+    """Evaluation: the cached image as is (already resized and centre-cropped)."""
+    return v2.Compose(_normalize())

@@ -1,0 +1,541 @@
+"""Evaluation metrics on plain numpy arrays: point estimates and case-level bootstrap CIs.
+
+Nothing here knows about models. Callers pass predicted probabilities and ground truth:
+
+* multiclass (e.g. dermatology conditions): ``probs`` (N, C), integer ``labels`` (N,);
+* multilabel (e.g. chest X-ray findings): ``probs`` (N, K), float ``targets`` (N, K) with
+  1 = positive, 0 = negative and NaN = missing/uncertain (excluded for that finding only).
+
+Confidence intervals resample *cases* (patients), not images: a patient usually contributes
+several images whose errors are correlated, so an image-level bootstrap would give intervals
+that are too narrow (Azizi et al. 2021 report case-level intervals for the same reason).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from scipy.stats import rankdata
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
+
+from medssl.errors import MedsslError
+
+__all__ = [
+    "CHEXPERT_FIVE",
+    "bootstrap_ci",
+    "evaluate_predictions",
+    "load_class_mapping",
+    "map_classes",
+    "multiclass_metrics",
+    "multilabel_metrics",
+]
+
+#: The five CheXpert competition findings, with NIH ChestX-ray14-style names. Their mean AUC
+#: is the headline chest X-ray number in the paper.
+CHEXPERT_FIVE: list[str] = ["Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Effusion"]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _check_names(names: Sequence[str], expected: int, what: str) -> list[str]:
+    names = [str(n) for n in names]
+    if len(names) != expected:
+        raise MedsslError(f"{len(names)} {what} names given but the predictions have "
+                          f"{expected} columns")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise MedsslError(f"duplicate {what} names: {', '.join(dup)}")
+    return names
+
+
+def _check_probs(probs: np.ndarray) -> np.ndarray:
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2:
+        raise MedsslError(f"probabilities must be a 2-D array (rows, classes), got shape "
+                          f"{probs.shape}")
+    if probs.shape[0] == 0:
+        raise MedsslError("no predictions to evaluate (0 rows)")
+    if not np.all(np.isfinite(probs)):
+        raise MedsslError("probabilities contain NaN or infinite values")
+    return probs
+
+
+def _check_labels(labels: np.ndarray, n_rows: int, n_classes: int) -> np.ndarray:
+    raw = np.asarray(labels)
+    if raw.ndim != 1 or raw.shape[0] != n_rows:
+        raise MedsslError(f"labels must have shape ({n_rows},), got {raw.shape}")
+    if raw.dtype.kind == "f":
+        if not np.all(np.isfinite(raw)) or not np.all(raw == np.round(raw)):
+            raise MedsslError("labels must be integer class indices")
+    elif raw.dtype.kind not in "iub":
+        raise MedsslError(f"labels must be integer class indices, got dtype {raw.dtype}")
+    out = raw.astype(np.int64)
+    bad = out[(out < 0) | (out >= n_classes)]
+    if bad.size:
+        raise MedsslError(f"label {int(bad[0])} is outside the {n_classes} classes "
+                          f"(valid: 0..{n_classes - 1})")
+    return out
+
+
+def _check_targets(targets: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    targets = np.asarray(targets, dtype=np.float64)
+    if targets.shape != shape:
+        raise MedsslError(f"targets must have the same shape as the probabilities {shape}, "
+                          f"got {targets.shape}")
+    known = targets[~np.isnan(targets)]
+    bad = known[(known != 0.0) & (known != 1.0)]
+    if bad.size:
+        # e.g. CheXpert's -1 "uncertain": it must be turned into NaN (or 0/1) upstream,
+        # silently treating it as negative would bias every AUC.
+        raise MedsslError(f"targets must be 0, 1 or NaN (missing/uncertain), found {bad[0]:g}")
+    return targets
+
+
+def _resolve_mean_over(mean_over: Sequence[str] | None, names: list[str]) -> list[str] | None:
+    """The findings to average for ``auc_mean_selected`` (None: not applicable).
+
+    Without an explicit list the CheXpert five are used when the dataset has them all, so a
+    non-chest multilabel dataset does not fail just because it lacks chest findings.
+    """
+    if mean_over is None:
+        return list(CHEXPERT_FIVE) if all(n in names for n in CHEXPERT_FIVE) else None
+    if isinstance(mean_over, str):
+        mean_over = [mean_over]
+    selected = list(dict.fromkeys(str(n) for n in mean_over))
+    if not selected:
+        raise MedsslError("mean_over is empty: name at least one finding")
+    unknown = [n for n in selected if n not in names]
+    if unknown:
+        raise MedsslError(f"mean_over names unknown finding(s) {', '.join(unknown)}; "
+                          f"available: {', '.join(names)}")
+    return selected
+
+
+# --------------------------------------------------------------------------- point metrics
+
+
+def multiclass_metrics(
+    probs: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
+) -> dict[str, Any]:
+    """Top-1 accuracy, balanced accuracy and one-vs-rest AUCs of a multiclass classifier.
+
+    The AUC of class ``c`` is the binary ROC AUC of ``probs[:, c]`` for ``labels == c``;
+    computing it per class (instead of sklearn's multiclass mode) keeps it defined when some
+    classes are absent from ``labels`` and does not require rows to sum to 1. Classes that
+    are absent (or are the only class present) get ``None`` and are listed in
+    ``auc_skipped_classes``; ``auc_macro`` is the mean over the others (None if none).
+    Balanced accuracy is the mean recall over the classes present in ``labels``.
+    """
+    probs = _check_probs(probs)
+    n, c = probs.shape
+    names = _check_names(class_names, c, "class")
+    labels = _check_labels(labels, n, c)
+
+    preds = probs.argmax(axis=1)
+    with warnings.catch_warnings():
+        # "y_pred contains classes not in y_true": expected when a class is missing.
+        warnings.simplefilter("ignore")
+        bal = float(balanced_accuracy_score(labels, preds))
+
+    per_class: dict[str, float | None] = {}
+    skipped: list[str] = []
+    for k, name in enumerate(names):
+        y = labels == k
+        if y.all() or not y.any():
+            per_class[name] = None
+            skipped.append(name)
+        else:
+            per_class[name] = float(roc_auc_score(y, probs[:, k]))
+    values = [v for v in per_class.values() if v is not None]
+    return {
+        "n": int(n),
+        "accuracy": float(accuracy_score(labels, preds)),
+        "balanced_accuracy": bal,
+        "auc_macro": float(np.mean(values)) if values else None,
+        "auc_per_class": per_class,
+        "auc_skipped_classes": skipped,
+    }
+
+
+def multilabel_metrics(
+    probs: np.ndarray,
+    targets: np.ndarray,
+    finding_names: Sequence[str],
+    mean_over: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Per-finding ROC AUCs of a multilabel classifier, ignoring NaN targets per finding.
+
+    A finding needs at least one positive and one negative among its non-NaN rows, else its
+    AUC is None and it is listed in ``auc_skipped_findings``. ``auc_macro`` averages all
+    evaluable findings. ``auc_mean_selected`` averages the findings in ``mean_over``
+    (default :data:`CHEXPERT_FIVE` when all five exist, else not computed); it is None when
+    any selected finding is not evaluable, because a mean over a silently smaller set is
+    not comparable with published numbers.
+    """
+    probs = _check_probs(probs)
+    n, k = probs.shape
+    names = _check_names(finding_names, k, "finding")
+    targets = _check_targets(targets, (n, k))
+    selected = _resolve_mean_over(mean_over, names)
+
+    per_finding: dict[str, float | None] = {}
+    n_labelled: dict[str, int] = {}
+    skipped: list[str] = []
+    for j, name in enumerate(names):
+        known = ~np.isnan(targets[:, j])
+        y = targets[known, j] == 1.0
+        n_labelled[name] = int(known.sum())
+        if y.all() or not y.any():
+            per_finding[name] = None
+            skipped.append(name)
+        else:
+            per_finding[name] = float(roc_auc_score(y, probs[known, j]))
+    values = [v for v in per_finding.values() if v is not None]
+    mean_sel: float | None = None
+    if selected is not None and all(per_finding[s] is not None for s in selected):
+        mean_sel = float(np.mean([per_finding[s] for s in selected]))
+    return {
+        "n": int(n),
+        "auc_macro": float(np.mean(values)) if values else None,
+        "auc_mean_selected": mean_sel,
+        "mean_over": selected,
+        "auc_per_finding": per_finding,
+        "auc_skipped_findings": skipped,
+        "n_labelled_per_finding": n_labelled,
+    }
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+class _CaseLayout:
+    """Rows grouped by case in CSR form: case ``i`` owns ``order[offsets[i]:offsets[i+1]]``."""
+
+    def __init__(self, case_ids: np.ndarray) -> None:
+        ids = np.asarray(case_ids)
+        if ids.ndim != 1 or ids.shape[0] == 0:
+            raise MedsslError(f"case_ids must be a non-empty 1-D array, got shape {ids.shape}")
+        if ids.dtype == object:
+            ids = ids.astype(str)
+        _, inverse = np.unique(ids, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        self.order = np.argsort(inverse, kind="stable")
+        self.counts = np.bincount(inverse)
+        self.offsets = np.concatenate([[0], np.cumsum(self.counts)])
+        self.n_cases = int(self.counts.shape[0])
+        self.n_rows = int(ids.shape[0])
+
+    def resample(self, rng: np.random.Generator) -> np.ndarray:
+        """Row indices of one bootstrap resample: ``n_cases`` cases drawn with replacement,
+        each bringing all of its rows (twice if drawn twice)."""
+        draws = rng.integers(0, self.n_cases, size=self.n_cases)
+        lens = self.counts[draws]
+        # Position p of the output lies in segment s; it maps to order[offsets[s] + p - out_s]
+        # where out_s is where segment s starts in the output.
+        out_start = np.cumsum(lens) - lens
+        shift = np.repeat(self.offsets[draws] - out_start, lens)
+        return self.order[shift + np.arange(int(lens.sum()))]
+
+
+def _check_boot_args(n_boot: int, alpha: float) -> None:
+    if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 1:
+        raise MedsslError(f"n_boot must be a positive integer, got {n_boot!r}")
+    if not 0.0 < float(alpha) < 1.0:
+        raise MedsslError(f"alpha must be between 0 and 1, got {alpha!r}")
+
+
+def _as_value(v: object) -> float:
+    """A metric value as float, NaN for 'undefined' (None or NaN)."""
+    if v is None:
+        return math.nan
+    f = float(v)  # type: ignore[arg-type]
+    return f if math.isfinite(f) else math.nan
+
+
+def _interval(values: np.ndarray, alpha: float) -> tuple[float, float]:
+    ok = values[~np.isnan(values)]
+    # Dropping undefined resamples biases the rest; past half dropped the CI means little.
+    if ok.size == 0 or 2 * ok.size < values.size:
+        return (math.nan, math.nan)
+    lo, hi = np.percentile(ok, [100.0 * alpha / 2.0, 100.0 * (1.0 - alpha / 2.0)])
+    return (float(lo), float(hi))
+
+
+def _bootstrap_many(
+    metrics_fn: Callable[[np.ndarray], Mapping[str, object]],
+    names: Sequence[str],
+    layout: _CaseLayout,
+    n_boot: int,
+    seed: int,
+    alpha: float,
+) -> dict[str, tuple[float, float]]:
+    """Several metrics over the same resamples (one call of ``metrics_fn`` per resample).
+
+    Uses the same random stream as :func:`bootstrap_ci`, so with equal seeds each metric's
+    interval is exactly what ``bootstrap_ci`` would give for it alone.
+    """
+    _check_boot_args(n_boot, alpha)
+    rng = np.random.default_rng(seed)
+    values = np.full((len(names), int(n_boot)), np.nan)
+    for b in range(int(n_boot)):
+        out = metrics_fn(layout.resample(rng))
+        for i, name in enumerate(names):
+            values[i, b] = _as_value(out[name])
+    return {name: _interval(values[i], alpha) for i, name in enumerate(names)}
+
+
+def bootstrap_ci(
+    metric_fn: Callable[[np.ndarray], float | None],
+    case_ids: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[float, float]:
+    """Percentile ``1 - alpha`` confidence interval of a metric by case-level bootstrap.
+
+    Each resample draws as many cases as there are, with replacement; every drawn case
+    brings all its rows (rows of a case drawn twice appear twice). ``metric_fn`` gets the
+    row indices (into the arrays ``case_ids`` describes) and returns the metric, or
+    None/NaN when it is undefined on that resample (e.g. only one class drawn); such
+    resamples are dropped, and if more than half are dropped the result is ``(nan, nan)``.
+    """
+    key = "metric"
+    layout = _CaseLayout(case_ids)
+    ci = _bootstrap_many(lambda rows: {key: metric_fn(rows)}, [key], layout, n_boot, seed,
+                         alpha)
+    return ci[key]
+
+
+# ------------------------------------------------- fast metrics for the bootstrap loop
+# sklearn's per-call input validation dominates when called thousands of times; these
+# compute the same numbers (checked against sklearn in the tests) from pre-validated arrays.
+
+
+def _auc_from_ranks(ranks: np.ndarray, y: np.ndarray) -> float | None:
+    """Mann-Whitney AUC; ``ranks`` are average ranks (ties share), equal to the ROC AUC."""
+    n_pos = int(y.sum())
+    n_neg = y.shape[0] - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def _fast_multiclass(
+    probs: np.ndarray, labels: np.ndarray, preds: np.ndarray, rows: np.ndarray
+) -> dict[str, float | None]:
+    n_classes = probs.shape[1]
+    lab = labels[rows]
+    correct = preds[rows] == lab
+    counts = np.bincount(lab, minlength=n_classes)
+    hits = np.bincount(lab, weights=correct, minlength=n_classes)
+    present = counts > 0
+    ranks = rankdata(probs[rows], axis=0)
+    aucs = [_auc_from_ranks(ranks[:, c], lab == c) for c in range(n_classes)]
+    values = [a for a in aucs if a is not None]
+    return {
+        "accuracy": float(correct.mean()),
+        "balanced_accuracy": float(np.mean(hits[present] / counts[present])),
+        "auc_macro": float(np.mean(values)) if values else None,
+    }
+
+
+def _fast_multilabel(
+    probs: np.ndarray, targets: np.ndarray, selected_idx: list[int] | None, rows: np.ndarray
+) -> dict[str, float | None]:
+    p = probs[rows]
+    t = targets[rows]
+    aucs: list[float | None] = []
+    for j in range(p.shape[1]):
+        known = ~np.isnan(t[:, j])
+        aucs.append(_auc_from_ranks(rankdata(p[known, j]), t[known, j] == 1.0))
+    values = [a for a in aucs if a is not None]
+    mean_sel: float | None = None
+    if selected_idx is not None:
+        sel = [aucs[j] for j in selected_idx]
+        if all(a is not None for a in sel):
+            mean_sel = float(np.mean(sel))
+    return {"auc_macro": float(np.mean(values)) if values else None,
+            "auc_mean_selected": mean_sel}
+
+
+def _jsonable(v: Any) -> Any:
+    """Plain Python types only; NaN becomes None (strict JSON has no NaN)."""
+    if isinstance(v, Mapping):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        return f if math.isfinite(f) else None
+    return v
+
+
+def evaluate_predictions(
+    probs: np.ndarray,
+    targets: np.ndarray,
+    task: Literal["multiclass", "multilabel"],
+    class_names: Sequence[str],
+    case_ids: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    mean_over: Sequence[str] | None = None,
+    alpha: float = 0.05,
+) -> dict[str, Any]:
+    """Point metrics plus case-level bootstrap CIs, as a JSON-serialisable dict.
+
+    ``targets`` are integer labels (N,) for ``multiclass`` and a float (N, K) matrix with
+    NaN for missing for ``multilabel``. ``ci`` maps metric name to ``[lo, hi]`` (None where
+    undefined) for accuracy, balanced_accuracy and auc_macro (multiclass) or auc_macro and
+    auc_mean_selected (multilabel). All metrics share the same resamples.
+    """
+    probs = _check_probs(probs)
+    n = probs.shape[0]
+    case_arr = np.asarray(case_ids)
+    if case_arr.ndim != 1 or case_arr.shape[0] != n:
+        raise MedsslError(f"case_ids must have one entry per prediction row ({n}), got shape "
+                          f"{case_arr.shape}")
+    fn: Callable[[np.ndarray], Mapping[str, object]]
+    if task == "multiclass":
+        point = multiclass_metrics(probs, targets, class_names)
+        labels = _check_labels(targets, n, probs.shape[1])
+        preds = probs.argmax(axis=1)
+        ci_names = ["accuracy", "balanced_accuracy", "auc_macro"]
+
+        def fn(rows: np.ndarray) -> Mapping[str, object]:
+            return _fast_multiclass(probs, labels, preds, rows)
+    elif task == "multilabel":
+        point = multilabel_metrics(probs, targets, class_names, mean_over)
+        tgt = _check_targets(targets, probs.shape)
+        names = [str(x) for x in class_names]
+        selected = point["mean_over"]
+        sel_idx = None if selected is None else [names.index(s) for s in selected]
+        ci_names = ["auc_macro", "auc_mean_selected"]
+
+        def fn(rows: np.ndarray) -> Mapping[str, object]:
+            return _fast_multilabel(probs, tgt, sel_idx, rows)
+    else:
+        raise MedsslError(f"task must be 'multiclass' or 'multilabel', got {task!r}")
+
+    layout = _CaseLayout(case_arr)
+    ci = _bootstrap_many(fn, ci_names, layout, n_boot, seed, alpha)
+    out = dict(point)
+    out.update({
+        "task": task,
+        "n_cases": layout.n_cases,
+        "n_boot": int(n_boot),
+        "seed": int(seed),
+        "alpha": float(alpha),
+        "ci": {name: list(ci[name]) for name in ci_names},
+    })
+    return _jsonable(out)
+
+
+# --------------------------------------------------------------------------- class mapping
+
+
+def map_classes(
+    labels: np.ndarray,
+    source_names: Sequence[str],
+    mapping: Mapping[str, str | None],
+    target_names: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Translate an external dataset's labels into a model's class indices.
+
+    ``labels`` index ``source_names`` (the dataset's classes); ``mapping`` sends a source
+    class name to one of ``target_names`` (the model's classes) or to None. Rows of source
+    classes mapped to None, or absent from ``mapping``, are excluded.
+
+    Returns ``(mapped, keep, report)``: ``mapped`` has one entry per input row, the model
+    class index, or -1 where excluded (use ``mapped[keep]``); ``keep`` is the boolean mask;
+    ``report["unmapped"]`` counts excluded rows per unmapped source class.
+    """
+    source = [str(s) for s in source_names]
+    target = [str(t) for t in target_names]
+    for what, names in (("source", source), ("target", target)):
+        dup = sorted({x for x in names if names.count(x) > 1})
+        if dup:
+            raise MedsslError(f"duplicate {what} class names: {', '.join(dup)}")
+    extra = [k for k in mapping if k not in source]
+    if extra:
+        raise MedsslError(f"class mapping names unknown source class(es) "
+                          f"{', '.join(map(str, extra))}; dataset classes: {', '.join(source)}")
+    for src, dst in mapping.items():
+        if dst is not None and dst not in target:
+            raise MedsslError(f"class mapping sends {src!r} to {dst!r}, which is not a model "
+                              f"class; model classes: {', '.join(target)}")
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise MedsslError(f"labels must be 1-D, got shape {labels.shape}")
+    labels = _check_labels(labels, labels.shape[0], len(source))
+
+    lookup = np.array([-1 if mapping.get(s) is None else target.index(mapping[s])  # type: ignore[arg-type]
+                       for s in source], dtype=np.int64)
+    mapped = lookup[labels]
+    keep = mapped >= 0
+    counts = np.bincount(labels, minlength=len(source))
+    unmapped_names = [s for s in source if s in mapping and mapping[s] is None]
+    if labels.size and not keep.any():
+        raise MedsslError("class mapping excludes every row: no source class maps to a model "
+                          "class that occurs in the data")
+    used_targets = {mapping[s] for s in source if mapping.get(s) is not None}
+    report = {
+        "n_rows": int(labels.shape[0]),
+        "n_kept": int(keep.sum()),
+        "n_excluded": int((~keep).sum()),
+        "unmapped": {s: int(counts[source.index(s)]) for s in unmapped_names},
+        "not_in_mapping": [s for s in source if s not in mapping],
+        "model_classes_without_source": [t for t in target if t not in used_targets],
+    }
+    return mapped, keep, report
+
+
+def load_class_mapping(path: str | Path) -> dict[str, str | None]:
+    """Read ``{"source class": "model class" or null}`` from a JSON or YAML file.
+
+    ``.json`` files are parsed as JSON, anything else as YAML (which also accepts JSON).
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise MedsslError(f"cannot read class mapping {p}: {e.strerror or e}") from None
+    if p.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise MedsslError(f"class mapping {p} is not valid JSON: {e.msg} at line {e.lineno}"
+                              ) from None
+    else:
+        try:
+            import yaml
+        except ImportError:
+            raise MedsslError(f"reading YAML class mapping {p} needs PyYAML "
+                              "(pip install pyyaml), or use a .json file") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            msg = " ".join(str(e).split())
+            raise MedsslError(f"class mapping {p} is not valid YAML: {msg}") from None
+    if not isinstance(data, dict):
+        raise MedsslError(f"class mapping {p} must be a mapping of source class to model "
+                          f"class (or null), got {type(data).__name__}")
+    out: dict[str, str | None] = {}
+    for k, v in data.items():
+        if not isinstance(k, str):
+            raise MedsslError(f"class mapping {p}: key {k!r} is not a class name (quote it)")
+        if v is not None and not isinstance(v, str):
+            raise MedsslError(f"class mapping {p}: value for {k!r} must be a class name or "
+                              f"null, got {v!r}")
+        out[k] = v
+    return out

@@ -1,0 +1,116 @@
+"""ResNet backbones, including SimCLR's width-multiplied ResNets.
+
+Every backbone is a :class:`torchvision.models.resnet.ResNet` whose ``fc`` is an
+``nn.Identity``, so its state dict keeps torchvision's key layout (``conv1``, ``bn1``,
+``layer1`` .. ``layer4``) and ImageNet/SimCLR checkpoints converted to that layout load as is.
+
+Width multiplier: SimCLR's "ResNet-50 (2x/4x)" multiplies the channels of *every* layer by k,
+the stem included (stem 64k, bottleneck inner widths 64k..512k, outputs 256k..2048k).
+torchvision's ``width_per_group`` (``wide_resnet50_2``) only widens the bottleneck's inner
+3x3 conv and is a different network, so it is not used here.
+
+``small_images=True`` swaps the stem for a CIFAR-style one (3x3 stride-1 conv, no max-pool),
+for inputs of about 64 px or less. ``conv1.weight`` then has shape ``[64k, 3, 3, 3]`` instead
+of ``[64k, 3, 7, 7]``: a checkpoint made with the ImageNet stem does not fit it, and
+:func:`medssl.models.checkpoint.load_into_backbone` refuses it unless told to drop ``conv1``
+(``drop_mismatched_conv1=True``, which keeps the model's freshly initialised ``conv1``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+from torchvision.models import resnet as tv_resnet
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from medssl.errors import MedsslError
+
+__all__ = ["BACKBONES", "WidthMultipliedResNet", "build_backbone", "build_resnet"]
+
+
+class WidthMultipliedResNet(ResNet):
+    """torchvision's ResNet with every layer's channel count multiplied by ``width``.
+
+    Module names and structure are torchvision's; only channel counts change. With
+    ``width=1`` it is the same network (and parameter count) as torchvision's builder.
+    """
+
+    def __init__(
+        self,
+        block: type[BasicBlock | Bottleneck],
+        layers: list[int],
+        width: int = 1,
+        num_classes: int = 1000,
+        **kwargs: Any,
+    ) -> None:
+        if width < 1:
+            raise ValueError(f"width must be >= 1, got {width}")
+        # Read by _make_layer while ResNet.__init__ runs, so it must exist before that call.
+        self.width = width
+        super().__init__(block, layers, num_classes=num_classes, **kwargs)
+        # ResNet.__init__ built the stem and fc at width 1: rebuild them at width k.
+        stem = 64 * width
+        self.conv1 = nn.Conv2d(3, stem, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = self._norm_layer(stem)
+        self.fc = nn.Linear(512 * block.expansion * width, num_classes)
+        nn.init.kaiming_normal_(self.conv1.weight, mode="fan_out", nonlinearity="relu")
+
+    def _make_layer(
+        self,
+        block: type[BasicBlock | Bottleneck],
+        planes: int,
+        blocks: int,
+        stride: int = 1,
+        dilate: bool = False,
+    ) -> nn.Sequential:
+        if planes == 64:
+            # layer1 is always built first, with planes=64: its input is the widened stem.
+            self.inplanes = 64 * self.width
+        return super()._make_layer(block, planes * self.width, blocks, stride, dilate)
+
+
+# name -> (torchvision builder for width 1, block, layers per stage, width multiplier)
+_SPECS: dict[str, tuple[Callable[..., ResNet], type[BasicBlock | Bottleneck], list[int], int]] = {
+    "resnet18": (tv_resnet.resnet18, BasicBlock, [2, 2, 2, 2], 1),
+    "resnet34": (tv_resnet.resnet34, BasicBlock, [3, 4, 6, 3], 1),
+    "resnet50": (tv_resnet.resnet50, Bottleneck, [3, 4, 6, 3], 1),
+    "resnet101": (tv_resnet.resnet101, Bottleneck, [3, 4, 23, 3], 1),
+    "resnet152": (tv_resnet.resnet152, Bottleneck, [3, 8, 36, 3], 1),
+    "resnet50_2x": (tv_resnet.resnet50, Bottleneck, [3, 4, 6, 3], 2),
+    "resnet50_4x": (tv_resnet.resnet50, Bottleneck, [3, 4, 6, 3], 4),
+    "resnet152_2x": (tv_resnet.resnet152, Bottleneck, [3, 8, 36, 3], 2),
+}
+
+#: Valid backbone names, in a stable order.
+BACKBONES: tuple[str, ...] = tuple(_SPECS)
+
+
+def build_resnet(name: str, num_classes: int = 1000) -> ResNet:
+    """Build the full ResNet ``name`` (with its ``fc``), randomly initialised, no weights."""
+    if name not in _SPECS:
+        raise MedsslError(f"unknown backbone {name!r}; valid names: {', '.join(BACKBONES)}")
+    builder, block, layers, width = _SPECS[name]
+    if width == 1:
+        return builder(weights=None, num_classes=num_classes)
+    return WidthMultipliedResNet(block, layers, width=width, num_classes=num_classes)
+
+
+def build_backbone(name: str, small_images: bool = False) -> tuple[nn.Module, int]:
+    """Build backbone ``name`` without its classifier; return it and its feature dimension.
+
+    The returned module maps ``[N, 3, H, W]`` images to ``[N, feat_dim]`` features
+    (``fc`` is ``nn.Identity``). Nothing is downloaded: weights are random, load a
+    checkpoint with :mod:`medssl.models.checkpoint`. Build under ``torch.device("meta")``
+    to inspect shapes or parameter counts of wide models without allocating memory.
+    """
+    model = build_resnet(name)
+    feat_dim = model.fc.in_features
+    model.fc = nn.Identity()
+    if small_images:
+        stem = model.conv1.out_channels
+        model.conv1 = nn.Conv2d(3, stem, kernel_size=3, stride=1, padding=1, bias=False)
+        nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+        model.maxpool = nn.Identity()
+    return model, feat_dim

@@ -1,0 +1,322 @@
+"""Checkpoint I/O: atomic saves, safe loads, backbone import and export.
+
+Loading never unpickles arbitrary objects: ``.safetensors`` files are read with safetensors
+and everything else with ``torch.load(weights_only=True)``, which refuses pickled classes
+other than tensors and plain containers.
+
+Saving writes to a temporary file in the target's directory, fsyncs it and ``os.replace``-s
+it over the target, so a crash or kill mid-write leaves either the old file or the new one,
+never a truncated file.
+
+Exported backbones (:func:`export_backbone`) use torchvision's key layout without ``fc``. To
+load one into a plain torchvision ResNet of the same architecture (and ImageNet stem)::
+
+    model = torchvision.models.resnet50()
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # missing == ["fc.weight", "fc.bias"], unexpected == []
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import re
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from medssl.errors import MedsslError
+
+__all__ = [
+    "BACKBONE_FILE",
+    "export_backbone",
+    "load_backbone_state",
+    "load_into_backbone",
+    "save_safetensors_atomic",
+    "save_state_dict_atomic",
+]
+
+#: File name of an exported backbone in a run directory (also the one a run dir loads from).
+BACKBONE_FILE = "backbone.safetensors"
+#: The same weights as a torch pickle, for tools that only read ``torch.load`` files.
+BACKBONE_PT_FILE = "backbone.pt"
+
+# Wrapper prefixes stripped (repeatedly, in any order) from checkpoint keys.
+_PREFIXES = ("module.", "backbone.", "encoder.", "model.")
+# Keys (after stripping) that belong to a projection head or classifier, never the backbone.
+_HEAD_PREFIXES = ("head.", "projection_head.", "projector.", "fc.")
+# Dict keys under which checkpoints nest their state dict.
+_CONTAINER_KEYS = ("state_dict", "model", "model_state_dict")
+_LIST_MAX = 10
+
+
+def _atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
+    """Run ``write(tmp_path)``, fsync ``tmp_path`` and move it over ``path``.
+
+    The temporary file lives in the target's directory so ``os.replace`` is a same-filesystem
+    rename (atomic on POSIX). On any error the temporary file is removed and the target is
+    left untouched.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(target.parent)
+    return target
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Persist a rename in ``directory`` (best effort: not every platform allows it)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_state_dict_atomic(state: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
+    """``torch.save(state, path)`` atomically; return the path written.
+
+    Keep ``state`` to tensors, numbers, strings and plain containers so that it stays loadable
+    with ``weights_only=True``.
+    """
+    return _atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def save_safetensors_atomic(
+    tensors: Mapping[str, torch.Tensor],
+    path: str | os.PathLike[str],
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write ``tensors`` as a safetensors file atomically; return the path written.
+
+    Tensors are detached, moved to CPU and made contiguous. safetensors refuses tensors that
+    share memory (tied weights, views of one buffer), so a tensor whose storage was already
+    seen is cloned.
+    """
+    prepared: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, value in tensors.items():
+        if not isinstance(value, torch.Tensor):
+            raise TypeError(f"{name!r} is a {type(value).__name__}, not a tensor")
+        t = value.detach().cpu().contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in seen and t.numel() > 0:
+            t = t.clone()
+        else:
+            seen.add(ptr)
+        prepared[name] = t
+    return _atomic_write(
+        path, lambda tmp: safetensors.torch.save_file(prepared, tmp, metadata=metadata)
+    )
+
+
+def _short(exc: BaseException) -> str:
+    """First line of an exception message (torch's load errors span many lines)."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0].strip() if lines else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _read_file(path: Path) -> Any:
+    if path.suffix == ".safetensors":
+        try:
+            return safetensors.torch.load_file(str(path), device="cpu")
+        except Exception as exc:
+            raise MedsslError(f"cannot read safetensors file {path}: {_short(exc)}") from exc
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if found is None and "weights only" not in str(exc).lower():
+            raise MedsslError(f"cannot read checkpoint {path}: {_short(exc)}") from exc
+        what = f" ({found.group(1)})" if found else ""
+        raise MedsslError(
+            f"refusing to load {path}: it holds a pickled object{what} other than tensors and "
+            f"plain containers, and checkpoints are only loaded with weights_only=True; "
+            f"re-save just its state dict"
+        ) from exc
+    except Exception as exc:
+        raise MedsslError(f"cannot read checkpoint {path}: {_short(exc)}") from exc
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return (
+        isinstance(obj, Mapping)
+        and len(obj) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
+    )
+
+
+def _strip(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+                changed = True
+    return key
+
+
+def load_backbone_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Read a backbone state dict (torchvision key layout) from a file or a run directory.
+
+    Accepted inputs:
+
+    - a plain torchvision state dict (``.pt``/``.pth``/``.safetensors``);
+    - a dict nesting it under ``"state_dict"``, ``"model"`` or ``"model_state_dict"`` (e.g.
+      converted SimCLR checkpoints, medssl checkpoints of a whole
+      :class:`~medssl.models.heads.SimCLRModel` or :class:`~medssl.models.heads.Classifier`);
+    - a medssl run directory holding ``backbone.safetensors``.
+
+    Prefixes ``module.``, ``backbone.``, ``encoder.`` and ``model.`` are stripped; projection
+    head and classifier keys (``head.``, ``projection_head.``, ``projector.``, ``fc.``) are
+    dropped. Raises :class:`MedsslError` naming the file when it cannot be read or holds no
+    state dict.
+    """
+    p = Path(path)
+    if p.is_dir():
+        if not (p / BACKBONE_FILE).is_file():
+            raise MedsslError(f"{p} is a directory without {BACKBONE_FILE}: not a medssl run")
+        p = p / BACKBONE_FILE
+    elif not p.is_file():
+        raise MedsslError(f"checkpoint {p} does not exist")
+
+    obj = _read_file(p)
+    for _ in range(len(_CONTAINER_KEYS) + 1):
+        if _is_state_dict(obj) or not isinstance(obj, Mapping):
+            break
+        inner = next((obj[k] for k in _CONTAINER_KEYS if k in obj), None)
+        if inner is None:
+            break
+        obj = inner
+    if not _is_state_dict(obj):
+        raise MedsslError(
+            f"{p} holds no state dict (expected a mapping of names to tensors, possibly under "
+            f"one of the keys {', '.join(_CONTAINER_KEYS)})"
+        )
+
+    state: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    for key, value in obj.items():
+        name = _strip(key)
+        if name.startswith(_HEAD_PREFIXES):
+            continue
+        if name in state:
+            raise MedsslError(
+                f"{p}: keys {origin[name]!r} and {key!r} both give backbone key {name!r}"
+            )
+        state[name], origin[name] = value, key
+    if not state:
+        raise MedsslError(f"{p} holds only projection-head / classifier weights, no backbone")
+    return state
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(names[:_LIST_MAX])
+    more = f", ... (+{len(names) - _LIST_MAX} more)" if len(names) > _LIST_MAX else ""
+    return f"{shown}{more}"
+
+
+def load_into_backbone(
+    backbone: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    source: str,
+    drop_mismatched_conv1: bool = False,
+) -> None:
+    """Load ``state`` into ``backbone`` strictly (BN ``num_batches_tracked`` aside).
+
+    Any missing key, unexpected key or shape mismatch raises one :class:`MedsslError` line
+    that names ``source`` and lists the offending keys (first 10 of each kind, with counts).
+
+    ``drop_mismatched_conv1=True`` skips ``conv1.weight`` when only its shape differs, which
+    is the case when ImageNet-stem (7x7) weights go into a small-image (3x3) stem: the model
+    keeps its own freshly initialised ``conv1`` and everything else is loaded.
+    """
+    expected = backbone.state_dict()
+
+    def counted(k: str) -> bool:
+        return not k.endswith("num_batches_tracked")
+
+    state = dict(state)
+    if (
+        drop_mismatched_conv1
+        and "conv1.weight" in state
+        and "conv1.weight" in expected
+        and state["conv1.weight"].shape != expected["conv1.weight"].shape
+    ):
+        del state["conv1.weight"]
+        expected = {k: v for k, v in expected.items() if k != "conv1.weight"}
+
+    missing = [k for k in expected if counted(k) and k not in state]
+    unexpected = [k for k in state if counted(k) and k not in expected]
+    mismatched = [
+        f"{k} {list(state[k].shape)} vs model {list(expected[k].shape)}"
+        for k in state
+        if k in expected and state[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing: {_listing(missing)}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected: {_listing(unexpected)}")
+        if mismatched:
+            parts.append(f"{len(mismatched)} with another shape: {_listing(mismatched)}")
+        if not (missing or unexpected) and [m.split()[0] for m in mismatched] == ["conv1.weight"]:
+            hint = (
+                "; only the stem differs (7x7 ImageNet vs 3x3 small-image stem): drop the "
+                "checkpoint's conv1 (drop_mismatched_conv1=True) to keep the model's own"
+            )
+        else:
+            hint = "; is it the same architecture, width and stem?"
+        raise MedsslError(
+            f"checkpoint {source} does not fit the backbone: {'; '.join(parts)}{hint}"
+        )
+
+    loadable = {k: v for k, v in state.items() if k in expected}
+    backbone.load_state_dict(loadable, strict=False)
+
+
+def export_backbone(
+    backbone: nn.Module,
+    out_dir: str | os.PathLike[str],
+    metadata: dict[str, str] | None = None,
+) -> Path:
+    """Write ``backbone.safetensors`` and ``backbone.pt`` into ``out_dir``, atomically.
+
+    Keys are torchvision's (``conv1.weight``, ``layer1.0.bn1.running_mean``, ...); any
+    ``fc.*`` key is left out (a classifier is never part of the backbone). ``metadata``
+    (strings only) goes into the safetensors header, e.g. the backbone name and stem.
+    Returns the safetensors path, which :func:`load_backbone_state` reads back (given the
+    file or ``out_dir``).
+    """
+    state = {
+        k: v.detach().cpu().contiguous()
+        for k, v in backbone.state_dict().items()
+        if not k.startswith("fc.")
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_state_dict_atomic(state, out / BACKBONE_PT_FILE)
+    return save_safetensors_atomic(state, out / BACKBONE_FILE, metadata=metadata)
