@@ -172,10 +172,8 @@ def test_chexpert_findings_option(chexpert_root: Path) -> None:
     np.testing.assert_array_equal(m.targets[:, 2], [0, 0, 1, 0, 0])
     # shared names and a command-line string are accepted too
     assert load_chexpert(chexpert_root, findings=["Effusion"]).class_names == ["Effusion"]
-    assert load_chexpert(chexpert_root, findings="Edema, Effusion").class_names == [  # type: ignore[arg-type]
-        "Edema",
-        "Effusion",
-    ]
+    from_cli = load_chexpert(chexpert_root, findings="Edema, Effusion")
+    assert from_cli.class_names == ["Edema", "Effusion"]
 
 
 def test_chexpert_through_registry(chexpert_root: Path) -> None:
@@ -198,6 +196,14 @@ def test_chexpert_path_resolution(tmp_path: Path, folder: str, prefix: str) -> N
     m = load_chexpert(root)
     assert all(Path(p).is_file() and Path(p).is_relative_to(root) for p in m.table["image"])
     assert m.table.at[4, "case_id"] == "patient64541"
+
+
+def test_chexpert_relative_root_gives_absolute_paths(
+    chexpert_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(chexpert_root)  # "--root ." inside the dataset folder
+    m = load_chexpert(".")
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p in m.table["image"])
 
 
 def test_chexpert_root_one_level_up(chexpert_root: Path) -> None:
@@ -378,6 +384,16 @@ def test_csv_file_as_root_and_csv_path(csv_root: Path, tmp_path: Path) -> None:
     frame.to_csv(tmp_path / "abs.csv", index=False)
     m = load_csv(tmp_path / "abs.csv")
     assert Path(m.table.at[0, "image"]) == csv_root / "img" / "a.png"
+
+
+def test_relative_roots_give_absolute_paths(
+    csv_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(csv_root.parent)
+    for m in (load_csv("derm"), load_csv("derm/labels.csv"), load_folder("derm/img")):
+        assert all(Path(p).is_absolute() and Path(p).is_file() for p in m.table["image"])
+    with pytest.raises(MedsslError, match="already a CSV file"):
+        load_csv("derm/labels.csv", csv_path="other.csv")
 
 
 def test_csv_multilabel(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_sco
 from medssl.errors import MedsslError
 from medssl.evaluate import (
     CHEXPERT_FIVE,
-    _auc_from_ranks,
+    _WeightedAUC,
     bootstrap_ci,
     evaluate_predictions,
     load_class_mapping,
@@ -111,13 +111,30 @@ def test_multiclass_bad_input(probs, labels, names, match) -> None:
         multiclass_metrics(probs, labels, names)
 
 
-def test_fast_auc_equals_sklearn_with_ties() -> None:
+def _rank_auc(scores: np.ndarray, y: np.ndarray) -> float | None:
+    """Mann-Whitney AUC, quick enough to call per resample (sklearn's is slow)."""
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    return float((rankdata(scores)[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def test_weighted_auc_equals_sklearn_on_repeated_rows() -> None:
+    """The bootstrap's fast AUC (rows weighted by multiplicity, ties, unlabelled rows)."""
     rng = np.random.default_rng(3)
     for _ in range(20):
-        scores = rng.integers(0, 4, size=40).astype(float)  # many ties
-        y = rng.random(40) < 0.4
-        assert _auc_from_ranks(rankdata(scores), y) == pytest.approx(roc_auc_score(y, scores))
-    assert _auc_from_ranks(rankdata([0.1, 0.2]), np.array([True, True])) is None
+        scores = rng.integers(0, 5, size=(40, 3)).astype(float)  # many ties
+        target = (rng.random((40, 3)) < 0.4).astype(float)
+        target[rng.random((40, 3)) < 0.2] = np.nan
+        w = rng.integers(0, 3, size=40).astype(float)
+        got = _WeightedAUC(scores, target == 1, target == 0)(w)
+        rows = np.repeat(np.arange(40), w.astype(int))
+        for j in range(3):
+            known = rows[~np.isnan(target[rows, j])]
+            assert got[j] == pytest.approx(roc_auc_score(target[known, j], scores[known, j]))
+            assert _rank_auc(scores[known, j], target[known, j] == 1) == pytest.approx(got[j])
+    only_pos = _WeightedAUC(np.array([[0.1], [0.2]]), np.ones((2, 1), bool), np.zeros((2, 1), bool))
+    assert np.isnan(only_pos(np.ones(2))).all()
 
 
 # --------------------------------------------------------------------------- multilabel
@@ -239,9 +256,8 @@ def test_bootstrap_ci_contains_point_and_narrows_with_more_cases() -> None:
         y = np.repeat(rng.random(n_cases) < 0.4, 3)
         score = y + rng.normal(scale=1.0, size=y.shape)
         point = roc_auc_score(y, score)
-        # rank-based AUC (checked against sklearn above): sklearn per resample is slow
         lo, hi = bootstrap_ci(
-            lambda r, y=y, s=score: _auc_from_ranks(rankdata(s[r]), y[r]),
+            lambda r, y=y, s=score: _rank_auc(s[r], y[r]),
             case_ids,
             n_boot=200,
             seed=1,
@@ -257,6 +273,13 @@ def test_bootstrap_drops_undefined_resamples() -> None:
     # a third undefined: still an interval, computed from the defined ones only
     lo, hi = bootstrap_ci(lambda r: None if next(calls) % 3 == 0 else 0.5, ids, n_boot=30)
     assert (lo, hi) == (0.5, 0.5)
+    # exactly half defined is still enough, one fewer is not
+    calls = iter(range(10_000))
+    lo, hi = bootstrap_ci(lambda r: 0.5 if next(calls) % 2 else None, ids, n_boot=20)
+    assert (lo, hi) == (0.5, 0.5)
+    calls = iter(range(10_000))
+    lo, hi = bootstrap_ci(lambda r: 0.5 if next(calls) < 9 else None, ids, n_boot=20)
+    assert np.isnan(lo) and np.isnan(hi)
     # all but a few undefined: no interval
     lo, hi = bootstrap_ci(lambda r: 1.0 if next(calls) % 10 == 0 else float("nan"), ids, n_boot=30)
     assert np.isnan(lo) and np.isnan(hi)
@@ -284,6 +307,7 @@ def test_bootstrap_is_seeded_and_validates() -> None:
 
 def test_evaluate_multiclass_json_and_ci_match_sklearn_bootstrap() -> None:
     probs, labels = _multiclass_data(7, n=90, missing=1)
+    probs = np.round(probs, 1)  # ties, which the rank-based AUC must handle like sklearn
     case_ids = np.array([f"case{i // 3}" for i in range(90)], dtype=object)
     out = evaluate_predictions(probs, labels, "multiclass", NAMES4, case_ids, n_boot=30, seed=3)
     json.dumps(out, allow_nan=False)
@@ -304,6 +328,7 @@ def test_evaluate_multiclass_json_and_ci_match_sklearn_bootstrap() -> None:
 
 def test_evaluate_multilabel_json_and_ci_match_sklearn_bootstrap() -> None:
     probs, targets, names = _multilabel_data(5, n=80)
+    probs = np.round(probs, 1)
     case_ids = np.arange(80) // 2
     out = evaluate_predictions(probs, targets, "multilabel", names, case_ids, n_boot=25, seed=2)
     json.dumps(out, allow_nan=False)

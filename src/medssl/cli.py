@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from medssl.data.spec import DataSpec, add_data_arguments
 from medssl.errors import MedsslError
@@ -43,6 +44,191 @@ def data_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_config_file(path: str | None) -> dict:
+    """Options from a YAML/JSON config file, keyed by option name (dashes or underscores)."""
+    if not path:
+        return {}
+    import yaml
+
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except OSError as exc:
+        raise MedsslError(f"--config {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise MedsslError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise MedsslError(f"--config {path}: expected a mapping of option names to values")
+    return {str(k).replace("-", "_"): v for k, v in data.items()}
+
+
+def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None):
+    """Parse twice: a config file's values become defaults, command-line flags win."""
+    args = parser.parse_args(argv)
+    config = load_config_file(getattr(args, "config", None))
+    if config:
+        sub = args.subparser
+        known = {a.dest for a in sub._actions}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise MedsslError(f"--config {args.config}: unknown option(s) {', '.join(unknown)}")
+        sub.set_defaults(**config)
+        args = parser.parse_args(argv)
+    return args
+
+
+def pretrain_command(args: argparse.Namespace) -> int:
+    from medssl.augment import parse_overrides
+    from medssl.train.pretrain import PretrainConfig, pretrain
+
+    overrides = dict(args.augment_overrides or {})
+    overrides.update(parse_overrides(args.aug))
+    config = PretrainConfig(
+        data=DataSpec.from_args(args).to_dict(),
+        out=str(Path(args.out).expanduser().resolve()),
+        method=args.method, backbone=args.backbone, image_size=args.image_size,
+        small_stem=args.small_stem, epochs=args.epochs, batch_size=args.batch_size,
+        optimizer=args.optimizer, lr=args.lr, lr_scaling=args.lr_scaling,
+        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+        temperature=args.temperature, proj_dim=args.proj_dim, augment=args.augment or "",
+        augment_overrides=overrides, init=args.init, seed=args.seed,
+        num_workers=args.num_workers, knn_every=args.knn_every, device=args.device,
+        precision=args.precision, channels_last=args.channels_last, compile=args.compile,
+        cache_dir=args.cache_dir, skip_unreadable=args.skip_unreadable,
+        progress=not args.quiet, resume=args.resume,
+    )  # fmt: skip
+    metrics = pretrain(config)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def add_pretrain_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
+    p = commands.add_parser("pretrain", help="SimCLR or MICLe self-supervised pretraining")
+    p.set_defaults(func=pretrain_command, subparser=p)
+    p.add_argument("--config", help="YAML file of options (command-line flags win)")
+    add_data_arguments(p)
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--method", choices=["simclr", "micle"], default="micle")
+    p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument(
+        "--small-stem", action="store_true",
+        help="3x3 stride-1 stem without max-pool (CIFAR-style; ~16x the compute at 64 px)",
+    )  # fmt: skip
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=256, help="global batch (all processes)")
+    p.add_argument("--optimizer", choices=["lars", "sgd", "adamw"], default="lars")
+    p.add_argument("--lr", type=float, default=0.075, help="base learning rate")
+    p.add_argument("--lr-scaling", choices=["sqrt", "linear"], default="sqrt",
+                   help="sqrt: lr*sqrt(batch); linear: lr*batch/256")  # fmt: skip
+    p.add_argument("--weight-decay", type=float, default=1e-6)
+    p.add_argument("--warmup-epochs", type=float, default=10)
+    p.add_argument("--temperature", type=float, default=0.1)
+    p.add_argument("--proj-dim", type=int, default=128)
+    p.add_argument("--augment", choices=["derm", "cxr"], help="preset (default by dataset)")
+    p.add_argument("--aug", action="append", metavar="KEY=VALUE",
+                   help="override one augmentation parameter, e.g. blur_p=0")  # fmt: skip
+    p.add_argument("--augment-overrides", type=dict, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--init", default="random", help="random, a checkpoint file, or a run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--knn-every", type=int, default=0,
+                   help="k-NN validation accuracy every N epochs (0: off)")  # fmt: skip
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
+
+
+def finetune_command(args: argparse.Namespace) -> int:
+    from medssl.train.finetune import FinetuneConfig, finetune
+
+    config = FinetuneConfig(
+        data=DataSpec.from_args(args).to_dict(),
+        out=str(Path(args.out).expanduser().resolve()),
+        init=args.init if args.init == "random" else str(Path(args.init).expanduser().resolve()),
+        label_fraction=args.label_fraction, seed=args.seed, backbone=args.backbone or "",
+        small_stem=args.small_stem, image_size=args.image_size or 0, epochs=args.epochs,
+        batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
+        linear_probe=args.linear_probe, val_metric=args.val_metric, device=args.device,
+        precision=args.precision, num_workers=args.num_workers, cache_dir=args.cache_dir,
+        skip_unreadable=args.skip_unreadable, progress=not args.quiet, resume=args.resume,
+    )  # fmt: skip
+    metrics = finetune(config)
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+    return 0
+
+
+def add_finetune_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
+    p = commands.add_parser("finetune", help="supervised fine-tuning with a label fraction")
+    p.set_defaults(func=finetune_command, subparser=p)
+    p.add_argument("--config", help="YAML file of options (command-line flags win)")
+    add_data_arguments(p)
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--init", default="random", help="random, a checkpoint file, or a run")
+    p.add_argument("--label-fraction", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--backbone", help="default: the --init run's backbone, else resnet18")
+    p.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--image-size", type=int, help="default: the --init run's size, else 64")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--optimizer", choices=["adamw", "sgd", "lars"], default="adamw")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--warmup-epochs", type=float, default=1)
+    p.add_argument("--linear-probe", action="store_true", help="freeze the backbone")
+    p.add_argument("--val-metric", default="auto", help="model selection metric (auc_macro)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--json", action="store_true")
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    from medssl.predict import evaluate_run
+
+    data = DataSpec.from_args(args).to_dict() if args.dataset else None
+    mean_over = [s.strip() for s in args.mean_over.split(",")] if args.mean_over else None
+    metrics = evaluate_run(
+        args.model, args.split, data, args.class_map, args.n_boot, mean_over, args.device
+    )
+    if args.json:
+        print(json.dumps(metrics, indent=2))
+        return 0
+    ci = metrics.get("ci", {})
+    print(f"{metrics['split']}: {metrics['n']} images, {metrics['n_cases']} cases")
+    for key in ("accuracy", "balanced_accuracy", "auc_macro", "auc_mean_selected"):
+        if metrics.get(key) is not None:
+            lo, hi = ci.get(key, [None, None])
+            band = f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""
+            print(f"  {key:<18} {metrics[key]:.4f}{band}")
+    for name, report in metrics.get("class_mapping", {}).get("unmapped", {}).items():
+        print(f"  excluded (unmapped class {name}): {report} images")
+    return 0
+
+
+def add_evaluate_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
+    p = commands.add_parser("evaluate", help="score a fine-tuned run on a split")
+    p.set_defaults(func=evaluate_command, subparser=p)
+    p.add_argument("--model", required=True, help="a finished finetune run directory")
+    p.add_argument("--split", default="test", help="test, shift, val, or all (external data)")
+    add_data_arguments(p, required=False)
+    p.add_argument("--class-map", help="YAML/JSON {dataset class: model class or null}")
+    p.add_argument("--mean-over", help="comma-separated findings for the mean AUC")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (by case)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medssl",
@@ -56,14 +242,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_arguments(summary)
     summary.add_argument("--json", action="store_true", help="print one JSON object")
     summary.set_defaults(func=data_summary)
+    add_pretrain_parser(commands)
+    add_finetune_parser(commands)
+    add_evaluate_parser(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
     try:
+        args = parse_with_config(parser, argv)
+        func: Callable[[argparse.Namespace], int] = args.func
         return func(args)
     except MedsslError as exc:
         print(f"medssl: error: {exc}", file=sys.stderr)

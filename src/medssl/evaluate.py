@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from scipy.stats import rankdata
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
 
 from medssl.errors import MedsslError
@@ -47,8 +46,9 @@ CHEXPERT_FIVE: list[str] = ["Atelectasis", "Cardiomegaly", "Consolidation", "Ede
 def _check_names(names: Sequence[str], expected: int, what: str) -> list[str]:
     names = [str(n) for n in names]
     if len(names) != expected:
-        raise MedsslError(f"{len(names)} {what} names given but the predictions have "
-                          f"{expected} columns")
+        raise MedsslError(
+            f"{len(names)} {what} names given but the predictions have {expected} columns"
+        )
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise MedsslError(f"duplicate {what} names: {', '.join(dup)}")
@@ -58,8 +58,9 @@ def _check_names(names: Sequence[str], expected: int, what: str) -> list[str]:
 def _check_probs(probs: np.ndarray) -> np.ndarray:
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2:
-        raise MedsslError(f"probabilities must be a 2-D array (rows, classes), got shape "
-                          f"{probs.shape}")
+        raise MedsslError(
+            f"probabilities must be a 2-D array (rows, classes), got shape {probs.shape}"
+        )
     if probs.shape[0] == 0:
         raise MedsslError("no predictions to evaluate (0 rows)")
     if not np.all(np.isfinite(probs)):
@@ -79,16 +80,18 @@ def _check_labels(labels: np.ndarray, n_rows: int, n_classes: int) -> np.ndarray
     out = raw.astype(np.int64)
     bad = out[(out < 0) | (out >= n_classes)]
     if bad.size:
-        raise MedsslError(f"label {int(bad[0])} is outside the {n_classes} classes "
-                          f"(valid: 0..{n_classes - 1})")
+        raise MedsslError(
+            f"label {int(bad[0])} is outside the {n_classes} classes (valid: 0..{n_classes - 1})"
+        )
     return out
 
 
 def _check_targets(targets: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     targets = np.asarray(targets, dtype=np.float64)
     if targets.shape != shape:
-        raise MedsslError(f"targets must have the same shape as the probabilities {shape}, "
-                          f"got {targets.shape}")
+        raise MedsslError(
+            f"targets must have the same shape as the probabilities {shape}, got {targets.shape}"
+        )
     known = targets[~np.isnan(targets)]
     bad = known[(known != 0.0) & (known != 1.0)]
     if bad.size:
@@ -113,8 +116,10 @@ def _resolve_mean_over(mean_over: Sequence[str] | None, names: list[str]) -> lis
         raise MedsslError("mean_over is empty: name at least one finding")
     unknown = [n for n in selected if n not in names]
     if unknown:
-        raise MedsslError(f"mean_over names unknown finding(s) {', '.join(unknown)}; "
-                          f"available: {', '.join(names)}")
+        raise MedsslError(
+            f"mean_over names unknown finding(s) {', '.join(unknown)}; "
+            f"available: {', '.join(names)}"
+        )
     return selected
 
 
@@ -225,23 +230,31 @@ class _CaseLayout:
         if ids.dtype == object:
             ids = ids.astype(str)
         _, inverse = np.unique(ids, return_inverse=True)
-        inverse = inverse.reshape(-1)
-        self.order = np.argsort(inverse, kind="stable")
-        self.counts = np.bincount(inverse)
+        self.case_of_row = inverse.reshape(-1)
+        self.order = np.argsort(self.case_of_row, kind="stable")
+        self.counts = np.bincount(self.case_of_row)
         self.offsets = np.concatenate([[0], np.cumsum(self.counts)])
         self.n_cases = int(self.counts.shape[0])
         self.n_rows = int(ids.shape[0])
 
-    def resample(self, rng: np.random.Generator) -> np.ndarray:
-        """Row indices of one bootstrap resample: ``n_cases`` cases drawn with replacement,
-        each bringing all of its rows (twice if drawn twice)."""
-        draws = rng.integers(0, self.n_cases, size=self.n_cases)
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        """Case indices of one resample: ``n_cases`` cases drawn with replacement."""
+        return rng.integers(0, self.n_cases, size=self.n_cases)
+
+    def rows(self, draws: np.ndarray) -> np.ndarray:
+        """Row indices of the drawn cases, each case bringing all its rows (twice if drawn
+        twice)."""
         lens = self.counts[draws]
-        # Position p of the output lies in segment s; it maps to order[offsets[s] + p - out_s]
-        # where out_s is where segment s starts in the output.
+        # Output position p lies in the segment of draw s; it maps to
+        # order[offsets[case] + p - out_start[s]].
         out_start = np.cumsum(lens) - lens
         shift = np.repeat(self.offsets[draws] - out_start, lens)
         return self.order[shift + np.arange(int(lens.sum()))]
+
+    def row_weights(self, draws: np.ndarray) -> np.ndarray:
+        """How often each row occurs in the resample (same multiset as :meth:`rows`)."""
+        per_case = np.bincount(draws, minlength=self.n_cases).astype(np.float64)
+        return per_case[self.case_of_row]
 
 
 def _check_boot_args(n_boot: int, alpha: float) -> None:
@@ -276,16 +289,16 @@ def _bootstrap_many(
     seed: int,
     alpha: float,
 ) -> dict[str, tuple[float, float]]:
-    """Several metrics over the same resamples (one call of ``metrics_fn`` per resample).
+    """Several metrics over the same resamples; ``metrics_fn`` gets the drawn case indices.
 
-    Uses the same random stream as :func:`bootstrap_ci`, so with equal seeds each metric's
-    interval is exactly what ``bootstrap_ci`` would give for it alone.
+    Every caller draws from the same random stream, so with equal seeds each metric's
+    interval is exactly what :func:`bootstrap_ci` would give for it alone.
     """
     _check_boot_args(n_boot, alpha)
     rng = np.random.default_rng(seed)
     values = np.full((len(names), int(n_boot)), np.nan)
     for b in range(int(n_boot)):
-        out = metrics_fn(layout.resample(rng))
+        out = metrics_fn(layout.draw(rng))
         for i, name in enumerate(names):
             values[i, b] = _as_value(out[name])
     return {name: _interval(values[i], alpha) for i, name in enumerate(names)}
@@ -308,61 +321,104 @@ def bootstrap_ci(
     """
     key = "metric"
     layout = _CaseLayout(case_ids)
-    ci = _bootstrap_many(lambda rows: {key: metric_fn(rows)}, [key], layout, n_boot, seed,
-                         alpha)
+    ci = _bootstrap_many(
+        lambda draws: {key: metric_fn(layout.rows(draws))}, [key], layout, n_boot, seed, alpha
+    )
     return ci[key]
 
 
 # ------------------------------------------------- fast metrics for the bootstrap loop
-# sklearn's per-call input validation dominates when called thousands of times; these
-# compute the same numbers (checked against sklearn in the tests) from pre-validated arrays.
+# Calling sklearn (and sorting) thousands of times is slow on real test sets. A resample is
+# the original rows with integer multiplicities, so the metrics are computed as weighted
+# sums over the original rows, sorted once. They equal the sklearn numbers on the resampled
+# rows up to rounding (the tests compare the intervals with bootstrap_ci over sklearn).
 
 
-def _auc_from_ranks(ranks: np.ndarray, y: np.ndarray) -> float | None:
-    """Mann-Whitney AUC; ``ranks`` are average ranks (ties share), equal to the ROC AUC."""
-    n_pos = int(y.sum())
-    n_neg = y.shape[0] - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return None
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+class _WeightedAUC:
+    """Column-wise ROC AUCs of ``scores`` (N, C) under row weights, with the sorting done once.
+
+    AUC = P(score_pos > score_neg) + P(tie) / 2 over weighted (positive, negative) pairs,
+    which is what ``roc_auc_score`` gives on the rows repeated by their weights. Each column's
+    distinct scores form "groups" (dense ranks) numbered consecutively across columns; a call
+    sums negative weight per group, cumulates it, and looks it up at each positive entry.
+    Entries neither positive nor negative (NaN targets) do not count.
+    """
+
+    def __init__(self, scores: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> None:
+        n_cols = scores.shape[1]
+        order = np.argsort(scores, axis=0, kind="stable")
+        s = np.take_along_axis(scores, order, axis=0)
+        new_group = np.ones(s.shape, dtype=bool)
+        new_group[1:] = s[1:] != s[:-1]
+        sorted_rank = np.cumsum(new_group, axis=0) - 1
+        rank = np.empty_like(sorted_rank)
+        np.put_along_axis(rank, order, sorted_rank, axis=0)
+        n_groups = sorted_rank[-1] + 1
+        self.first_group = np.concatenate([[0], np.cumsum(n_groups)[:-1]])
+        self.last_group = self.first_group + n_groups - 1
+        self.n_groups = int(n_groups.sum())
+        self.n_cols = n_cols
+        gid = (rank + self.first_group).ravel()
+        pos_flat = np.flatnonzero(pos.ravel())
+        neg_flat = np.flatnonzero(neg.ravel())
+        neg_flat = neg_flat[np.argsort(gid[neg_flat], kind="stable")]  # sequential bincount
+        self.pos_gid, self.pos_row, self.pos_col = gid[pos_flat], *np.divmod(pos_flat, n_cols)
+        self.neg_gid, self.neg_row = gid[neg_flat], neg_flat // n_cols
+
+    def __call__(self, w: np.ndarray) -> np.ndarray:
+        """AUC per column (NaN where a column has no positive or no negative weight)."""
+        neg_w = np.bincount(self.neg_gid, weights=w[self.neg_row], minlength=self.n_groups)
+        cum = np.cumsum(neg_w)
+        col_base = cum[self.first_group] - neg_w[self.first_group]  # negatives of earlier cols
+        g = self.pos_gid
+        below = cum[g] - neg_w[g] - col_base[self.pos_col]
+        pos_w = w[self.pos_row]
+        num = np.bincount(
+            self.pos_col, weights=pos_w * (below + 0.5 * neg_w[g]), minlength=self.n_cols
+        )
+        n_pos = np.bincount(self.pos_col, weights=pos_w, minlength=self.n_cols)
+        n_neg = cum[self.last_group] - col_base
+        out = np.full(self.n_cols, np.nan)
+        ok = (n_pos > 0) & (n_neg > 0)
+        out[ok] = num[ok] / (n_pos[ok] * n_neg[ok])
+        return out
 
 
-def _fast_multiclass(
-    probs: np.ndarray, labels: np.ndarray, preds: np.ndarray, rows: np.ndarray
-) -> dict[str, float | None]:
-    n_classes = probs.shape[1]
-    lab = labels[rows]
-    correct = preds[rows] == lab
-    counts = np.bincount(lab, minlength=n_classes)
-    hits = np.bincount(lab, weights=correct, minlength=n_classes)
-    present = counts > 0
-    ranks = rankdata(probs[rows], axis=0)
-    aucs = [_auc_from_ranks(ranks[:, c], lab == c) for c in range(n_classes)]
-    values = [a for a in aucs if a is not None]
-    return {
-        "accuracy": float(correct.mean()),
-        "balanced_accuracy": float(np.mean(hits[present] / counts[present])),
-        "auc_macro": float(np.mean(values)) if values else None,
-    }
+def _nanmean_or_none(values: np.ndarray) -> float | None:
+    ok = values[~np.isnan(values)]
+    return float(ok.mean()) if ok.size else None
 
 
-def _fast_multilabel(
-    probs: np.ndarray, targets: np.ndarray, selected_idx: list[int] | None, rows: np.ndarray
-) -> dict[str, float | None]:
-    p = probs[rows]
-    t = targets[rows]
-    aucs: list[float | None] = []
-    for j in range(p.shape[1]):
-        known = ~np.isnan(t[:, j])
-        aucs.append(_auc_from_ranks(rankdata(p[known, j]), t[known, j] == 1.0))
-    values = [a for a in aucs if a is not None]
-    mean_sel: float | None = None
-    if selected_idx is not None:
-        sel = [aucs[j] for j in selected_idx]
-        if all(a is not None for a in sel):
-            mean_sel = float(np.mean(sel))
-    return {"auc_macro": float(np.mean(values)) if values else None,
-            "auc_mean_selected": mean_sel}
+class _FastMulticlass:
+    def __init__(self, probs: np.ndarray, labels: np.ndarray) -> None:
+        self.n_classes = probs.shape[1]
+        self.labels = labels
+        self.correct = (probs.argmax(axis=1) == labels).astype(np.float64)
+        onehot = labels[:, None] == np.arange(self.n_classes)[None, :]
+        self.auc = _WeightedAUC(probs, onehot, ~onehot)
+
+    def __call__(self, w: np.ndarray) -> dict[str, float | None]:
+        counts = np.bincount(self.labels, weights=w, minlength=self.n_classes)
+        hits = np.bincount(self.labels, weights=w * self.correct, minlength=self.n_classes)
+        present = counts > 0
+        return {
+            "accuracy": float(hits.sum() / counts.sum()),
+            "balanced_accuracy": float(np.mean(hits[present] / counts[present])),
+            "auc_macro": _nanmean_or_none(self.auc(w)),
+        }
+
+
+class _FastMultilabel:
+    def __init__(self, probs: np.ndarray, targets: np.ndarray, selected: list[int] | None) -> None:
+        self.selected = selected
+        self.auc = _WeightedAUC(probs, targets == 1.0, targets == 0.0)
+
+    def __call__(self, w: np.ndarray) -> dict[str, float | None]:
+        aucs = self.auc(w)
+        mean_sel: float | None = None
+        if self.selected is not None and not np.isnan(aucs[self.selected]).any():
+            mean_sel = float(aucs[self.selected].mean())
+        return {"auc_macro": _nanmean_or_none(aucs), "auc_mean_selected": mean_sel}
 
 
 def _jsonable(v: Any) -> Any:
@@ -403,41 +459,39 @@ def evaluate_predictions(
     n = probs.shape[0]
     case_arr = np.asarray(case_ids)
     if case_arr.ndim != 1 or case_arr.shape[0] != n:
-        raise MedsslError(f"case_ids must have one entry per prediction row ({n}), got shape "
-                          f"{case_arr.shape}")
-    fn: Callable[[np.ndarray], Mapping[str, object]]
+        raise MedsslError(
+            f"case_ids must have one entry per prediction row ({n}), got shape {case_arr.shape}"
+        )
+    fast: Callable[[np.ndarray], Mapping[str, object]]
     if task == "multiclass":
         point = multiclass_metrics(probs, targets, class_names)
-        labels = _check_labels(targets, n, probs.shape[1])
-        preds = probs.argmax(axis=1)
+        fast = _FastMulticlass(probs, _check_labels(targets, n, probs.shape[1]))
         ci_names = ["accuracy", "balanced_accuracy", "auc_macro"]
-
-        def fn(rows: np.ndarray) -> Mapping[str, object]:
-            return _fast_multiclass(probs, labels, preds, rows)
     elif task == "multilabel":
         point = multilabel_metrics(probs, targets, class_names, mean_over)
-        tgt = _check_targets(targets, probs.shape)
         names = [str(x) for x in class_names]
         selected = point["mean_over"]
-        sel_idx = None if selected is None else [names.index(s) for s in selected]
+        sel_idx = None if selected is None else [names.index(x) for x in selected]
+        fast = _FastMultilabel(probs, _check_targets(targets, probs.shape), sel_idx)
         ci_names = ["auc_macro", "auc_mean_selected"]
-
-        def fn(rows: np.ndarray) -> Mapping[str, object]:
-            return _fast_multilabel(probs, tgt, sel_idx, rows)
     else:
         raise MedsslError(f"task must be 'multiclass' or 'multilabel', got {task!r}")
 
     layout = _CaseLayout(case_arr)
-    ci = _bootstrap_many(fn, ci_names, layout, n_boot, seed, alpha)
+    ci = _bootstrap_many(
+        lambda draws: fast(layout.row_weights(draws)), ci_names, layout, n_boot, seed, alpha
+    )
     out = dict(point)
-    out.update({
-        "task": task,
-        "n_cases": layout.n_cases,
-        "n_boot": int(n_boot),
-        "seed": int(seed),
-        "alpha": float(alpha),
-        "ci": {name: list(ci[name]) for name in ci_names},
-    })
+    out.update(
+        {
+            "task": task,
+            "n_cases": layout.n_cases,
+            "n_boot": int(n_boot),
+            "seed": int(seed),
+            "alpha": float(alpha),
+            "ci": {name: list(ci[name]) for name in ci_names},
+        }
+    )
     return _jsonable(out)
 
 
@@ -468,26 +522,32 @@ def map_classes(
             raise MedsslError(f"duplicate {what} class names: {', '.join(dup)}")
     extra = [k for k in mapping if k not in source]
     if extra:
-        raise MedsslError(f"class mapping names unknown source class(es) "
-                          f"{', '.join(map(str, extra))}; dataset classes: {', '.join(source)}")
+        raise MedsslError(
+            f"class mapping names unknown source class(es) "
+            f"{', '.join(map(str, extra))}; dataset classes: {', '.join(source)}"
+        )
     for src, dst in mapping.items():
         if dst is not None and dst not in target:
-            raise MedsslError(f"class mapping sends {src!r} to {dst!r}, which is not a model "
-                              f"class; model classes: {', '.join(target)}")
+            raise MedsslError(
+                f"class mapping sends {src!r} to {dst!r}, which is not a model "
+                f"class; model classes: {', '.join(target)}"
+            )
     labels = np.asarray(labels)
     if labels.ndim != 1:
         raise MedsslError(f"labels must be 1-D, got shape {labels.shape}")
     labels = _check_labels(labels, labels.shape[0], len(source))
 
-    lookup = np.array([-1 if mapping.get(s) is None else target.index(mapping[s])  # type: ignore[arg-type]
-                       for s in source], dtype=np.int64)
+    target_index = {t: i for i, t in enumerate(target)}
+    lookup = np.array([target_index.get(mapping.get(s) or "", -1) for s in source], np.int64)
     mapped = lookup[labels]
     keep = mapped >= 0
     counts = np.bincount(labels, minlength=len(source))
-    unmapped_names = [s for s in source if s in mapping and mapping[s] is None]
+    unmapped_names = [s for s in source if mapping.get(s) is None]
     if labels.size and not keep.any():
-        raise MedsslError("class mapping excludes every row: no source class maps to a model "
-                          "class that occurs in the data")
+        raise MedsslError(
+            "class mapping excludes every row: no source class maps to a model "
+            "class that occurs in the data"
+        )
     used_targets = {mapping[s] for s in source if mapping.get(s) is not None}
     report = {
         "n_rows": int(labels.shape[0]),
@@ -514,28 +574,34 @@ def load_class_mapping(path: str | Path) -> dict[str, str | None]:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise MedsslError(f"class mapping {p} is not valid JSON: {e.msg} at line {e.lineno}"
-                              ) from None
+            raise MedsslError(
+                f"class mapping {p} is not valid JSON: {e.msg} at line {e.lineno}"
+            ) from None
     else:
         try:
             import yaml
         except ImportError:
-            raise MedsslError(f"reading YAML class mapping {p} needs PyYAML "
-                              "(pip install pyyaml), or use a .json file") from None
+            raise MedsslError(
+                f"reading YAML class mapping {p} needs PyYAML "
+                "(pip install pyyaml), or use a .json file"
+            ) from None
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
             msg = " ".join(str(e).split())
             raise MedsslError(f"class mapping {p} is not valid YAML: {msg}") from None
     if not isinstance(data, dict):
-        raise MedsslError(f"class mapping {p} must be a mapping of source class to model "
-                          f"class (or null), got {type(data).__name__}")
+        raise MedsslError(
+            f"class mapping {p} must be a mapping of source class to model "
+            f"class (or null), got {type(data).__name__}"
+        )
     out: dict[str, str | None] = {}
     for k, v in data.items():
         if not isinstance(k, str):
             raise MedsslError(f"class mapping {p}: key {k!r} is not a class name (quote it)")
         if v is not None and not isinstance(v, str):
-            raise MedsslError(f"class mapping {p}: value for {k!r} must be a class name or "
-                              f"null, got {v!r}")
+            raise MedsslError(
+                f"class mapping {p}: value for {k!r} must be a class name or null, got {v!r}"
+            )
         out[k] = v
     return out

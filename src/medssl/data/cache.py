@@ -32,8 +32,9 @@ def default_cache_dir() -> Path:
 
 def _cache_key(manifest: Manifest, size: int) -> str:
     digest = hashlib.sha1(f"v1|{manifest.name}|{size}".encode())
-    if manifest.pixels is not None:
+    if manifest.pixels is not None:  # in-memory images: the pixels are the identity
         digest.update(np.ascontiguousarray(manifest.pixels).tobytes())
+        return digest.hexdigest()[:20]
     for image in manifest.table["image"]:
         try:
             stat = os.stat(image)

@@ -156,7 +156,10 @@ def _read_file(path: Path) -> Any:
             f"re-save just its state dict"
         ) from exc
     except Exception as exc:
-        raise MedsslError(f"cannot read checkpoint {path}: {_short(exc)}") from exc
+        raise MedsslError(
+            f"cannot read checkpoint {path} (not a torch.save or safetensors file, or "
+            f"truncated): {_short(exc)}"
+        ) from exc
 
 
 def _is_state_dict(obj: Any) -> bool:

@@ -18,7 +18,11 @@ import torch.distributed as dist
 from torch import Tensor
 
 __all__ = [
+    "GlobalBatchNorm",
     "all_reduce_mean",
+    "all_reduce_sum",
+    "convert_batchnorm_for_distributed",
+    "local_rank",
     "barrier",
     "cleanup",
     "gather_with_grad",
@@ -43,6 +47,11 @@ def rank() -> int:
 def world_size() -> int:
     """Number of processes in the default group; 1 when not distributed."""
     return dist.get_world_size() if is_distributed() else 1
+
+
+def local_rank() -> int:
+    """This process's rank on its node (``LOCAL_RANK`` from torchrun); 0 otherwise."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
 
 
 def is_main_process() -> bool:
@@ -138,3 +147,79 @@ def cleanup() -> None:
     """Destroy the default process group if there is one."""
     if is_distributed():
         dist.destroy_process_group()
+
+
+def all_reduce_sum(t: Tensor) -> Tensor:
+    """Sum of ``t`` over ranks (a new tensor); ``t`` itself when not distributed."""
+    if not is_distributed() or world_size() == 1:
+        return t
+    out = t.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """Batch norm whose statistics cover the global batch of every rank, on any device.
+
+    ``torch.nn.SyncBatchNorm`` does this only for GPU tensors; it refuses CPU tensors, so
+    CPU (gloo) runs -- and the tests that check a 2-process run against a 1-process run --
+    need this version. It all-reduces per-channel sums and sums of squares with the
+    differentiable :func:`torch.distributed.nn.functional.all_reduce`, so gradients flow
+    through the global statistics exactly as in one process on the combined batch.
+    """
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        if x.dim() < 2:
+            raise ValueError(f"expected at least 2-D input, got {x.dim()}-D")
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and is_distributed() and world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [d for d in range(x.dim()) if d != 1]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        local_count = x.numel() // x.shape[1]
+        xf = x.float()
+        stats = torch.cat([xf.sum(dims), (xf * xf).sum(dims)])
+        stats = all_reduce(stats)
+        count = local_count * world_size()
+        mean, sq_mean = (stats / count).chunk(2)
+        var = (sq_mean - mean * mean).clamp_min(0)
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                momentum = 0.1 if self.momentum is None else self.momentum
+                unbiased = var * count / max(count - 1, 1)
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
+                self.num_batches_tracked.add_(1)
+        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y.to(x.dtype)
+
+
+def convert_batchnorm_for_distributed(module: torch.nn.Module) -> torch.nn.Module:
+    """Global batch norm, as in the paper: SyncBatchNorm on GPU, GlobalBatchNorm on CPU.
+
+    Call before moving the model to its device; parameters and buffers are kept.
+    """
+    if torch.cuda.is_available():
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    return _to_global_bn(module)
+
+
+def _to_global_bn(module: torch.nn.Module) -> torch.nn.Module:
+    out = module
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(
+        module, GlobalBatchNorm
+    ):
+        out = GlobalBatchNorm(
+            module.num_features, module.eps, module.momentum, module.affine,
+            module.track_running_stats,
+        )  # fmt: skip
+        out.load_state_dict(module.state_dict())
+        out.train(module.training)
+    for name, child in module.named_children():
+        out.add_module(name, _to_global_bn(child))
+    return out

@@ -14,6 +14,7 @@ paper's policy for ``-1.0``: ``ignore`` (NaN, masked out of the loss and metrics
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -91,35 +92,36 @@ def _view(frontal: str, projection: str) -> str:
     return "-".join(p for p in (frontal.strip(), projection.strip()) if p)
 
 
-def _candidates(root: Path, rel: str) -> list[Path]:
-    path = Path(rel)
-    if path.is_absolute():
-        return [path]
-    out = [root / path, root.parent / path]
-    if len(path.parts) > 1:
-        out.append(root.joinpath(*path.parts[1:]))
+def _candidates(root: str, parent: str, rel: str) -> list[str]:
+    """Where ``Path`` may point (strings and ``os.path``: pathlib is slow for 200k rows)."""
+    if os.path.isabs(rel):
+        return [rel]
+    out = [os.path.join(root, rel), os.path.join(parent, rel)]
+    _first, sep, rest = rel.replace("\\", "/").partition("/")
+    if sep and rest:
+        out.append(os.path.join(root, rest))
     return out
 
 
 def _resolve(root: Path, paths: pd.Series, csv_path: Path) -> list[str]:
     """Existing image file of every ``Path``; a missing one is an error naming its row."""
+    root_s, parent_s = str(root), str(root.parent)
     resolved: list[str] = []
-    preferred: int | None = None  # which candidate worked last: cheap for 200k rows
+    preferred = 0  # index of the candidate that worked last: tried first
     for row, rel in enumerate(paths):
-        candidates = _candidates(root, rel)
-        order = list(range(len(candidates)))
-        if preferred is not None and preferred < len(candidates):
-            order.remove(preferred)
-            order.insert(0, preferred)
-        for i in order:
-            if candidates[i].is_file():
-                resolved.append(str(candidates[i]))
+        candidates = _candidates(root_s, parent_s, rel)
+        if preferred < len(candidates) and os.path.isfile(candidates[preferred]):
+            resolved.append(candidates[preferred])
+            continue
+        for i, candidate in enumerate(candidates):
+            if os.path.isfile(candidate):
+                resolved.append(candidate)
                 preferred = i
                 break
         else:
             raise MedsslError(
                 f"chexpert: image {rel} listed in {csv_path} (row {row + 2}) was not found "
-                f"(tried {', '.join(str(c) for c in dict.fromkeys(candidates))})"
+                f"(tried {', '.join(dict.fromkeys(candidates))})"
             )
     return resolved
 
@@ -145,19 +147,20 @@ def _labels(
 
 
 def load_chexpert(
-    root: str | Path, findings: list[str] | None = None, uncertain: str = "ignore"
+    root: str | Path, findings: list[str] | str | None = None, uncertain: str = "ignore"
 ) -> Manifest:
     """Case = the ``patientNNNNN`` folder; view = ``Frontal/Lateral`` + ``AP/PA``.
 
     ``findings`` takes CheXpert names or shared names (``Effusion``); the manifest always
     uses the shared names (:data:`CHEXPERT_TO_SHARED`). Default: the five competition
-    findings. Both official CSVs are read; ``official_split`` is ``train`` or ``valid``.
+    findings; a comma-separated string (from a command line) works too. Both official CSVs
+    are read; ``official_split`` is ``train`` or ``valid``.
     """
     if uncertain not in UNCERTAIN_POLICIES:
         raise MedsslError(
             f"chexpert: --uncertain '{uncertain}' is not one of {', '.join(UNCERTAIN_POLICIES)}"
         )
-    root = _find_root(require_dir(root, "chexpert"))
+    root = _find_root(require_dir(root, "chexpert").absolute())
     for name in SPLITS.values():
         if not (root / name).is_file():
             raise MedsslError(

@@ -28,7 +28,8 @@ _NO_CASE = (
 
 def _csv_file(root: Path, csv_path: str | None) -> Path:
     if root.is_file():
-        if csv_path is not None and Path(csv_path).expanduser() not in (root, Path(root.name)):
+        given = Path(csv_path).expanduser().absolute() if csv_path else root
+        if given != root and csv_path != root.name:
             raise MedsslError(
                 f"csv: --root {root} is already a CSV file; drop --csv-path {csv_path} "
                 "or make --root its folder"
@@ -103,7 +104,7 @@ def load_csv(
     # The CLI passes unset options as None: fall back to the defaults rather than fail.
     csv_image = csv_image or "image"
     csv_label = csv_label or "label"
-    path = _csv_file(Path(root).expanduser(), csv_path)
+    path = _csv_file(Path(root).expanduser().absolute(), csv_path)
     optional = [c for c in (csv_case, csv_source, csv_view) if c]
     frame = read_csv(path, list(dict.fromkeys([csv_image, csv_label, *optional])), "csv")
     image_cells = _cells(frame, csv_image, path, "image path")
@@ -167,7 +168,7 @@ def load_folder(root: str | Path) -> Manifest:
     so). Class folders without images are left out with a warning; images lying directly
     in ``root`` belong to no class and are ignored with a warning.
     """
-    root = require_dir(root, "folder")
+    root = require_dir(root, "folder").absolute()
     class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p.name))
     if not class_dirs:
         raise MedsslError(f"folder: no class subfolders in {root} (expected root/<class>/<image>)")

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create .venv (if absent) and install medssl with its test tools.
+# torch/torchvision are pinned for CI by constraints-ci.txt; users may use any version
+# within pyproject.toml's ranges.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
+.venv/bin/python -m pip install --quiet -c constraints-ci.txt -e ".[dev]"

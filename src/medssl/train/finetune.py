@@ -1,0 +1,242 @@
+"""``medssl finetune``: supervised fine-tuning (or a linear probe) with a fraction of labels.
+
+Multi-class tasks train with cross-entropy; multi-label tasks with binary cross-entropy in
+which NaN targets (uncertain or missing findings) are masked out. The labeled subset is the
+nested case-level fraction of :func:`medssl.data.splits.label_fraction`. After every epoch
+the model is scored on the validation split and the best epoch's weights are kept as
+``best.pt``; ``medssl evaluate`` uses those.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from medssl.augment import DATASET_PRESET, PRESETS, finetune_transform
+from medssl.data.datasets import LabeledImages
+from medssl.data.splits import label_fraction
+from medssl.errors import MedsslError
+from medssl.evaluate import multiclass_metrics, multilabel_metrics
+from medssl.models.backbones import build_backbone
+from medssl.models.checkpoint import save_state_dict_atomic
+from medssl.models.heads import Classifier
+from medssl.train.common import (
+    autocast,
+    init_source,
+    initialise_backbone,
+    load_data,
+    resolve_device,
+)
+from medssl.train.monitor import model_outputs
+from medssl.train.optim import build_optimizer, build_scheduler
+from medssl.train.run import RunDir
+
+BEST = "best.pt"
+
+
+@dataclass
+class FinetuneConfig:
+    data: dict[str, Any]
+    out: str
+    init: str = "random"
+    label_fraction: float = 1.0
+    seed: int = 0
+    backbone: str = ""  # "" = the init run's backbone, else resnet18
+    small_stem: bool | None = None
+    image_size: int = 0  # 0 = the init run's image size, else 64
+    epochs: int = 30
+    batch_size: int = 128
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1
+    linear_probe: bool = False
+    val_metric: str = "auto"
+    device: str = "auto"
+    precision: str = "auto"
+    num_workers: int = 2
+    cache_dir: str | None = None
+    skip_unreadable: bool = False
+    progress: bool = True
+    resume: bool = False
+    class_names: list[str] = field(default_factory=list)  # filled from the data
+    task: str = ""
+
+    def resolved(self) -> FinetuneConfig:
+        cfg = FinetuneConfig(**asdict(self))
+        source = init_source(cfg.init) or {}
+        cfg.backbone = cfg.backbone or source.get("backbone", "resnet18")
+        if cfg.small_stem is None:
+            cfg.small_stem = bool(source.get("small_stem", False))
+        cfg.image_size = cfg.image_size or int(source.get("image_size", 64))
+        if cfg.epochs < 1 or cfg.batch_size < 2:
+            raise MedsslError("--epochs must be >= 1 and --batch-size >= 2")
+        device = resolve_device(cfg.device)
+        cfg.device = device.type
+        if cfg.precision == "auto":
+            cfg.precision = "bf16" if device.type == "cuda" else "fp32"
+        return cfg
+
+
+def masked_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy over the known (non-NaN) targets only."""
+    known = ~torch.isnan(targets)
+    if not known.any():
+        return logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(logits[known], targets[known])
+
+
+def task_loss(task: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    if task == "multiclass":
+        return F.cross_entropy(logits, targets.long())
+    return masked_bce(logits, targets.float())
+
+
+def probabilities(task: str, logits: torch.Tensor) -> np.ndarray:
+    probs = logits.softmax(1) if task == "multiclass" else logits.sigmoid()
+    return probs.float().numpy()
+
+
+def score(task: str, probs: np.ndarray, targets: np.ndarray, names: list[str]) -> dict:
+    if task == "multiclass":
+        return multiclass_metrics(probs, targets, names)
+    return multilabel_metrics(probs, targets, names, None)
+
+
+class Finetuner:
+    def __init__(self, config: FinetuneConfig) -> None:
+        self.cfg = cfg = config.resolved()
+        self.device = resolve_device(cfg.device)
+        self.manifest, self.splits, self.pixels = load_data(
+            cfg.data, cfg.image_size, cfg.cache_dir, cfg.skip_unreadable, cfg.progress
+        )
+        m = self.manifest
+        cfg.class_names, cfg.task = list(m.class_names), m.task
+        self.run = RunDir(cfg.out, asdict(cfg), cfg.resume)
+        self.train_rows = label_fraction(m, self.splits["train"], cfg.label_fraction, cfg.seed)
+        preset = PRESETS[DATASET_PRESET.get(cfg.data["dataset"], "derm")]
+        self.dataset = LabeledImages(
+            self.pixels, m.targets, self.train_rows,
+            finetune_transform(cfg.image_size, preset.rotation_degrees), seed=cfg.seed,
+        )  # fmt: skip
+        self.batch_size = min(cfg.batch_size, len(self.train_rows))
+        torch.manual_seed(cfg.seed)
+        backbone, feat_dim = build_backbone(cfg.backbone, small_images=bool(cfg.small_stem))
+        initialise_backbone(backbone, cfg.init)
+        model = Classifier(backbone, feat_dim, m.num_classes, freeze_backbone=cfg.linear_probe)
+        self.model = model.to(self.device).to(memory_format=torch.channels_last)
+        trainable = model.fc if cfg.linear_probe else model
+        self.optimizer = build_optimizer(cfg.optimizer, trainable, cfg.lr, cfg.weight_decay)
+        self.steps_per_epoch = max(1, len(self.train_rows) // self.batch_size)
+        total = cfg.epochs * self.steps_per_epoch
+        warmup = min(int(cfg.warmup_epochs * self.steps_per_epoch), max(total - 1, 0))
+        self.scheduler = build_scheduler(self.optimizer, total, warmup)
+        self.val_metric = self._val_metric()
+        self.start_epoch, self.best = 0, -math.inf
+        state = self.run.load_checkpoint()
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.start_epoch, self.best = int(state["epoch"]), float(state["best"])
+
+    def _val_metric(self) -> str:
+        if self.cfg.val_metric != "auto":
+            return self.cfg.val_metric
+        return "auc_macro"
+
+    def _loader(self, epoch: int) -> DataLoader:
+        self.dataset.epoch = epoch
+        generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+        return DataLoader(
+            self.dataset, batch_size=self.batch_size, shuffle=True, generator=generator,
+            num_workers=self.cfg.num_workers, drop_last=True,
+            pin_memory=self.device.type == "cuda",
+        )  # fmt: skip
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.model.train()
+        losses, seen, start = [], 0, time.perf_counter()
+        bar = tqdm(
+            self._loader(epoch), desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch",
+            disable=not self.cfg.progress, file=sys.stderr, leave=False,
+        )  # fmt: skip
+        for images, targets, _ in bar:
+            images = images.to(self.device, non_blocking=True)
+            images = images.contiguous(memory_format=torch.channels_last)
+            with autocast(self.device, self.cfg.precision):
+                logits = self.model(images)
+            loss = task_loss(self.manifest.task, logits.float(), targets.to(self.device))
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            losses.append(loss.detach())
+            seen += len(images)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        seconds = time.perf_counter() - start
+        return {"loss": torch.stack(losses).mean().item(), "images_per_s": seen / seconds}
+
+    def validate(self) -> dict[str, Any]:
+        rows = self.splits["val"]
+        logits = model_outputs(self.model, self.pixels, rows, self.device)
+        m = self.manifest
+        return score(m.task, probabilities(m.task, logits), m.targets[rows], m.class_names)
+
+    def fit(self) -> dict[str, Any]:
+        cfg, started = self.cfg, time.perf_counter()
+        for epoch in range(self.start_epoch, cfg.epochs):
+            row: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch)}
+            val = self.validate()
+            value = val.get(self.val_metric)
+            row.update({f"val_{k}": val.get(k) for k in ("accuracy", "auc_macro") if k in val})
+            if value is not None and value > self.best:
+                self.best = float(value)
+                save_state_dict_atomic(
+                    {"model": self.model.state_dict(), "epoch": epoch + 1},
+                    self.run.path / BEST,
+                )
+            self.run.log(row)
+            self.run.save_checkpoint(
+                {
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "epoch": epoch + 1,
+                    "best": self.best,
+                }
+            )
+            done = epoch + 1 - self.start_epoch
+            eta = (time.perf_counter() - started) / done * (cfg.epochs - epoch - 1)
+            if cfg.progress:
+                print(
+                    f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}, "
+                    f"val {self.val_metric} {value if value is None else round(value, 4)}, "
+                    f"{row['images_per_s']:.0f} img/s, ETA {eta / 60:.1f} min",
+                    file=sys.stderr, flush=True,
+                )  # fmt: skip
+        if not (self.run.path / BEST).is_file():  # validation never scored: keep the last
+            save_state_dict_atomic({"model": self.model.state_dict(), "epoch": cfg.epochs},
+                                   self.run.path / BEST)  # fmt: skip
+        metrics = {
+            f"best_val_{self.val_metric}": self.best if math.isfinite(self.best) else None,
+            "train_images": int(len(self.train_rows)),
+            "train_cases": int(len(set(self.manifest.table["case_id"].iloc[self.train_rows]))),
+            "label_fraction": cfg.label_fraction,
+        }
+        self.run.finish(metrics)
+        return metrics
+
+
+def finetune(config: FinetuneConfig) -> dict[str, Any]:
+    """Run (or resume) a fine-tuning job and return its summary."""
+    return Finetuner(config).fit()

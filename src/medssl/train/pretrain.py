@@ -1,0 +1,282 @@
+"""``medssl pretrain``: SimCLR and MICLe pretraining, resumable and distributed.
+
+The method is only the choice of partner image (see :mod:`medssl.data.pairs`): SimCLR pairs
+two views of one image, MICLe two views of two different images of one case. Everything
+else -- model, NT-Xent with global negatives, LARS with warmup and cosine decay -- is shared.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from medssl.augment import DATASET_PRESET, preset, view_transform
+from medssl.data.datasets import PairViews
+from medssl.data.pairs import CaseBags, PairSampler
+from medssl.errors import MedsslError
+from medssl.losses import NTXentLoss
+from medssl.models.backbones import build_backbone
+from medssl.models.checkpoint import export_backbone
+from medssl.models.heads import SimCLRModel
+from medssl.train import distributed as dist
+from medssl.train.common import autocast, initialise_backbone, load_data, resolve_device
+from medssl.train.monitor import knn_scores, model_outputs
+from medssl.train.optim import build_optimizer, build_scheduler, scaled_lr
+from medssl.train.run import RunDir
+
+
+@dataclass
+class PretrainConfig:
+    data: dict[str, Any]
+    out: str
+    method: str = "micle"
+    backbone: str = "resnet18"
+    small_stem: bool = False
+    image_size: int = 64
+    epochs: int = 100
+    batch_size: int = 256
+    optimizer: str = "lars"
+    lr: float = 0.075
+    lr_scaling: str = "sqrt"
+    weight_decay: float = 1e-6
+    warmup_epochs: float = 10
+    temperature: float = 0.1
+    proj_dim: int = 128
+    augment: str = ""  # preset name; "" = the dataset's default (derm or cxr)
+    augment_overrides: dict[str, float] = field(default_factory=dict)
+    init: str = "random"
+    seed: int = 0
+    num_workers: int = 2
+    knn_every: int = 0
+    knn_k: int = 20
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool | None = None
+    compile: bool = False
+    cache_dir: str | None = None
+    skip_unreadable: bool = False
+    progress: bool = True
+    resume: bool = False
+
+    def resolved(self) -> PretrainConfig:
+        """Fill automatic choices so the saved config says what actually ran."""
+        if self.method not in ("simclr", "micle"):
+            raise MedsslError(f"--method {self.method!r} is not simclr or micle")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise MedsslError("--epochs must be >= 1 and --batch-size >= 2")
+        cfg = PretrainConfig(**asdict(self))
+        if not cfg.augment:
+            cfg.augment = DATASET_PRESET.get(cfg.data["dataset"], "derm")
+        preset(cfg.augment, cfg.augment_overrides)  # validates names and values
+        device = resolve_device(cfg.device)
+        cfg.device = device.type
+        if cfg.precision == "auto":
+            cfg.precision = "bf16" if device.type == "cuda" else "fp32"
+        if cfg.channels_last is None:  # faster on GPUs and, measured, ~20% on CPU too
+            cfg.channels_last = True
+        return cfg
+
+
+class Pretrainer:
+    """One pretraining job: data, model, optimiser, loop, checkpoints, export."""
+
+    def __init__(self, config: PretrainConfig) -> None:
+        dist.init_from_env()
+        self.cfg = config.resolved()
+        self.device = resolve_device(self.cfg.device)
+        self.run = RunDir(self.cfg.out, asdict(self.cfg), self.cfg.resume)
+        self._load_data()
+        self._build_model()
+
+    # --- set-up ------------------------------------------------------------------------
+
+    def _load_data(self) -> None:
+        cfg = self.cfg
+        manifest, splits, pixels = load_data(
+            cfg.data, cfg.image_size, cfg.cache_dir, cfg.skip_unreadable, cfg.progress
+        )
+        self.manifest, self.splits, self.pixels = manifest, splits, pixels
+        self.train_rows = splits["train"]
+        world = dist.world_size()
+        if cfg.batch_size % world:
+            raise MedsslError(f"--batch-size {cfg.batch_size} is not divisible by {world} ranks")
+        if len(self.train_rows) < cfg.batch_size:
+            raise MedsslError(
+                f"--batch-size {cfg.batch_size} exceeds the {len(self.train_rows)} training images"
+            )
+        codes, _ = manifest.case_codes()
+        self.bags = CaseBags(np.unique(codes[self.train_rows], return_inverse=True)[1])
+        self.sampler = PairSampler(
+            self.bags, cfg.method, seed=cfg.seed, rank=dist.rank(), world_size=world,
+            global_batch_size=cfg.batch_size,
+        )  # fmt: skip
+        view = view_transform(preset(cfg.augment, cfg.augment_overrides), cfg.image_size)
+        dataset = PairViews(np.asarray(pixels)[self.train_rows], view, view, seed=cfg.seed)
+        self.loader = DataLoader(
+            dataset,
+            batch_size=cfg.batch_size // world,
+            sampler=self.sampler,
+            num_workers=cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=cfg.num_workers > 0,
+            prefetch_factor=4 if cfg.num_workers > 0 else None,
+            drop_last=True,
+        )
+
+    def _build_model(self) -> None:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        backbone, feat_dim = build_backbone(cfg.backbone, small_images=bool(cfg.small_stem))
+        initialise_backbone(backbone, cfg.init)
+        model = SimCLRModel(backbone, feat_dim, out_dim=cfg.proj_dim)
+        if dist.is_distributed():
+            model = dist.convert_batchnorm_for_distributed(model)
+        model = model.to(self.device)
+        if cfg.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.ddp = (
+            torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+            if dist.is_distributed()
+            else model
+        )
+        self.forward = torch.compile(self.ddp) if cfg.compile else self.ddp
+        self.criterion = NTXentLoss(cfg.temperature)
+        lr = scaled_lr(cfg.lr, cfg.batch_size, cfg.lr_scaling)
+        self.optimizer = build_optimizer(cfg.optimizer, model, lr, cfg.weight_decay)
+        self.steps_per_epoch = len(self.loader)
+        total = cfg.epochs * self.steps_per_epoch
+        warmup = min(int(cfg.warmup_epochs * self.steps_per_epoch), max(total - 1, 0))
+        self.scheduler = build_scheduler(self.optimizer, total, warmup)
+        self.start_epoch = 0
+        state = self.run.load_checkpoint()
+        if state is not None:
+            model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.start_epoch = int(state["epoch"])
+
+    # --- the loop ------------------------------------------------------------------------
+
+    def _step(self, view_a: torch.Tensor, view_b: torch.Tensor) -> torch.Tensor:
+        memory = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
+        x = torch.cat([view_a, view_b]).to(self.device, non_blocking=True)
+        x = x.contiguous(memory_format=memory)
+        with autocast(self.device, self.cfg.precision):
+            z = self.forward(x)
+        z_a, z_b = z.float().chunk(2)
+        loss = self.criterion(z_a, z_b)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.detach()
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        self.sampler.set_epoch(epoch)
+        self.model.train()
+        losses, distinct, seen = [], 0, 0
+        start = time.perf_counter()
+        bar = tqdm(
+            self.loader, desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch",
+            disable=not (self.cfg.progress and dist.is_main_process()), file=sys.stderr,
+            leave=False,
+        )  # fmt: skip
+        for view_a, view_b, is_distinct in bar:
+            loss = self._step(view_a, view_b)
+            losses.append(loss)
+            distinct += int(is_distinct.sum())
+            seen += len(is_distinct)
+            if len(losses) % 5 == 1:
+                rate = seen * dist.world_size() / (time.perf_counter() - start)
+                bar.set_postfix(
+                    loss=f"{loss.item():.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.3g}",
+                    pairs_s=f"{rate:.0f}",
+                )  # fmt: skip
+        seconds = time.perf_counter() - start
+        mean_loss = dist.all_reduce_mean(torch.stack(losses).mean()).item()
+        counts = dist.all_reduce_sum(torch.tensor([distinct, seen], dtype=torch.float64))
+        return {
+            "loss": mean_loss,
+            "lr": self.scheduler.get_last_lr()[0],
+            "pairs_per_s": seen * dist.world_size() / seconds,
+            "distinct_pair_share": float(counts[0] / max(counts[1], 1)),
+            "epoch_seconds": seconds,
+        }
+
+    def knn_accuracy(self) -> float | None:
+        """k-NN accuracy (multiclass) or macro AUC (multilabel) on the validation split."""
+        if "val" not in self.splits or not len(self.splits["val"]):
+            return None
+        from medssl.evaluate import multiclass_metrics, multilabel_metrics
+
+        backbone = self.model.backbone
+        train_rows, val_rows = self.train_rows, self.splits["val"]
+        train_f = model_outputs(backbone, self.pixels, train_rows, self.device)
+        val_f = model_outputs(backbone, self.pixels, val_rows, self.device)
+        m = self.manifest
+        scores = knn_scores(train_f, m.targets[train_rows], val_f, m.num_classes, k=self.cfg.knn_k)
+        if m.task == "multiclass":
+            return multiclass_metrics(scores, m.targets[val_rows], m.class_names)["accuracy"]
+        return multilabel_metrics(scores, m.targets[val_rows], m.class_names, None)["auc_macro"]
+
+    def fit(self) -> dict[str, Any]:
+        cfg, metrics = self.cfg, {}
+        knn_key = "knn_accuracy" if self.manifest.task == "multiclass" else "knn_auc"
+        if cfg.knn_every and self.start_epoch == 0 and dist.is_main_process():
+            metrics[f"{knn_key}_init"] = self.knn_accuracy()
+            self.run.log({"epoch": 0, knn_key: metrics[f"{knn_key}_init"]})
+            self._say(f"epoch 0: k-NN {knn_key} {metrics[f'{knn_key}_init']:.4f} (initial)")
+        started = time.perf_counter()
+        for epoch in range(self.start_epoch, cfg.epochs):
+            row: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch)}
+            if not math.isfinite(row["loss"]):
+                raise MedsslError(f"loss became {row['loss']} in epoch {epoch + 1}; lower --lr")
+            last = epoch + 1 == cfg.epochs
+            due = cfg.knn_every and ((epoch + 1) % cfg.knn_every == 0 or last)
+            if due and dist.is_main_process():
+                row[knn_key] = self.knn_accuracy()
+            self.run.log(row)
+            self.run.save_checkpoint(
+                {
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(),
+                    "epoch": epoch + 1,
+                }
+            )
+            done = epoch + 1 - self.start_epoch
+            eta = (time.perf_counter() - started) / done * (cfg.epochs - epoch - 1)
+            extra = f", k-NN {row[knn_key]:.4f}" if row.get(knn_key) is not None else ""
+            self._say(
+                f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}, "
+                f"{row['pairs_per_s']:.0f} pairs/s, distinct pairs "
+                f"{row['distinct_pair_share']:.2f}{extra}, ETA {eta / 60:.1f} min"
+            )
+            metrics.update({k: v for k, v in row.items() if k != "epoch"})
+        if dist.is_main_process():
+            meta = {"backbone": cfg.backbone, "small_stem": str(cfg.small_stem)}
+            export_backbone(self.model.backbone, self.run.path, metadata=meta)
+        metrics.update({"epochs": cfg.epochs, "method": cfg.method})
+        self.run.finish(metrics)
+        dist.barrier()
+        return metrics
+
+    def _say(self, message: str) -> None:
+        if dist.is_main_process() and self.cfg.progress:
+            print(message, file=sys.stderr, flush=True)
+
+
+def pretrain(config: PretrainConfig) -> dict[str, Any]:
+    """Run (or resume) a pretraining job and return its final metrics."""
+    return Pretrainer(config).fit()

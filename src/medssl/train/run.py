@@ -1,0 +1,183 @@
+"""A run directory: resolved config, checkpoints, logs, metrics, and the rules that protect it.
+
+Layout of ``RUN/``::
+
+    config.yaml        the resolved configuration (every default filled in)
+    checkpoints/last.pt   model, optimiser, scheduler, epoch and RNG state (atomic writes)
+    log.csv            one row per epoch
+    tb/                TensorBoard events
+    metrics.json       final figures; its ``status: complete`` marks a finished run
+
+A finished run is never overwritten; an unfinished one continues only with ``--resume``
+and the same configuration (the number of epochs may grow).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from medssl.errors import MedsslError
+from medssl.models.checkpoint import save_state_dict_atomic
+from medssl.train import distributed as dist
+
+CONFIG = "config.yaml"
+METRICS = "metrics.json"
+CHECKPOINT = Path("checkpoints") / "last.pt"
+#: config keys that may differ between the original run and ``--resume``
+RESUMABLE_CHANGES = {"epochs", "num_workers", "resume", "log_every", "progress", "device"}
+
+
+def write_json_atomic(data: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def read_config(run: str | Path) -> dict[str, Any]:
+    path = Path(run) / CONFIG
+    if not path.is_file():
+        raise MedsslError(f"{run} is not a medssl run directory (no {CONFIG})")
+    return yaml.safe_load(path.read_text())
+
+
+def is_complete(run: str | Path) -> bool:
+    path = Path(run) / METRICS
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("status") == "complete"
+    except json.JSONDecodeError:
+        return False
+
+
+def rng_state() -> dict[str, Any]:
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+class RunDir:
+    """Owns one run directory for one training job (only rank 0 writes)."""
+
+    def __init__(self, path: str | Path, config: dict[str, Any], resume: bool) -> None:
+        self.path = Path(path)
+        self.config = config
+        self.writes = dist.is_main_process()
+        self.resume = resume and (self.path / CHECKPOINT).is_file()
+        self._check(resume)
+        self._tb = None
+        if self.writes:
+            (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+            text = yaml.safe_dump(config, sort_keys=False)
+            (self.path / CONFIG).write_text(text)
+
+    def _check(self, resume: bool) -> None:
+        if is_complete(self.path) and not (resume and self._extends_epochs()):
+            raise MedsslError(
+                f"--out {self.path} already holds a finished run; choose another --out "
+                "(or --resume with more --epochs to extend it)"
+            )
+        if (self.path / CHECKPOINT).is_file() and not resume:
+            raise MedsslError(
+                f"--out {self.path} holds an unfinished run; pass --resume to continue it "
+                "or choose another --out"
+            )
+        foreign = (
+            self.path.is_dir()
+            and not (self.path / CONFIG).is_file()
+            and any(p.name != "tb" for p in self.path.iterdir())
+        )
+        if foreign:
+            raise MedsslError(f"--out {self.path} exists and is not a medssl run directory")
+        if self.resume:
+            old = read_config(self.path)
+            changed = sorted(
+                k for k in set(old) | set(self.config)
+                if k not in RESUMABLE_CHANGES and old.get(k) != self.config.get(k)
+            )  # fmt: skip
+            if changed:
+                diffs = ", ".join(f"{k}: {old.get(k)!r} -> {self.config.get(k)!r}" for k in changed)
+                raise MedsslError(f"--resume {self.path} with a different configuration ({diffs})")
+
+    def _extends_epochs(self) -> bool:
+        try:
+            return int(self.config.get("epochs", 0)) > int(read_config(self.path).get("epochs", 0))
+        except MedsslError:
+            return False
+
+    # --- checkpoints -----------------------------------------------------------------
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        if self.writes:
+            save_state_dict_atomic({**state, "rng": rng_state()}, self.path / CHECKPOINT)
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        if not self.resume:
+            return None
+        try:
+            state = torch.load(self.path / CHECKPOINT, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
+            raise MedsslError(f"cannot read checkpoint {self.path / CHECKPOINT}: {exc}") from None
+        set_rng_state(state["rng"])
+        return state
+
+    # --- logs --------------------------------------------------------------------------
+
+    def log(self, row: dict[str, Any]) -> None:
+        """Append one row to log.csv and to TensorBoard."""
+        if not self.writes:
+            return
+        path = self.path / "log.csv"
+        header = list(row)
+        if path.is_file():
+            with path.open() as fh:
+                header = next(csv.reader(fh), header)
+            header += [k for k in row if k not in header]
+        rows = list(csv.DictReader(path.open())) if path.is_file() else []
+        step = int(row.get("epoch", len(rows)))
+        rows = [r for r in rows if int(float(r.get("epoch", -1))) < step] + [row]
+        with path.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
+        writer_tb = self._tensorboard()
+        if writer_tb is not None:
+            for key, value in row.items():
+                if isinstance(value, int | float) and key != "epoch":
+                    writer_tb.add_scalar(key, value, step)
+            writer_tb.flush()
+
+    def _tensorboard(self):  # noqa: ANN202 - optional dependency
+        if self._tb is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                return None
+            self._tb = SummaryWriter(str(self.path / "tb"))
+        return self._tb
+
+    def finish(self, metrics: dict[str, Any]) -> None:
+        if self.writes:
+            write_json_atomic({**metrics, "status": "complete"}, self.path / METRICS)
+        if self._tb is not None:
+            self._tb.close()
