@@ -85,7 +85,7 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     """Shorter side to ``size`` (antialiased), then a centred square crop."""
     from torchvision.transforms.v2 import functional as F
 
-    tensor = torch.from_numpy(image).permute(2, 0, 1)
+    tensor = torch.from_numpy(image if image.flags.writeable else image.copy()).permute(2, 0, 1)
     tensor = F.resize(tensor, size, antialias=True)
     tensor = F.center_crop(tensor, [size, size])
     return tensor.permute(1, 2, 0).contiguous().numpy()

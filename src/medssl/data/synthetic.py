@@ -31,7 +31,7 @@ What it simulates:
   blur, vignetting, stronger and chromatic noise) with a different class mix (more of the
   rare classes), so holding out :data:`SYNTHETIC_SHIFT_SOURCE` measures distribution shift.
 
-Generation is vectorised with numpy (about 0.3 s for the default 600 cases at 32 px) and
+Generation is vectorised with numpy (about 0.5 s for the default 600 cases at 32 px) and
 deterministic for a seed.
 """
 
@@ -86,6 +86,11 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
 
+def _f32(a: np.ndarray) -> np.ndarray:
+    """Floating parameters as float32 (rendering precision); others unchanged."""
+    return a.astype(np.float32) if np.issubdtype(a.dtype, np.floating) else a
+
+
 def _col(a: np.ndarray) -> np.ndarray:
     """Per-image parameters ``(n,)`` or ``(n, k)`` broadcast against ``(n, H, W)`` grids."""
     return a.reshape(a.shape[0], *([1] * (a.ndim - 1)), 1, 1)
@@ -105,10 +110,10 @@ def _draw_cases(n_cases: int, rng: np.random.Generator) -> dict[str, np.ndarray]
     tone = rng.uniform(0.0, 1.0, n)
     light, dark = np.array([0.93, 0.78, 0.68]), np.array([0.62, 0.44, 0.33])
     skin = light + tone[:, None] * (dark - light) + rng.normal(0, 0.025, (n, 3))
-    pigment = np.stack(
-        [rng.uniform(0.22, 0.55, n), rng.uniform(0.10, 0.32, n), rng.uniform(0.06, 0.30, n)], 1
+    red = rng.uniform(0.25, 0.6, n)
+    pigment = red[:, None] * np.stack(
+        [np.ones(n), rng.uniform(0.45, 0.75, n), rng.uniform(0.3, 0.75, n)], 1
     )
-    pigment = pigment * rng.uniform(0.7, 1.1, (n, 1))
     return {
         "site": site,
         "label": label,
@@ -120,14 +125,15 @@ def _draw_cases(n_cases: int, rng: np.random.Generator) -> dict[str, np.ndarray]
         "radius": rng.uniform(0.30, 0.60, n),
         "aspect": rng.uniform(0.7, 1.0, n),
         "angle": rng.uniform(0.0, 2 * np.pi, n),
-        # synthetic-C: border harmonics 2, 3, 5 and radial streaks
+        # synthetic-C: border harmonics 2, 3, 5 (A uses a faint harmonic 2) and radial streaks
         "harm_amp": rng.uniform(0.08, 0.18, (n, 3)),
         "harm_phase": rng.uniform(0.0, 2 * np.pi, (n, 3)),
         "n_streaks": rng.integers(7, 13, n).astype(np.float64),
         "streak_phase": rng.uniform(0.0, 2 * np.pi, n),
-        # synthetic-B: ring radius and width
+        # synthetic-B: ring radius, width and contrast
         "ring_at": rng.uniform(0.75, 0.9, n),
         "ring_width": rng.uniform(0.10, 0.16, n),
+        "ring_amp": rng.uniform(0.4, 0.8, n),
         # synthetic-D: dot positions (in lesion units) and how many are present
         "dot_pos": rng.uniform(-0.75, 0.75, (n, _N_DOTS, 2)),
         "dot_count": rng.integers(4, _N_DOTS + 1, n),
@@ -137,7 +143,7 @@ def _draw_cases(n_cases: int, rng: np.random.Generator) -> dict[str, np.ndarray]
 
 def _draw_views(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Per-image parameters: pose, zoom, framing, lighting and distractors."""
-    hair_on = rng.uniform(0, 1, (n, _N_HAIRS)) < np.array([0.3, 0.1])
+    hair_on = rng.uniform(0, 1, (n, _N_HAIRS)) < np.array([0.2, 0.06])
     return {
         "rotation": rng.uniform(0.0, 2 * np.pi, n),
         "flip": rng.uniform(0, 1, n) < 0.5,
@@ -170,29 +176,30 @@ def _lesion_darkness(
     rho = np.sqrt(ux**2 + uy**2)
     phi = np.arctan2(uy, ux)
     soft = np.maximum(px, 0.04)
-    if label == 0:  # smooth blob, slightly darker towards the centre
-        body = _sigmoid((1.0 - rho) / (2.5 * soft))
+    amp, phase = case["harm_amp"], case["harm_phase"]
+    if label == 0:  # smooth blob, slightly darker towards the centre, a mildly uneven border
+        border = 1.0 + 0.3 * _col(amp[:, 0]) * np.sin(2 * phi + _col(phase[:, 0]))
+        body = _sigmoid((1.0 - rho / border) / (1.8 * soft))
         return body * (0.75 + 0.2 * np.clip(1.0 - rho, 0, 1))
     if label == 1:  # pale blob with a dark ring
         body = _sigmoid((1.0 - rho) / (1.5 * soft))
         at, width = _col(case["ring_at"]), _col(case["ring_width"])
         ring = np.exp(-(((rho - at) / width) ** 2))
-        return np.clip(0.28 * body + 0.9 * ring, 0.0, 1.0)
+        return np.clip(0.38 * body + _col(case["ring_amp"]) * ring, 0.0, 1.0)
     if label == 2:  # irregular, lobulated blob with radial streaks
-        amp, phase = case["harm_amp"], case["harm_phase"]
         border = 1.0
         for j, k in enumerate((2, 3, 5)):
             border = border + _col(amp[:, j]) * np.sin(k * phi + _col(phase[:, j]))
         r = rho / border
         body = _sigmoid((1.0 - r) / soft)
         streak = 0.5 + 0.5 * np.cos(_col(case["n_streaks"]) * phi + _col(case["streak_phase"]))
-        streak = streak**3 * np.exp(-(((r - 0.95) / 0.35) ** 2))
-        return np.clip(0.55 * body + 0.65 * streak, 0.0, 1.0)
+        streak = streak**3 * np.exp(-(((r - 0.95) / 0.3) ** 2))
+        return np.clip(0.6 * body + 0.5 * streak, 0.0, 1.0)
     # faint patch with a cluster of dark dots
     patch = 0.22 * _sigmoid((1.0 - rho) / (3.0 * soft))
     pos = case["dot_pos"]  # (n, K, 2)
     present = np.arange(_N_DOTS)[None, :] < case["dot_count"][:, None]  # (n, K)
-    size = np.maximum(case["dot_size"][:, None, None, None], 1.6 * px[:, None])
+    size = np.maximum(case["dot_size"][:, None, None, None], 2.2 * px[:, None])
     dx = ux[:, None] - pos[:, :, 0, None, None]
     dy = uy[:, None] - pos[:, :, 1, None, None]
     dots = np.exp(-(dx**2 + dy**2) / (size**2)) * present[:, :, None, None]
@@ -207,63 +214,75 @@ def _render(
     size: int,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """Float images ``(n, size, size, 3)`` in ``[0, 1]`` for one chunk of images."""
-    n = len(labels)
-    ss = 2 if size <= 64 else 1  # supersampling for smooth edges at small sizes
-    big = size * ss
-    grid = (2.0 * np.arange(big) + 1.0) / big - 1.0
-    x = np.broadcast_to(grid[None, None, :], (n, big, big))
-    y = np.broadcast_to(grid[None, :, None], (n, big, big))
+    """Float32 images ``(n, size, size, 3)`` in ``[0, 1]`` for one chunk of images.
 
-    # Skin background: tone, low-frequency mottling, fine pores.
-    waves = np.zeros((n, big, big))
-    for j in range(_N_WAVES):
-        d = view["wave_dir"][:, j]
-        f = view["wave_freq"][:, j] * np.pi
-        arg = _col(f * np.cos(d)) * x + _col(f * np.sin(d)) * y + _col(view["wave_phase"][:, j])
-        waves += _col(view["wave_amp"][:, j]) * np.sin(arg)
-    pores = _blur3(rng.standard_normal((n, big, big)))
+    All parameters are float32 arrays with one row per image. Only the lesion is rendered
+    supersampled (its edges, rings and dots); the rest is drawn at the final size.
+    """
+    n = len(labels)
+    f32 = np.float32
+    grid = ((2.0 * np.arange(size) + 1.0) / size - 1.0).astype(f32)
+    x, y = grid[None, None, :], grid[None, :, None]
+
+    # Skin: tone x (1 + low-frequency mottling + fine pores). Each plane wave is separable,
+    # sin(ax + by + c) = sin(ax) cos(by + c) + cos(ax) sin(by + c), so all waves of an image
+    # are one small matrix product.
+    freq = view["wave_freq"] * f32(np.pi)
+    ax = (freq * np.cos(view["wave_dir"]))[:, :, None] * grid
+    by = (freq * np.sin(view["wave_dir"]))[:, :, None] * grid + view["wave_phase"][:, :, None]
+    amp = view["wave_amp"][:, :, None]
+    rows_h = np.concatenate([amp * np.cos(by), amp * np.sin(by)], axis=1)  # (n, 2M, H)
+    cols_w = np.concatenate([np.sin(ax), np.cos(ax)], axis=1)  # (n, 2M, W)
+    waves = np.matmul(rows_h.transpose(0, 2, 1), cols_w)
+    pores = _blur3(rng.standard_normal((n, size, size), dtype=f32))
     shade = 1.0 + waves + _col(view["pore_amp"]) * pores
     image = case["skin"][:, None, None, :] * shade[..., None]
 
-    # Lesion: image coordinates -> lesion coordinates (shared shape, per-view pose).
-    qx = x - _col(case["centre"][:, 0] + view["shift"][:, 0])
-    qy = y - _col(case["centre"][:, 1] + view["shift"][:, 1])
+    # Lesion, supersampled: image coordinates -> lesion coordinates (the case's shape, the
+    # view's pose), then the class pattern.
+    ss = 2 if size <= 64 else 1
+    big = size * ss
+    fine = ((2.0 * np.arange(big) + 1.0) / big - 1.0).astype(f32)
+    qx = fine[None, None, :] - _col(case["centre"][:, 0] + view["shift"][:, 0])
+    qy = fine[None, :, None] - _col(case["centre"][:, 1] + view["shift"][:, 1])
     theta = case["angle"] + view["rotation"]
-    cos, sin = _col(np.cos(theta)), _col(np.sin(theta))
-    scale = _col(case["radius"] * view["zoom"])
-    ux = (cos * qx + sin * qy) / scale
-    uy = (-sin * qx + cos * qy) / scale
-    ux = np.where(_col(view["flip"]), -ux, ux) / _col(case["aspect"])
-    px = _col(2.0 / big / (case["radius"] * view["zoom"] * case["aspect"]))
-    dark = np.zeros((n, big, big))
+    scale = case["radius"] * view["zoom"]
+    cos, sin = _col(np.cos(theta) / scale), _col(np.sin(theta) / scale)
+    ux = cos * qx + sin * qy
+    uy = cos * qy - sin * qx
+    ux = ux * _col(np.where(view["flip"], -1.0, 1.0).astype(f32) / case["aspect"])
+    px = _col((2.0 / big) / (scale * case["aspect"]))
+    dark = np.zeros((n, big, big), dtype=f32)
     for k in range(len(SYNTHETIC_CLASSES)):
         rows = np.flatnonzero(labels == k)
         if rows.size:
             sub = {key: value[rows] for key, value in case.items()}
             dark[rows] = _lesion_darkness(k, ux[rows], uy[rows], sub, px[rows])
+    if ss > 1:
+        dark = dark.reshape(n, size, ss, size, ss).mean(axis=(2, 4))
     alpha = (dark * _col(case["strength"]))[..., None]
     pigment = case["pigment"][:, None, None, :] * (1.0 + 0.5 * (shade[..., None] - 1.0))
     image = image * (1.0 - alpha) + pigment * alpha
 
     # Hairs: thin dark slightly curved lines, a distractor unrelated to the class.
+    width = f32(0.5 * 2.0 / size + 0.01)
     for j in range(_N_HAIRS):
-        d = view["hair_dir"][:, j]
+        rows = np.flatnonzero(view["hair_on"][:, j])
+        if not rows.size:
+            continue
+        d = view["hair_dir"][rows, j]
         along = _col(np.cos(d)) * x + _col(np.sin(d)) * y
-        across = -_col(np.sin(d)) * x + _col(np.cos(d)) * y
-        dist = across - _col(view["hair_offset"][:, j]) - _col(view["hair_bend"][:, j]) * along**2
-        hair = np.exp(-((dist / (1.2 / big + 0.012)) ** 2)) * _col(view["hair_on"][:, j])
-        image = image * (1.0 - 0.7 * hair[..., None])
-
-    if ss > 1:
-        image = image.reshape(n, size, ss, size, ss, 3).mean(axis=(2, 4))
-        x, y = x[:, ::ss, ::ss], y[:, ::ss, ::ss]
+        across = _col(np.cos(d)) * y - _col(np.sin(d)) * x
+        bend = _col(view["hair_bend"][rows, j])
+        dist = across - _col(view["hair_offset"][rows, j]) - bend * along**2
+        hair = np.exp(-((dist / width) ** 2))
+        image[rows] *= 1.0 - 0.55 * hair[..., None]
 
     # Per-view lighting: gain, a slight tint, an illumination gradient.
     d = view["light_dir"]
     ramp = _col(np.cos(d)) * x + _col(np.sin(d)) * y
     light = _col(view["gain"]) * (1.0 + _col(view["light_amp"]) * ramp)
-    image = image * light[..., None] * (1.0 + view["tint"][:, None, None, :])
+    image *= light[..., None] * (1.0 + view["tint"][:, None, None, :])
 
     # Acquisition of each site.
     b = np.flatnonzero(sites == 1)
@@ -271,15 +290,14 @@ def _render(
     if b.size:
         img = _blur3(image[b])
         mean = img.mean(axis=(1, 2, 3), keepdims=True)
-        img = mean + 0.72 * (img - mean)  # lower contrast
-        img = img * np.array([1.04, 1.02, 0.80]) + np.array([0.0, 0.03, 0.02])  # cast
-        r2 = (x[b] ** 2 + y[b] ** 2)[..., None]
-        img = img * (1.0 - 0.28 * r2)  # vignetting
-        luma = rng.normal(0.0, 0.035, img.shape[:3] + (1,))
-        chroma = rng.normal(0.0, 0.02, img.shape)
+        img = mean + f32(0.85) * (img - mean)  # lower contrast
+        img = img * np.array([1.03, 1.02, 0.84], f32) + np.array([0.0, 0.03, 0.02], f32)  # cast
+        img *= (1.0 - 0.06 * (x**2 + y**2))[..., None]  # vignetting
+        luma = rng.standard_normal(img.shape[:3] + (1,), dtype=f32) * f32(0.018)
+        chroma = rng.standard_normal(img.shape, dtype=f32) * f32(0.01)
         image[b] = img + luma + chroma
     if a.size:
-        image[a] = image[a] + rng.normal(0.0, 0.012, image[a].shape)
+        image[a] += rng.standard_normal(image[a].shape, dtype=f32) * f32(0.01)
     return np.clip(image, 0.0, 1.0)
 
 
@@ -300,13 +318,12 @@ def make_synthetic(n_cases: int = 600, image_size: int = 32, seed: int = 0) -> M
     cases = _draw_cases(n_cases, case_rng)
     case_of_image = np.repeat(np.arange(n_cases), cases["n_images"])
     n_images = len(case_of_image)
-    per_image = {k: v[case_of_image] for k, v in cases.items() if k not in ("n_images",)}
-    views = _draw_views(n_images, view_rng)
+    per_image = {k: _f32(v[case_of_image]) for k, v in cases.items() if k != "n_images"}
+    views = {k: _f32(v) for k, v in _draw_views(n_images, view_rng).items()}
     labels = cases["label"][case_of_image]
     sites = cases["site"][case_of_image]
 
-    ss = 2 if image_size <= 64 else 1
-    chunk = max(1, _CHUNK_PIXELS // (image_size * ss) ** 2)
+    chunk = max(1, _CHUNK_PIXELS // (image_size * (2 if image_size <= 64 else 1)) ** 2)
     pixels = np.empty((n_images, image_size, image_size, 3), dtype=np.uint8)
     for start in range(0, n_images, chunk):
         part = slice(start, min(start + chunk, n_images))

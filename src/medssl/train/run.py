@@ -63,16 +63,19 @@ def is_complete(run: str | Path) -> bool:
 
 
 def rng_state() -> dict[str, Any]:
+    """Global RNG states in types that ``torch.load(weights_only=True)`` accepts."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
         "python": random.getstate(),
     }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     random.setstate(state["python"])
 
 
@@ -83,13 +86,15 @@ class RunDir:
         self.path = Path(path)
         self.config = config
         self.writes = dist.is_main_process()
-        self.resume = resume and (self.path / CHECKPOINT).is_file()
-        self._check(resume)
         self._tb = None
-        if self.writes:
+        if self.writes:  # one process checks and creates; the others wait for it
+            self.resume = resume and (self.path / CHECKPOINT).is_file()
+            self._check(resume)
             (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
             text = yaml.safe_dump(config, sort_keys=False)
             (self.path / CONFIG).write_text(text)
+        dist.barrier()
+        self.resume = resume and (self.path / CHECKPOINT).is_file()
 
     def _check(self, resume: bool) -> None:
         if is_complete(self.path) and not (resume and self._extends_epochs()):

@@ -56,6 +56,28 @@ def _folder(root: Path, **options: Any) -> Manifest:
     return load_folder(root)
 
 
+def _synthetic(root: Path, **options: Any) -> Manifest:
+    """The procedurally generated demo dataset; ``root`` is ignored (nothing is read).
+
+    Options: ``synthetic_cases`` (default 600), ``image_size`` (render size, default 32)
+    and ``synthetic_seed`` (default 0). The canonical shift split (the held-out site) comes
+    from :class:`~medssl.data.spec.DataSpec`, which fills ``shift_sources`` for it.
+    """
+    from medssl.data.synthetic import make_synthetic
+
+    try:
+        n_cases = int(options.get("synthetic_cases") or 600)
+        image_size = int(options.get("image_size") or 32)
+        seed = int(options.get("synthetic_seed") or 0)
+    except (TypeError, ValueError) as exc:
+        raise MedsslError(f"synthetic dataset options: {exc}") from None
+    if n_cases < 8:
+        raise MedsslError(f"synthetic_cases must be at least 8, got {n_cases}")
+    if image_size < 8:
+        raise MedsslError(f"synthetic image_size must be at least 8, got {image_size}")
+    return make_synthetic(n_cases, image_size, seed)
+
+
 ADAPTERS: dict[str, Callable[..., Manifest]] = {
     "ham10000": _ham10000,
     "nih": _nih,
@@ -64,7 +86,11 @@ ADAPTERS: dict[str, Callable[..., Manifest]] = {
     "medmnist": _medmnist,
     "csv": _csv,
     "folder": _folder,
+    "synthetic": _synthetic,
 }
+
+#: datasets that read nothing from disk, so ``--root`` is not needed
+NO_ROOT = {"synthetic"}
 
 
 def load_manifest(dataset: str, root: str | Path, **options: Any) -> Manifest:

@@ -1,0 +1,385 @@
+"""Contrastive-view augmentation on whole batches, on the batch's device (``--augment-on gpu``).
+
+:class:`BatchViewAugment` builds, with :mod:`kornia.augmentation`, the same family of random
+transform as :func:`medssl.augment.view_transform` builds with torchvision v2 for the CPU
+path: the same steps in the same order, with the same ranges and probabilities, each drawn
+independently per sample. It takes a uint8 (or float in ``[0, 1]``) ``(B, 3, H, W)`` batch on
+any device and returns a normalised float ``(B, 3, image_size, image_size)`` batch.
+
+:meth:`BatchViewAugment.describe` and :func:`describe_transform` read the built transform
+objects back into one plain dict per path, so a test can assert that both paths produce
+transforms of the same family.
+
+Randomness: kornia draws its parameters from torch's *global* RNG (the CPU generator, or the
+CUDA generator of the module's device after ``.to("cuda")``), so ``torch.manual_seed`` makes a
+run reproducible. ``forward(x, generator=g)`` instead derives one seed from ``g`` and runs
+under :func:`torch.random.fork_rng`, which leaves the global RNG state untouched.
+
+Known differences from the CPU path (same family, not bit-identical):
+
+- the crop is resized by one batched bilinear warp (``cropping_mode="resample"``), without
+  torchvision's antialiasing when downscaling;
+- rotation interpolates bilinearly (torchvision's ``RandomRotation`` uses nearest);
+- colour jitter draws one order of its four adjustments per batch (torchvision: per sample).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torchvision.transforms import v2
+
+from medssl.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, blur_kernel_size
+from medssl.errors import MedsslError
+
+_NO_KORNIA = "--augment-on gpu needs kornia: pip install 'medssl[gpu]'"
+_DIGITS = 6
+
+#: Step names in the order both paths apply them (a missing step is left out).
+STEP_NAMES = ("rotation", "crop", "hflip", "jitter", "grayscale", "blur", "normalize")
+
+
+def _import_kornia_augmentation() -> Any:
+    """``kornia.augmentation``, or the user-facing error when kornia is not installed."""
+    try:
+        import kornia.augmentation as kaug
+    except ImportError:
+        raise MedsslError(_NO_KORNIA) from None
+    return kaug
+
+
+def _num(value: Any) -> float:
+    """A Python float rounded so that float32 and float64 spellings compare equal."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().reshape(-1)[0].item()
+    return round(float(value), _DIGITS)
+
+
+def _values(value: Any) -> list[float]:
+    """A scalar, sequence or tensor as a flat list of floats."""
+    if isinstance(value, torch.Tensor):
+        return [float(v) for v in value.detach().cpu().reshape(-1).tolist()]
+    if isinstance(value, Iterable) and not isinstance(value, str):
+        return [float(v) for v in value]
+    return [float(value)]
+
+
+def _pair(value: Any) -> tuple[float, float]:
+    """A ``(lo, hi)`` range as a tuple of rounded floats; a scalar ``x`` reads as ``(x, x)``."""
+    vals = _values(value)
+    return (round(vals[0], _DIGITS), round(vals[-1], _DIGITS))
+
+
+def _vector(value: Any) -> tuple[float, ...]:
+    return tuple(round(v, _DIGITS) for v in _values(value))
+
+
+def _amount(value: Any, centre: float) -> float:
+    """Jitter strength from either spelling: a scalar ``x`` or a range ``(centre - x, centre + x)``.
+
+    The upper end is used because torchvision clips the lower one at 0 (brightness 1.6 is stored
+    as ``(0.0, 2.6)``). ``None`` (torchvision's "off") reads as 0.
+    """
+    if value is None:
+        return 0.0
+    vals = _values(value)
+    if len(vals) == 1:
+        return round(vals[0], _DIGITS)
+    return round(vals[-1] - centre, _DIGITS)
+
+
+def _size(value: Any) -> int:
+    vals = [int(v) for v in _values(value)]
+    if len(set(vals)) != 1:
+        raise ValueError(f"expected a square size, got {vals}")
+    return vals[0]
+
+
+def _empty_description() -> dict[str, Any]:
+    return {
+        "order": [],
+        "crop_size": None,
+        "crop_scale": None,
+        "crop_ratio": None,
+        "hflip_p": 0.0,
+        "rotation_degrees": 0.0,
+        "jitter": None,
+        "grayscale_p": 0.0,
+        "blur": False,
+        "blur_kernel": None,
+        "blur_sigma": None,
+        "blur_p": 0.0,
+        "normalize": None,
+    }
+
+
+def _finish(desc: dict[str, Any]) -> dict[str, Any]:
+    desc["order"] = tuple(desc["order"])
+    return desc
+
+
+def describe_transform(compose: v2.Compose) -> dict[str, Any]:
+    """The family of a CPU view transform (from :func:`medssl.augment.view_transform`).
+
+    Reads the torchvision v2 objects themselves (``RandomResizedCrop.scale``,
+    ``RandomRotation.degrees``, ``ColorJitter`` ranges, ``RandomApply.p`` ...) into the dict
+    :meth:`BatchViewAugment.describe` returns:
+
+    - ``order``: step names from :data:`STEP_NAMES` in application order (an unknown
+      transform appears under its class name);
+    - ``crop_size``, ``crop_scale`` ``(lo, hi)``, ``crop_ratio`` ``(lo, hi)``;
+    - ``hflip_p``; ``rotation_degrees`` (0 when absent);
+    - ``jitter``: ``(brightness, contrast, saturation, hue, p)`` or ``None``;
+    - ``grayscale_p`` (0 when absent);
+    - ``blur`` (whether there is a blur step), ``blur_kernel``, ``blur_sigma``, ``blur_p``;
+    - ``normalize``: ``(mean, std)``.
+    """
+    desc = _empty_description()
+    for step in compose.transforms:
+        if isinstance(step, v2.ToDtype):
+            continue  # the batch path converts dtype on entry
+        if isinstance(step, v2.RandomApply):
+            inner = list(step.transforms)
+            if len(inner) == 1 and isinstance(inner[0], v2.ColorJitter):
+                cj = inner[0]
+                desc["order"].append("jitter")
+                desc["jitter"] = (
+                    _amount(cj.brightness, 1.0),
+                    _amount(cj.contrast, 1.0),
+                    _amount(cj.saturation, 1.0),
+                    _amount(cj.hue, 0.0),
+                    _num(step.p),
+                )
+                continue
+            if len(inner) == 1 and isinstance(inner[0], v2.GaussianBlur):
+                blur = inner[0]
+                desc["order"].append("blur")
+                desc.update(
+                    blur=True,
+                    blur_kernel=_size(blur.kernel_size),
+                    blur_sigma=_pair(blur.sigma),
+                    blur_p=_num(step.p),
+                )
+                continue
+            desc["order"].append(f"RandomApply[{','.join(type(t).__name__ for t in inner)}]")
+        elif isinstance(step, v2.RandomRotation):
+            desc["order"].append("rotation")
+            desc["rotation_degrees"] = max(abs(v) for v in _pair(step.degrees))
+        elif isinstance(step, v2.RandomResizedCrop):
+            desc["order"].append("crop")
+            desc.update(
+                crop_size=_size(step.size),
+                crop_scale=_pair(step.scale),
+                crop_ratio=_pair(step.ratio),
+            )
+        elif isinstance(step, v2.RandomHorizontalFlip):
+            desc["order"].append("hflip")
+            desc["hflip_p"] = _num(step.p)
+        elif isinstance(step, v2.ColorJitter):  # unwrapped: always applied
+            desc["order"].append("jitter")
+            desc["jitter"] = (
+                _amount(step.brightness, 1.0),
+                _amount(step.contrast, 1.0),
+                _amount(step.saturation, 1.0),
+                _amount(step.hue, 0.0),
+                1.0,
+            )
+        elif isinstance(step, v2.RandomGrayscale):
+            desc["order"].append("grayscale")
+            desc["grayscale_p"] = _num(step.p)
+        elif isinstance(step, v2.GaussianBlur):  # unwrapped: always applied
+            desc["order"].append("blur")
+            desc.update(
+                blur=True,
+                blur_kernel=_size(step.kernel_size),
+                blur_sigma=_pair(step.sigma),
+                blur_p=1.0,
+            )
+        elif isinstance(step, v2.Normalize):
+            desc["order"].append("normalize")
+            desc["normalize"] = (_vector(step.mean), _vector(step.std))
+        else:
+            desc["order"].append(type(step).__name__)
+    return _finish(desc)
+
+
+class BatchViewAugment(torch.nn.Module):
+    """One random contrastive view of every image in a batch, computed on the batch's device.
+
+    Built from the same :class:`~medssl.augment.AugmentConfig` as the CPU path, with kornia:
+
+    1. ``RandomRotation(±rotation_degrees, p=1)`` when ``rotation_degrees > 0``;
+    2. ``RandomResizedCrop`` to ``image_size`` with scale ``(crop_scale_min, crop_scale_max)``
+       and ratio ``(3/4, 4/3)``;
+    3. ``RandomHorizontalFlip(hflip_p)``;
+    4. ``ColorJitter(0.8 s, 0.8 s, 0.8 s, 0.2 s, p=jitter_p)`` (``s = jitter_strength``)
+       when ``s > 0`` and ``jitter_p > 0``;
+    5. ``RandomGrayscale(grayscale_p)`` when ``grayscale_p > 0``;
+    6. ``RandomGaussianBlur(blur_kernel_size(image_size), (blur_sigma_min, blur_sigma_max),
+       p=blur_p)`` when ``blur_p > 0`` (so the ``cxr`` preset has no blur module);
+    7. ``Normalize`` with the ImageNet mean and std.
+
+    Every random parameter is drawn per sample. See the module docstring for reproducibility
+    (global RNG / ``generator=``) and for the known differences from the CPU path.
+
+    Args:
+        config: the view's augmentation parameters.
+        image_size: side of the square output.
+        cropping_mode: kornia's ``RandomResizedCrop`` mode: ``"resample"`` (default; one
+            batched warp, no host sync) or ``"slice"`` (per-sample slicing and resizing).
+
+    Raises:
+        MedsslError: kornia is not installed.
+    """
+
+    def __init__(
+        self, config: AugmentConfig, image_size: int, cropping_mode: str = "resample"
+    ) -> None:
+        super().__init__()
+        kaug = _import_kornia_augmentation()
+        self.config = config
+        self.image_size = int(image_size)
+        s = config.jitter_strength
+        steps: list[torch.nn.Module] = []
+        if config.rotation_degrees > 0:
+            steps.append(kaug.RandomRotation(float(config.rotation_degrees), p=1.0))
+        steps += [
+            kaug.RandomResizedCrop(
+                (self.image_size, self.image_size),
+                scale=(config.crop_scale_min, config.crop_scale_max),
+                ratio=(3.0 / 4.0, 4.0 / 3.0),
+                cropping_mode=cropping_mode,
+                p=1.0,
+            ),
+            kaug.RandomHorizontalFlip(p=config.hflip_p),
+        ]
+        if s > 0 and config.jitter_p > 0:
+            steps.append(kaug.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=config.jitter_p))
+        if config.grayscale_p > 0:
+            steps.append(kaug.RandomGrayscale(p=config.grayscale_p))
+        if config.blur_p > 0:
+            k = blur_kernel_size(self.image_size)
+            steps.append(
+                kaug.RandomGaussianBlur(
+                    (k, k), (config.blur_sigma_min, config.blur_sigma_max), p=config.blur_p
+                )
+            )
+        steps.append(
+            kaug.Normalize(mean=torch.tensor(IMAGENET_MEAN), std=torch.tensor(IMAGENET_STD))
+        )
+        self.steps = torch.nn.Sequential(*steps)
+
+    def forward(
+        self, images: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """Augment ``images`` and normalise them.
+
+        Args:
+            images: ``(B, 3, H, W)``, uint8 in ``[0, 255]`` or floating point in ``[0, 1]``, on
+                any device, contiguous or channels_last.
+            generator: when given, the random parameters come from one seed drawn from it
+                (the global RNG state is saved and restored around the call); otherwise from
+                the global RNG.
+
+        Returns:
+            Float ``(B, 3, image_size, image_size)`` on ``images.device`` (float32 for uint8
+            input, else the input's dtype), channels_last when the input was.
+        """
+        if images.dim() != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected a (B, 3, H, W) batch, got shape {tuple(images.shape)}")
+        channels_last = (
+            images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
+        )
+        if images.dtype == torch.uint8:
+            x = images.to(torch.float32).div_(255.0)
+        elif images.is_floating_point():
+            x = images
+        else:
+            raise ValueError(f"expected a uint8 or floating-point batch, got {images.dtype}")
+        out = self.steps(x) if generator is None else self._seeded(x, generator)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        return out.contiguous(memory_format=fmt)
+
+    def _seeded(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Run the steps with the global RNGs they use seeded from ``generator``, then restored."""
+        seed = int(
+            torch.randint(0, 2**62, (1,), generator=generator, device=generator.device).item()
+        )
+        # kornia samples on the device its modules were moved to (CPU unless ``.to(...)``).
+        devices = {x.device, generator.device}
+        devices |= {d for d in (getattr(m, "device", None) for m in self.steps) if d is not None}
+        cuda = sorted(
+            {
+                torch.cuda.current_device() if d.index is None else d.index
+                for d in devices
+                if d.type == "cuda"
+            }
+        )
+        with torch.random.fork_rng(devices=cuda, device_type="cuda"):
+            torch.random.default_generator.manual_seed(seed)
+            for index in cuda:
+                with torch.cuda.device(index):
+                    torch.cuda.manual_seed(seed)
+            return self.steps(x)
+
+    def describe(self) -> dict[str, Any]:
+        """The family of this transform, read back from the kornia modules.
+
+        Same keys and conventions as :func:`describe_transform` of the CPU path, so
+        ``BatchViewAugment(c, n).describe() == describe_transform(view_transform(c, n))``.
+        """
+        kaug = _import_kornia_augmentation()
+        desc = _empty_description()
+        for step in self.steps:
+            if isinstance(step, kaug.RandomRotation):
+                desc["order"].append("rotation")
+                desc["rotation_degrees"] = _rotation_degrees(step)
+            elif isinstance(step, kaug.RandomResizedCrop):
+                gen = step._param_generator
+                desc["order"].append("crop")
+                desc.update(
+                    crop_size=_size(step.flags["size"]),
+                    crop_scale=_pair(gen.scale),
+                    crop_ratio=_pair(gen.ratio),
+                )
+            elif isinstance(step, kaug.RandomHorizontalFlip):
+                desc["order"].append("hflip")
+                desc["hflip_p"] = _num(step.p)
+            elif isinstance(step, kaug.ColorJitter):
+                desc["order"].append("jitter")
+                desc["jitter"] = (
+                    _amount(step.brightness, 1.0),
+                    _amount(step.contrast, 1.0),
+                    _amount(step.saturation, 1.0),
+                    _amount(step.hue, 0.0),
+                    _num(step.p),
+                )
+            elif isinstance(step, kaug.RandomGrayscale):
+                desc["order"].append("grayscale")
+                desc["grayscale_p"] = _num(step.p)
+            elif isinstance(step, kaug.RandomGaussianBlur):
+                desc["order"].append("blur")
+                desc.update(
+                    blur=True,
+                    blur_kernel=_size(step.flags["kernel_size"]),
+                    blur_sigma=_pair(step._param_generator.sigma),
+                    blur_p=_num(step.p),
+                )
+            elif isinstance(step, kaug.Normalize):
+                desc["order"].append("normalize")
+                desc["normalize"] = (_vector(step.flags["mean"]), _vector(step.flags["std"]))
+            else:
+                desc["order"].append(type(step).__name__)
+        return _finish(desc)
+
+
+def _rotation_degrees(step: torch.nn.Module) -> float:
+    """Half-width of a kornia ``RandomRotation`` range."""
+    gen = step._param_generator
+    dist = getattr(gen, "sampler_dict", {}).get("degrees")
+    if dist is not None and hasattr(dist, "low"):
+        return max(abs(_num(dist.low)), abs(_num(dist.high)))
+    lo, hi = _pair(gen.samplers[0][0])  # a scalar d reads as (d, d) and means (-d, d)
+    return max(abs(lo), abs(hi))

@@ -1,0 +1,115 @@
+"""Pretraining: resume equivalence, run-directory protection, export, MICLe logging."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torchvision
+from conftest import write_ham_layout
+
+from medssl.cli import main
+from medssl.data.spec import DataSpec
+from medssl.errors import MedsslError
+from medssl.models.checkpoint import load_backbone_state
+from medssl.train.pretrain import PretrainConfig, Pretrainer, pretrain
+
+
+def tiny_config(root, out, **overrides) -> PretrainConfig:
+    settings = dict(
+        data=DataSpec("ham10000", str(root)).to_dict(), out=str(out), method="micle",
+        backbone="resnet18", image_size=16, epochs=2, batch_size=8, warmup_epochs=1,
+        num_workers=0, progress=False, lr=0.3, cache_dir=str(root / "cache"),
+    )  # fmt: skip
+    settings.update(overrides)
+    return PretrainConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def ham_root(tmp_path_factory):
+    return write_ham_layout(tmp_path_factory.mktemp("ham"), n_lesions=30)
+
+
+def interrupted(config: PretrainConfig, monkeypatch, at_epoch: int) -> None:
+    """Run ``config`` and kill it (KeyboardInterrupt) when epoch ``at_epoch`` starts."""
+    original = Pretrainer.train_epoch
+
+    def crash(self, epoch):
+        if epoch == at_epoch:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Pretrainer, "train_epoch", crash)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config)
+    monkeypatch.setattr(Pretrainer, "train_epoch", original)
+
+
+def test_resume_ends_with_the_same_weights(ham_root, tmp_path, monkeypatch):
+    whole = pretrain(tiny_config(ham_root, tmp_path / "whole", epochs=3))
+    interrupted(tiny_config(ham_root, tmp_path / "split", epochs=3), monkeypatch, at_epoch=2)
+    # without --resume the unfinished run is protected
+    with pytest.raises(MedsslError, match="unfinished run; pass --resume"):
+        pretrain(tiny_config(ham_root, tmp_path / "split", epochs=3))
+    resumed = pretrain(tiny_config(ham_root, tmp_path / "split", epochs=3, resume=True))
+
+    assert resumed["loss"] == pytest.approx(whole["loss"], rel=1e-6)
+    a = load_backbone_state(tmp_path / "whole")
+    b = load_backbone_state(tmp_path / "split")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_finished_run_is_never_overwritten(ham_root, tmp_path):
+    pretrain(tiny_config(ham_root, tmp_path / "run", epochs=1))
+    before = (tmp_path / "run" / "backbone.safetensors").read_bytes()
+    with pytest.raises(MedsslError, match="already holds a finished run"):
+        pretrain(tiny_config(ham_root, tmp_path / "run", epochs=1))
+    with pytest.raises(MedsslError, match="already holds a finished run"):
+        pretrain(tiny_config(ham_root, tmp_path / "run", epochs=1, resume=True))
+    assert (tmp_path / "run" / "backbone.safetensors").read_bytes() == before
+
+
+def test_resume_with_another_configuration_is_refused(ham_root, tmp_path, monkeypatch):
+    interrupted(tiny_config(ham_root, tmp_path / "run", epochs=2), monkeypatch, at_epoch=1)
+    with pytest.raises(MedsslError, match="different configuration.*temperature"):
+        pretrain(tiny_config(ham_root, tmp_path / "run", temperature=0.5, resume=True))
+
+
+def test_export_loads_into_torchvision_and_run_logs(ham_root, tmp_path):
+    metrics = pretrain(tiny_config(ham_root, tmp_path / "run", epochs=1, knn_every=1))
+    model = torchvision.models.resnet18()
+    missing, unexpected = model.load_state_dict(
+        load_backbone_state(tmp_path / "run" / "backbone.pt"), strict=False
+    )
+    assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected
+    # MICLe: the share of distinct-image pairs is logged and matches the bag structure
+    assert 0.3 < metrics["distinct_pair_share"] < 0.9
+    assert "knn_accuracy_init" in metrics and 0 <= metrics["knn_accuracy"] <= 1
+    log = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert log[0].startswith("epoch") and len(log) == 3  # header, epoch 0 k-NN, epoch 1
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved["status"] == "complete"
+    assert list((tmp_path / "run" / "tb").glob("events.*"))
+
+
+def test_simclr_pairs_one_image_and_init_from_run(ham_root, tmp_path):
+    first = pretrain(tiny_config(ham_root, tmp_path / "a", method="simclr", epochs=1))
+    assert first["distinct_pair_share"] == 0.0
+    # a later stage starts from the exported backbone (the paper's ImageNet -> medical)
+    pretrain(tiny_config(ham_root, tmp_path / "b", epochs=1, init=str(tmp_path / "a")))
+    with pytest.raises(MedsslError, match="does not fit the backbone"):
+        pretrain(tiny_config(ham_root, tmp_path / "c", epochs=1, backbone="resnet34",
+                             init=str(tmp_path / "a")))  # fmt: skip
+
+
+def test_cli_pretrain_bad_option_is_one_line(ham_root, tmp_path, capsys):
+    code = main([
+        "pretrain", "--dataset", "ham10000", "--root", str(ham_root), "--out",
+        str(tmp_path / "r"), "--aug", "blurr_p=0", "--epochs", "1", "--quiet",
+    ])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown augmentation option(s) blurr_p" in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,375 @@
+"""Tests for medssl.report: seed-level summaries checked against scipy, the Markdown table's
+cells, ROC data against scikit-learn, and a whole report written from fake runs."""
+
+from __future__ import annotations
+
+import base64
+import math
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+from sklearn.metrics import roc_auc_score
+
+from medssl.errors import MedsslError
+from medssl.report import (
+    markdown_table,
+    plot_label_efficiency,
+    plot_roc,
+    plot_shift_bars,
+    roc_curve_data,
+    summarize,
+    write_report,
+)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+INITS = ["random", "simclr", "micle"]
+FRACTIONS = [0.1, 1.0]
+SEEDS = [0, 1, 2]
+SPLITS = ["test", "shift"]
+
+
+def value(init: str, fraction: float, seed: int, split: str) -> float:
+    """A distinct, known value per row: init, fraction and split move the mean apart."""
+    base = {"random": 0.60, "simclr": 0.70, "micle": 0.75}[init]
+    return base + 0.1 * fraction - (0.08 if split == "shift" else 0.0) + [0.0, 0.013, -0.021][seed]
+
+
+def make_results(
+    inits=INITS, fractions=FRACTIONS, seeds=SEEDS, splits=SPLITS, runs: dict | None = None
+) -> pd.DataFrame:
+    rows = []
+    for init in inits:
+        for fraction in fractions:
+            for seed in seeds:
+                for split in splits:
+                    v = value(init, fraction, seed, split)
+                    rows.append(
+                        {
+                            "dataset": "derm",
+                            "init": init,
+                            "label_fraction": fraction,
+                            "seed": seed,
+                            "split": split,
+                            "n": 100,
+                            "accuracy": v - 0.05,
+                            "balanced_accuracy": v - 0.1,
+                            "auc_macro": v,
+                            "auc_mean_selected": np.nan,
+                            "run": (runs or {}).get((init, fraction, seed), f"runs/{init}"),
+                        }
+                    )
+    return pd.DataFrame(rows)
+
+
+def t_interval(values: list[float]) -> tuple[float, float, float]:
+    a = np.asarray(values)
+    lo, hi = stats.t.interval(0.95, len(a) - 1, loc=a.mean(), scale=stats.sem(a))
+    return float(a.mean()), float(lo), float(hi)
+
+
+# --------------------------------------------------------------------------- summarize
+
+
+def test_summarize_mean_and_ci_match_scipy():
+    s = summarize(make_results())
+    row = s[(s.init == "simclr") & (s.label_fraction == 0.1) & (s.split == "shift")].iloc[0]
+    mean, lo, hi = t_interval([value("simclr", 0.1, k, "shift") for k in SEEDS])
+    assert row["auc_macro_mean"] == pytest.approx(mean)
+    assert row["auc_macro_lo"] == pytest.approx(lo)
+    assert row["auc_macro_hi"] == pytest.approx(hi)
+    assert row["n_seeds"] == 3
+    assert s.attrs["ci_method"] == "Student t"
+
+
+def test_summarize_nested_grouping_every_group():
+    s = summarize(make_results())
+    assert len(s) == len(INITS) * len(FRACTIONS) * len(SPLITS)
+    assert not s.duplicated(["init", "label_fraction", "split"]).any()
+    for r in s.itertuples():
+        vals = [value(r.init, r.label_fraction, k, r.split) for k in SEEDS]
+        mean, lo, hi = t_interval(vals)
+        assert r.auc_macro_mean == pytest.approx(mean)
+        assert r.accuracy_mean == pytest.approx(mean - 0.05)
+        assert r.balanced_accuracy_lo == pytest.approx(lo - 0.1)
+        assert r.balanced_accuracy_hi == pytest.approx(hi - 0.1)
+    # paper order: baseline first, then SimCLR, MICLe; test before shift; fractions ascending
+    assert list(dict.fromkeys(s.init)) == ["random", "simclr", "micle"]
+    assert list(s.split[:2]) == ["test", "shift"]
+    assert list(s.label_fraction[:4]) == [0.1, 0.1, 1.0, 1.0]
+
+
+def test_summarize_default_metrics_skip_empty_columns():
+    s = summarize(make_results())
+    assert "auc_mean_selected_mean" not in s.columns
+    assert {"accuracy_mean", "auc_macro_mean", "balanced_accuracy_mean"} <= set(s.columns)
+    only = summarize(make_results(), metrics=["auc_macro"])
+    assert [c for c in only.columns if c.endswith("_mean")] == ["auc_macro_mean"]
+
+
+def test_summarize_single_seed_has_no_ci():
+    s = summarize(make_results(seeds=[1]))
+    assert (s.n_seeds == 1).all()
+    assert s.auc_macro_lo.isna().all() and s.auc_macro_hi.isna().all()
+    assert s.auc_macro_mean.iloc[0] == pytest.approx(value("random", 0.1, 1, "test"))
+
+
+def test_summarize_ignores_nan_seed_for_that_metric_only():
+    df = make_results()
+    hit = (df.init == "micle") & (df.label_fraction == 1.0) & (df.split == "test") & (df.seed == 2)
+    df.loc[hit, "auc_macro"] = np.nan
+    s = summarize(df)
+    r = s[(s.init == "micle") & (s.label_fraction == 1.0) & (s.split == "test")].iloc[0]
+    mean, lo, hi = t_interval([value("micle", 1.0, k, "test") for k in (0, 1)])
+    assert (r.auc_macro_mean, r.auc_macro_lo, r.auc_macro_hi) == pytest.approx((mean, lo, hi))
+    assert r.n_seeds == 3
+    assert r.accuracy_mean == pytest.approx(
+        np.mean([value("micle", 1.0, k, "test") for k in SEEDS]) - 0.05
+    )
+
+
+def test_summarize_normal_approximation_without_scipy(monkeypatch):
+    monkeypatch.setitem(sys.modules, "scipy.stats", None)  # makes `from scipy import stats` fail
+    monkeypatch.delattr("scipy.stats", raising=False)
+    s = summarize(make_results())
+    a = np.asarray([value("random", 0.1, k, "test") for k in SEEDS])
+    half = 1.959964 * a.std(ddof=1) / math.sqrt(3)
+    assert s.auc_macro_hi.iloc[0] == pytest.approx(a.mean() + half, rel=1e-5)
+    assert s.attrs["ci_method"] == "normal approximation"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda df: df.drop(columns="label_fraction"), "label_fraction"),
+        (
+            lambda df: df.drop(
+                columns=["accuracy", "balanced_accuracy", "auc_macro", "auc_mean_selected"]
+            ),
+            "metric",
+        ),
+        (lambda df: pd.concat([df, df.iloc[:1]]), "more than one row"),
+        (lambda df: df.assign(dataset=["a", "b"] * (len(df) // 2)), "mix datasets"),
+        (lambda df: df.assign(label_fraction=df.label_fraction * 100), "fraction in"),
+        (lambda df: df.iloc[:0], "no rows"),
+    ],
+)
+def test_summarize_rejects_bad_tables(change, message):
+    with pytest.raises(MedsslError, match=message):
+        summarize(change(make_results()))
+
+
+def test_summarize_unknown_metric():
+    with pytest.raises(MedsslError, match="auc_weird"):
+        summarize(make_results(), metrics=["auc_weird"])
+
+
+# --------------------------------------------------------------------------- markdown
+
+
+def test_markdown_table_cells():
+    s = summarize(make_results())
+    md = markdown_table(s, ["auc_macro"])
+    lines = md.strip().splitlines()
+    assert lines[0] == (
+        "| Init | Labels | In-distribution (test): AUC (macro) | "
+        "Distribution shift: AUC (macro) | Seeds |"
+    )
+    assert len(lines) == 2 + len(INITS) * len(FRACTIONS)
+    mean, lo, hi = t_interval([value("simclr", 0.1, k, "test") for k in SEEDS])
+    smean, slo, shi = t_interval([value("simclr", 0.1, k, "shift") for k in SEEDS])
+    expected = (
+        f"| simclr | 10% | {mean:.3f} [{lo:.2f}, {hi:.2f}] | "
+        f"{smean:.3f} [{slo:.2f}, {shi:.2f}] | 3 |"
+    )
+    assert expected in lines
+    assert any(line.startswith("| micle | 100% |") for line in lines)
+
+
+def test_markdown_table_single_seed_and_missing_cells():
+    df = make_results(seeds=[0])
+    df = df[~((df.init == "random") & (df.split == "shift"))]
+    md = markdown_table(summarize(df), ["auc_macro"])
+    v = value("simclr", 1.0, 0, "test")
+    assert f"| simclr | 100% | {v:.3f} |" in md  # bare mean, no brackets
+    assert "[" not in md
+    assert re.search(r"\| random \| 10% \| [0-9.]+ \| — \| 1 \|", md)
+
+
+# --------------------------------------------------------------------------- ROC data
+
+
+def test_roc_macro_multiclass_auc_is_mean_of_one_vs_rest():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, 60)
+    probs = rng.dirichlet(np.ones(3), 60)
+    probs[np.arange(60), labels] += 0.3
+    cur = roc_curve_data(probs, labels, "macro")
+    expected = np.mean([roc_auc_score(labels == c, probs[:, c]) for c in range(3)])
+    assert cur.auc == pytest.approx(expected)
+    assert cur.fpr[0] == 0 and cur.tpr[0] == 0 and cur.fpr[-1] == 1 and cur.tpr[-1] == 1
+    assert np.all(np.diff(cur.fpr) >= 0)
+    one = roc_curve_data(probs, labels, "c1", class_names=["c0", "c1", "c2"])
+    assert one.auc == pytest.approx(roc_auc_score(labels == 1, probs[:, 1]))
+
+
+def test_roc_multilabel_masks_nan_and_skips_single_class_findings():
+    rng = np.random.default_rng(1)
+    targets = rng.integers(0, 2, (40, 3)).astype(float)
+    targets[::5, 0] = np.nan
+    targets[:, 2] = 0.0  # no positives: not evaluable
+    probs = rng.random((40, 3))
+    cur = roc_curve_data(probs, targets, "macro")
+    known = ~np.isnan(targets[:, 0])
+    expected = np.mean(
+        [
+            roc_auc_score(targets[known, 0], probs[known, 0]),
+            roc_auc_score(targets[:, 1], probs[:, 1]),
+        ]
+    )
+    assert cur.auc == pytest.approx(expected)
+    assert "2 findings" in cur.description and "1 skipped" in cur.description
+    with pytest.raises(MedsslError, match="lacks positives"):
+        roc_curve_data(probs, targets, 2)
+
+
+# --------------------------------------------------------------------------- plots and report
+
+
+def fake_run(run_dir: Path, split: str, multilabel: bool, seed: int, skill: float) -> None:
+    """A predictions_<split>.npz whose probabilities are better than chance by ``skill``."""
+    rng = np.random.default_rng(seed)
+    n, c = 80, 4
+    names = np.array(["akiec", "bcc", "mel", "nv"])
+    if multilabel:
+        targets = rng.integers(0, 2, (n, c)).astype(float)
+        targets[rng.random((n, c)) < 0.1] = np.nan
+        probs = np.clip(rng.random((n, c)) * 0.7 + skill * np.nan_to_num(targets), 0, 1)
+    else:
+        targets = rng.integers(0, c, n)
+        logits = rng.normal(size=(n, c))
+        logits[np.arange(n), targets] += 3 * skill
+        probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        run_dir / f"predictions_{split}.npz",
+        probs=probs,
+        targets=targets,
+        case_ids=np.array([f"case{i // 2}" for i in range(n)]),
+        class_names=names,
+    )
+
+
+def write_sweep(tmp_path: Path, multilabel: bool = False, splits=SPLITS) -> Path:
+    """results.csv plus fake run directories (relative paths, as a sweep writes them)."""
+    runs = {}
+    for i, init in enumerate(INITS):
+        for fraction in FRACTIONS:
+            for seed in SEEDS:
+                rel = f"runs/{init}-{fraction:g}-s{seed}"
+                runs[(init, fraction, seed)] = rel
+                for split in splits:
+                    fake_run(tmp_path / rel, split, multilabel, seed, skill=0.3 + 0.2 * i)
+    df = make_results(splits=splits, runs=runs)
+    if multilabel:
+        df["auc_mean_selected"] = df["auc_macro"] - 0.01
+        df["accuracy"] = np.nan
+        df["balanced_accuracy"] = np.nan
+    path = tmp_path / "results.csv"
+    df.to_csv(path, index=False)
+    return path
+
+
+def assert_png(path: Path) -> bytes:
+    data = path.read_bytes()
+    assert data[:8] == PNG_SIGNATURE, path
+    assert len(data) > 10_000, f"{path} is suspiciously small ({len(data)} bytes)"
+    return data
+
+
+def test_write_report_multiclass_with_shift(tmp_path):
+    csv = write_sweep(tmp_path)
+    out = tmp_path / "report"
+    html_path = write_report(csv, out, "Dermatology sweep", notes="Pilot run.\n\nFive epochs.")
+    assert html_path == out / "report.html"
+    expected_pngs = [
+        "label_efficiency_auc_macro.png",
+        "label_efficiency_balanced_accuracy.png",
+        "label_efficiency_accuracy.png",
+        "shift_auc_macro.png",
+        "roc_test.png",
+        "roc_shift.png",
+    ]
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(expected_pngs)
+    page = html_path.read_text()
+    for name in expected_pngs:
+        data = assert_png(out / name)
+        assert base64.b64encode(data).decode() in page, name
+    assert page.count("data:image/png;base64,") == len(expected_pngs)
+    assert not re.search(r'src="(?!data:)', page), "report.html must be self-contained"
+    assert "<table" in page and "Dermatology sweep" in page and "Pilot run." in page
+    assert "How to read this" in page and "Distribution shift" in page
+    summary = pd.read_csv(out / "results_summary.csv")
+    assert len(summary) == 12 and "auc_macro_lo" in summary.columns
+    assert "| simclr | 10% |" in (out / "results.md").read_text()
+    md = (out / "report.md").read_text()
+    assert all(f"]({name})" in md for name in expected_pngs)
+
+
+def test_write_report_multilabel_without_shift(tmp_path):
+    csv = write_sweep(tmp_path, multilabel=True, splits=["test"])
+    out = tmp_path / "r"
+    write_report(csv, out, "Chest X-ray")
+    names = sorted(p.name for p in out.glob("*.png"))
+    assert names == [
+        "label_efficiency_auc_macro.png",
+        "label_efficiency_auc_mean_selected.png",
+        "roc_test.png",
+    ]
+    summary = pd.read_csv(out / "results_summary.csv")
+    assert "accuracy_mean" not in summary.columns
+
+
+def test_write_report_skips_roc_when_predictions_are_missing(tmp_path):
+    csv = write_sweep(tmp_path, splits=["test"])
+    # one metric keeps this test to a single label-efficiency plot (matplotlib is slow-ish)
+    pd.read_csv(csv).drop(columns=["accuracy", "balanced_accuracy"]).to_csv(csv, index=False)
+    for f in (tmp_path / "runs").glob("micle-1-*/predictions_test.npz"):
+        f.unlink()
+    with pytest.warns(UserWarning, match="predictions_test.npz"):
+        html_path = write_report(csv, tmp_path / "out", "t")
+    assert not (tmp_path / "out" / "roc_test.png").exists()
+    assert "ROC curves for the test split were skipped" in html_path.read_text()
+
+
+def test_write_report_errors(tmp_path):
+    with pytest.raises(MedsslError, match="nope.csv"):
+        write_report(tmp_path / "nope.csv", tmp_path / "out", "t")
+    bad = tmp_path / "results.csv"
+    make_results().drop(columns="split").to_csv(bad, index=False)
+    with pytest.raises(MedsslError, match=r"results\.csv.*missing column\(s\) split"):
+        write_report(bad, tmp_path / "out", "t")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(MedsslError, match="empty"):
+        write_report(tmp_path / "empty.csv", tmp_path / "out", "t")
+
+
+def test_plot_functions_errors(tmp_path):
+    s = summarize(make_results(splits=["test"]))
+    with pytest.raises(MedsslError, match="shift"):
+        plot_shift_bars(s, "auc_macro", tmp_path / "x.png")
+    with pytest.raises(MedsslError, match="auc_mean_selected"):
+        plot_label_efficiency(s, "auc_mean_selected", tmp_path / "x.png")
+    with pytest.raises(MedsslError, match="predictions_test.npz"):
+        plot_roc({"simclr": tmp_path / "missing"}, "test", tmp_path / "x.png")
+
+
+def test_shift_bars_largest_fraction_only(tmp_path):
+    s = summarize(make_results(fractions=[0.01, 0.1, 1.0]))
+    assert_png(plot_shift_bars(s, "auc_macro", tmp_path / "b.png", label_fraction="largest"))
+    with pytest.raises(MedsslError, match="not in the summary"):
+        plot_shift_bars(s, "auc_macro", tmp_path / "b.png", label_fraction=0.5)
