@@ -181,11 +181,11 @@ class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
         shape = [1, -1] + [1] * (x.dim() - 2)
         local_count = x.numel() // x.shape[1]
         xf = x.float()
-        stats = torch.cat([xf.sum(dims), (xf * xf).sum(dims)])
-        stats = all_reduce(stats)
         count = local_count * world_size()
-        mean, sq_mean = (stats / count).chunk(2)
-        var = (sq_mean - mean * mean).clamp_min(0)
+        # two passes (mean, then squared deviations) are as precise as nn.BatchNorm's
+        mean = all_reduce(xf.sum(dims)) / count
+        centred = xf - mean.view(shape)
+        var = all_reduce((centred * centred).sum(dims)) / count
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 momentum = 0.1 if self.momentum is None else self.momentum
@@ -193,7 +193,7 @@ class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
                 self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
                 self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
                 self.num_batches_tracked.add_(1)
-        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        y = centred * torch.rsqrt(var.view(shape) + self.eps)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y.to(x.dtype)
