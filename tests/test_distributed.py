@@ -14,8 +14,8 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
-from conftest import write_ham_layout
 
+from conftest import write_ham_layout
 from medssl.data.spec import DataSpec
 from medssl.losses import NTXentLoss
 from medssl.models.backbones import build_backbone

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 import torchvision
-from conftest import write_ham_layout
 
+from conftest import write_ham_layout
 from medssl.cli import main
 from medssl.data.spec import DataSpec
 from medssl.errors import MedsslError
@@ -113,3 +113,14 @@ def test_cli_pretrain_bad_option_is_one_line(ham_root, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "unknown augmentation option(s) blurr_p" in err and err.count("\n") == 1
     assert not (tmp_path / "r").exists()
+
+
+def test_augment_on_gpu_path_trains_and_resumes_identically(ham_root, tmp_path, monkeypatch):
+    """The batch (kornia) augmentation path, run on the CPU: it trains and is reproducible."""
+    pytest.importorskip("kornia")
+    whole = pretrain(tiny_config(ham_root, tmp_path / "whole", augment_on="gpu"))
+    interrupted(tiny_config(ham_root, tmp_path / "split", augment_on="gpu"), monkeypatch, 1)
+    resumed = pretrain(tiny_config(ham_root, tmp_path / "split", augment_on="gpu", resume=True))
+    assert whole["loss"] == pytest.approx(resumed["loss"], rel=1e-6)
+    cpu = pretrain(tiny_config(ham_root, tmp_path / "cpu"))
+    assert cpu["loss"] != whole["loss"]  # a different augmentation draw, same family

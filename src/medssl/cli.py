@@ -92,7 +92,9 @@ def pretrain_command(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
         temperature=args.temperature, proj_dim=args.proj_dim, augment=args.augment or "",
         augment_overrides=overrides, init=args.init, seed=args.seed,
-        num_workers=args.num_workers, knn_every=args.knn_every, device=args.device,
+        num_workers=args.num_workers, prefetch_factor=args.prefetch_factor,
+        pin_memory=args.pin_memory, augment_on=args.augment_on,
+        knn_every=args.knn_every, device=args.device,
         precision=args.precision, channels_last=args.channels_last, compile=args.compile,
         cache_dir=args.cache_dir, skip_unreadable=args.skip_unreadable,
         progress=not args.quiet, resume=args.resume,
@@ -132,7 +134,12 @@ def add_pretrain_parser(commands) -> None:  # noqa: ANN001 - argparse's private 
     p.add_argument("--augment-overrides", type=dict, default=None, help=argparse.SUPPRESS)
     p.add_argument("--init", default="random", help="random, a checkpoint file, or a run")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes")
+    p.add_argument("--prefetch-factor", type=int, default=4, help="batches queued per worker")
+    p.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=None,
+                   help="page-locked host batches (default: on with a GPU)")  # fmt: skip
+    p.add_argument("--augment-on", choices=["cpu", "gpu"], default="cpu",
+                   help="cpu: torchvision per sample; gpu: kornia per batch")  # fmt: skip
     p.add_argument("--knn-every", type=int, default=0,
                    help="k-NN validation accuracy every N epochs (0: off)")  # fmt: skip
     p.add_argument("--device", default="auto")
@@ -229,6 +236,48 @@ def add_evaluate_parser(commands) -> None:  # noqa: ANN001 - argparse's private 
     p.add_argument("--json", action="store_true")
 
 
+def sweep_command(args: argparse.Namespace) -> int:
+    from medssl.sweep import run_sweep
+
+    run_sweep(args.protocol, args.out, progress=not args.quiet)
+    return 0
+
+
+def add_sweep_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
+    p = commands.add_parser(
+        "sweep", help="pretraining runs, then inits x label fractions x seeds -> table + report"
+    )
+    p.set_defaults(func=sweep_command, subparser=p)
+    p.add_argument("protocol", help="protocol YAML (see medssl.sweep)")
+    p.add_argument("--out", required=True, help="sweep folder (resumed when it exists)")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch output of the runs")
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    from medssl.demo import run_demo
+
+    if args.root and not args.dataset:
+        raise MedsslError("--root needs --dataset (the demo runs on synthetic data without)")
+    run_demo(args.out, args.dataset, args.root, args.budget, progress=not args.quiet)
+    return 0
+
+
+def add_demo_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
+    from medssl.data.adapters import ADAPTERS
+    from medssl.demo import BUDGETS
+
+    p = commands.add_parser(
+        "demo", help="SimCLR vs MICLe vs random end to end (synthetic data without --dataset)"
+    )
+    p.set_defaults(func=demo_command, subparser=p)
+    p.add_argument("--dataset", choices=sorted(ADAPTERS), help="real data (default: synthetic)")
+    p.add_argument("--root", help="dataset folder in its publisher's layout")
+    p.add_argument("--out", default="medssl-demo", help="demo folder (a finished one is reused)")
+    p.add_argument("--budget", choices=BUDGETS, default="default",
+                   help="smoke: a tiny run that only checks the pipeline")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no per-epoch output of the runs")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medssl",
@@ -245,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_pretrain_parser(commands)
     add_finetune_parser(commands)
     add_evaluate_parser(commands)
+    add_sweep_parser(commands)
+    add_demo_parser(commands)
     return parser
 
 

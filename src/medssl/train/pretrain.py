@@ -55,6 +55,9 @@ class PretrainConfig:
     init: str = "random"
     seed: int = 0
     num_workers: int = 2
+    prefetch_factor: int = 4
+    pin_memory: bool | None = None  # None: on when training on a GPU
+    augment_on: str = "cpu"  # cpu: torchvision v2 per sample in workers; gpu: kornia per batch
     knn_every: int = 0
     knn_k: int = 20
     device: str = "auto"
@@ -76,13 +79,22 @@ class PretrainConfig:
         if not cfg.augment:
             cfg.augment = DATASET_PRESET.get(cfg.data["dataset"], "derm")
         preset(cfg.augment, cfg.augment_overrides)  # validates names and values
+        if cfg.augment_on not in ("cpu", "gpu"):
+            raise MedsslError(f"--augment-on {cfg.augment_on!r} is not cpu or gpu")
         device = resolve_device(cfg.device)
+        if cfg.pin_memory is None:
+            cfg.pin_memory = device.type == "cuda"
         cfg.device = device.type
         if cfg.precision == "auto":
             cfg.precision = "bf16" if device.type == "cuda" else "fp32"
         if cfg.channels_last is None:  # faster on GPUs and, measured, ~20% on CPU too
             cfg.channels_last = True
         return cfg
+
+
+def unchanged(image: torch.Tensor) -> torch.Tensor:
+    """The per-sample transform when views are made on the GPU: the uint8 image itself."""
+    return image
 
 
 class Pretrainer:
@@ -118,16 +130,24 @@ class Pretrainer:
             self.bags, cfg.method, seed=cfg.seed, rank=dist.rank(), world_size=world,
             global_batch_size=cfg.batch_size,
         )  # fmt: skip
-        view = view_transform(preset(cfg.augment, cfg.augment_overrides), cfg.image_size)
+        augment = preset(cfg.augment, cfg.augment_overrides)
+        self.batch_augment = None
+        if cfg.augment_on == "gpu":  # workers only hand over uint8 images
+            from medssl.gpu_augment import BatchViewAugment
+
+            self.batch_augment = BatchViewAugment(augment, cfg.image_size).to(self.device)
+            view = unchanged
+        else:
+            view = view_transform(augment, cfg.image_size)
         dataset = PairViews(np.asarray(pixels)[self.train_rows], view, view, seed=cfg.seed)
         self.loader = DataLoader(
             dataset,
             batch_size=cfg.batch_size // world,
             sampler=self.sampler,
             num_workers=cfg.num_workers,
-            pin_memory=self.device.type == "cuda",
+            pin_memory=bool(cfg.pin_memory),
             persistent_workers=cfg.num_workers > 0,
-            prefetch_factor=4 if cfg.num_workers > 0 else None,
+            prefetch_factor=cfg.prefetch_factor if cfg.num_workers > 0 else None,
             drop_last=True,
         )
 
@@ -168,6 +188,14 @@ class Pretrainer:
 
     # --- the loop ------------------------------------------------------------------------
 
+    def _augment_batch(
+        self, images: torch.Tensor, epoch: int, step: int, view: int
+    ) -> torch.Tensor:
+        """GPU path: per-sample random views of a whole batch, seeded by (epoch, step, rank)."""
+        seed = (self.cfg.seed, epoch, step, view, dist.rank())
+        generator = torch.Generator().manual_seed(hash(seed) & (2**62 - 1))
+        return self.batch_augment(images.to(self.device, non_blocking=True), generator=generator)
+
     def _step(self, view_a: torch.Tensor, view_b: torch.Tensor) -> torch.Tensor:
         memory = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
         x = torch.cat([view_a, view_b]).to(self.device, non_blocking=True)
@@ -192,7 +220,10 @@ class Pretrainer:
             disable=not (self.cfg.progress and dist.is_main_process()), file=sys.stderr,
             leave=False,
         )  # fmt: skip
-        for view_a, view_b, is_distinct in bar:
+        for step, (view_a, view_b, is_distinct) in enumerate(bar):
+            if self.batch_augment is not None:
+                view_a = self._augment_batch(view_a, epoch, step, 0)
+                view_b = self._augment_batch(view_b, epoch, step, 1)
             loss = self._step(view_a, view_b)
             losses.append(loss)
             distinct += int(is_distinct.sum())
