@@ -8,5 +8,7 @@ PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip >/dev/null
-.venv/bin/python -m pip install --quiet -c constraints-ci.txt -e ".[dev]"
+# the local mirror prints a "Location ... is ignored" warning per package: keep them out
+quiet() { "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
+quiet .venv/bin/python -m pip install --quiet --upgrade pip
+quiet .venv/bin/python -m pip install --quiet -c constraints-ci.txt -e ".[dev]"

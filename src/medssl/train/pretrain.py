@@ -210,7 +210,8 @@ class Pretrainer:
         self.scheduler.step()
         return loss.detach()
 
-    def train_epoch(self, epoch: int) -> dict[str, float]:
+    def train_epoch(self, epoch: int, max_steps: int | None = None) -> dict[str, float]:
+        """One epoch (or its first ``max_steps`` steps, for benchmarks)."""
         self.sampler.set_epoch(epoch)
         self.model.train()
         losses, distinct, seen = [], 0, 0
@@ -221,6 +222,8 @@ class Pretrainer:
             leave=False,
         )  # fmt: skip
         for step, (view_a, view_b, is_distinct) in enumerate(bar):
+            if max_steps is not None and step >= max_steps:
+                break
             if self.batch_augment is not None:
                 view_a = self._augment_batch(view_a, epoch, step, 0)
                 view_b = self._augment_batch(view_b, epoch, step, 1)

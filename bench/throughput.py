@@ -1,0 +1,239 @@
+"""Pretraining throughput, side by side: the model-only ceiling, medssl, and lightly's recipe.
+
+Each variant runs in its own subprocess (clean peak memory, no shared caches) with the same
+backbone, image size, global batch and data:
+
+  ceiling      forward + backward + optimiser step on tensors already on the device
+  medssl-simclr / medssl-micle
+               ``medssl pretrain``'s trainer end to end: decoded-image cache, sampler,
+               augmentation (CPU workers or --augment-on gpu), NT-Xent, LARS
+  lightly      lightly's SimCLR recipe: LightlyDataset over the image files,
+               SimCLRTransform, a torchvision ResNet with lightly's projection head,
+               NTXentLoss, SGD, a standard DataLoader (install: pip install 'medssl[bench]')
+
+Prints pairs/s, the ratios medssl/ceiling and medssl/lightly and peak memory; writes JSON.
+
+    python bench/throughput.py --dataset ham10000 --root ../shared/data/ham10000 \\
+        --backbone resnet18 --image-size 64 --batch-size 128 --out bench/results/cpu.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+VARIANTS = ("ceiling", "medssl-simclr", "medssl-micle", "lightly")
+
+
+def peak_memory_mb(device) -> float:  # noqa: ANN001
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def sync(device) -> None:  # noqa: ANN001
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_ceiling(args: argparse.Namespace) -> dict:
+    import torch
+
+    from medssl.losses import NTXentLoss
+    from medssl.models.backbones import build_backbone
+    from medssl.models.heads import SimCLRModel
+    from medssl.train.common import autocast, resolve_device
+    from medssl.train.optim import build_optimizer
+
+    device = resolve_device(args.device)
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    torch.manual_seed(0)
+    backbone, dim = build_backbone(args.backbone)
+    model = SimCLRModel(backbone, dim).to(device).to(memory_format=torch.channels_last)
+    optimizer = build_optimizer("lars", model, 0.3, 1e-6)
+    criterion = NTXentLoss(0.1)
+    x = torch.randn(2 * args.batch_size, 3, args.image_size, args.image_size, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+
+    def step() -> None:
+        with autocast(device, precision):
+            z = model(x)
+        loss = criterion(*z.float().chunk(2))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(args.warmup):
+        step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    sync(device)
+    seconds = time.perf_counter() - start
+    return {"pairs_per_s": args.steps * args.batch_size / seconds, "device": str(device),
+            "peak_memory_mb": peak_memory_mb(device)}  # fmt: skip
+
+
+def run_medssl(args: argparse.Namespace, method: str) -> dict:
+    from medssl.data.spec import DataSpec
+    from medssl.train.pretrain import PretrainConfig, Pretrainer
+
+    with tempfile.TemporaryDirectory() as out:
+        config = PretrainConfig(
+            data=DataSpec(args.dataset, str(Path(args.root).resolve())).to_dict(),
+            out=str(Path(out) / "run"), method=method, backbone=args.backbone,
+            image_size=args.image_size, epochs=1000, batch_size=args.batch_size,
+            num_workers=args.num_workers, augment_on=args.augment_on, device=args.device,
+            progress=False, compile=args.compile,
+        )  # fmt: skip
+        trainer = Pretrainer(config)
+        trainer.train_epoch(0, max_steps=args.warmup)
+        row = trainer.train_epoch(1, max_steps=args.steps)
+        return {"pairs_per_s": row["pairs_per_s"], "device": str(trainer.device),
+                "peak_memory_mb": peak_memory_mb(trainer.device),
+                "distinct_pair_share": row["distinct_pair_share"]}  # fmt: skip
+
+
+def run_lightly(args: argparse.Namespace) -> dict:
+    import torch
+    import torchvision
+    from lightly.data import LightlyDataset
+    from lightly.loss import NTXentLoss
+    from lightly.models.modules import SimCLRProjectionHead
+    from lightly.transforms import SimCLRTransform
+
+    from medssl.train.common import autocast, resolve_device
+
+    device = resolve_device(args.device)
+    precision = "bf16" if device.type == "cuda" else "fp32"
+    torch.manual_seed(0)
+    resnet = getattr(torchvision.models, args.backbone)()
+    dim = resnet.fc.in_features
+    resnet.fc = torch.nn.Identity()
+    model = torch.nn.Sequential(resnet, SimCLRProjectionHead(dim, dim, 128))
+    model = model.to(device).to(memory_format=torch.channels_last)
+    transform = SimCLRTransform(input_size=args.image_size)
+    dataset = LightlyDataset(input_dir=str(Path(args.root).resolve()), transform=transform)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
+        num_workers=args.num_workers, pin_memory=device.type == "cuda",
+        persistent_workers=args.num_workers > 0,
+    )  # fmt: skip
+    criterion = NTXentLoss(temperature=0.1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.06, momentum=0.9)
+
+    def epoch(max_steps: int) -> float:
+        seen, start = 0, time.perf_counter()
+        for step, ((x0, x1), _, _) in enumerate(loader):
+            if step >= max_steps:
+                break
+            x = torch.cat([x0, x1]).to(device, non_blocking=True)
+            with autocast(device, precision):
+                z = model(x.contiguous(memory_format=torch.channels_last))
+            loss = criterion(*z.float().chunk(2))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += len(x0)
+        sync(device)
+        return seen / (time.perf_counter() - start)
+
+    epoch(args.warmup)
+    return {"pairs_per_s": epoch(args.steps), "device": str(device),
+            "peak_memory_mb": peak_memory_mb(device),
+            "images": len(dataset)}  # fmt: skip
+
+
+def child(args: argparse.Namespace) -> None:
+    if args.variant == "ceiling":
+        result = run_ceiling(args)
+    elif args.variant.startswith("medssl-"):
+        result = run_medssl(args, args.variant.removeprefix("medssl-"))
+    else:
+        result = run_lightly(args)
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def parent(args: argparse.Namespace) -> None:
+    results: dict[str, dict] = {}
+    for variant in args.variants:
+        cmd = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
+        started = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            results[variant] = {"error": tail[0]}
+            print(f"{variant:<14} failed: {tail[0]}")
+            continue
+        results[variant] = json.loads(lines[-1].removeprefix("RESULT "))
+        results[variant]["wall_s"] = time.perf_counter() - started
+        r = results[variant]
+        print(f"{variant:<14} {r['pairs_per_s']:8.1f} pairs/s   peak {r['peak_memory_mb']:8.0f} MB")
+    ratios = {}
+    for method in ("simclr", "micle"):
+        ours = results.get(f"medssl-{method}", {}).get("pairs_per_s")
+        for ref in ("ceiling", "lightly"):
+            theirs = results.get(ref, {}).get("pairs_per_s")
+            if ours and theirs:
+                ratios[f"medssl-{method}/{ref}"] = ours / theirs
+                print(f"medssl-{method} / {ref}: {ours / theirs:.2f}")
+    report = {
+        "settings": {k: getattr(args, k) for k in (
+            "dataset", "backbone", "image_size", "batch_size", "steps", "warmup",
+            "num_workers", "augment_on", "device", "compile")},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "python": platform.python_version()},
+        "results": results,
+        "ratios": ratios,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+    }  # fmt: skip
+    try:
+        import torch
+
+        report["machine"]["torch"] = torch.__version__
+        if torch.cuda.is_available():
+            report["machine"]["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.out}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="ham10000")
+    parser.add_argument("--root", default="../shared/data/ham10000")
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--augment-on", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--out", help="JSON file for the figures")
+    parser.add_argument("--variant", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    child(args) if args.variant else parent(args)
+
+
+if __name__ == "__main__":
+    main()
