@@ -124,3 +124,25 @@ def test_augment_on_gpu_path_trains_and_resumes_identically(ham_root, tmp_path, 
     assert whole["loss"] == pytest.approx(resumed["loss"], rel=1e-6)
     cpu = pretrain(tiny_config(ham_root, tmp_path / "cpu"))
     assert cpu["loss"] != whole["loss"]  # a different augmentation draw, same family
+
+
+def test_config_file_sets_options_and_flags_win(ham_root, tmp_path):
+    config = tmp_path / "pretrain.yaml"
+    config.write_text(
+        "dataset: ham10000\n"
+        f"root: {ham_root}\n"
+        "method: simclr\nimage-size: 16\nepochs: 1\nbatch_size: 8\nnum_workers: 0\n"
+        f"cache_dir: {ham_root / 'cache'}\ntemperature: 0.3\n"
+    )
+    out = tmp_path / "run"
+    code = main(["pretrain", "--config", str(config), "--out", str(out), "--temperature", "0.2",
+                 "--quiet"])  # fmt: skip
+    assert code == 0
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["method"] == "simclr" and saved["image_size"] == 16
+    assert saved["temperature"] == 0.2  # the command line wins over the file
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epoch: 3\n")
+    assert main(["pretrain", "--config", str(bad), "--out", str(tmp_path / "x")]) == 2

@@ -63,18 +63,27 @@ def load_config_file(path: str | None) -> dict:
 
 
 def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None):
-    """Parse twice: a config file's values become defaults, command-line flags win."""
-    args = parser.parse_args(argv)
-    config = load_config_file(getattr(args, "config", None))
-    if config:
-        sub = args.subparser
-        known = {a.dest for a in sub._actions}
-        unknown = sorted(set(config) - known)
+    """Parse with a ``--config`` file's values as defaults; command-line flags win.
+
+    A value in the file also satisfies a required option (``--dataset``, ``--out``, ...).
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    found, _ = pre.parse_known_args(argv)
+    config = load_config_file(found.config)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    commands = parser._subparsers._group_actions[0].choices if parser._subparsers else {}
+    if config and command in commands:
+        sub = commands[command]
+        actions = {a.dest: a for a in sub._actions}
+        unknown = sorted(set(config) - set(actions))
         if unknown:
-            raise MedsslError(f"--config {args.config}: unknown option(s) {', '.join(unknown)}")
-        sub.set_defaults(**config)
-        args = parser.parse_args(argv)
-    return args
+            raise MedsslError(f"--config {found.config}: unknown option(s) {', '.join(unknown)}")
+        for key, value in config.items():
+            actions[key].default = value
+            actions[key].required = False
+    return parser.parse_args(argv)
 
 
 def pretrain_command(args: argparse.Namespace) -> int:
@@ -107,7 +116,7 @@ def pretrain_command(args: argparse.Namespace) -> int:
 
 def add_pretrain_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
     p = commands.add_parser("pretrain", help="SimCLR or MICLe self-supervised pretraining")
-    p.set_defaults(func=pretrain_command, subparser=p)
+    p.set_defaults(func=pretrain_command)
     p.add_argument("--config", help="YAML file of options (command-line flags win)")
     add_data_arguments(p)
     p.add_argument("--out", required=True, help="run directory")
@@ -174,7 +183,7 @@ def finetune_command(args: argparse.Namespace) -> int:
 
 def add_finetune_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
     p = commands.add_parser("finetune", help="supervised fine-tuning with a label fraction")
-    p.set_defaults(func=finetune_command, subparser=p)
+    p.set_defaults(func=finetune_command)
     p.add_argument("--config", help="YAML file of options (command-line flags win)")
     add_data_arguments(p)
     p.add_argument("--out", required=True, help="run directory")
@@ -225,7 +234,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
 def add_evaluate_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
     p = commands.add_parser("evaluate", help="score a fine-tuned run on a split")
-    p.set_defaults(func=evaluate_command, subparser=p)
+    p.set_defaults(func=evaluate_command)
     p.add_argument("--model", required=True, help="a finished finetune run directory")
     p.add_argument("--split", default="test", help="test, shift, val, or all (external data)")
     add_data_arguments(p, required=False)
@@ -247,7 +256,7 @@ def add_sweep_parser(commands) -> None:  # noqa: ANN001 - argparse's private typ
     p = commands.add_parser(
         "sweep", help="pretraining runs, then inits x label fractions x seeds -> table + report"
     )
-    p.set_defaults(func=sweep_command, subparser=p)
+    p.set_defaults(func=sweep_command)
     p.add_argument("protocol", help="protocol YAML (see medssl.sweep)")
     p.add_argument("--out", required=True, help="sweep folder (resumed when it exists)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch output of the runs")
@@ -269,7 +278,7 @@ def add_demo_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
     p = commands.add_parser(
         "demo", help="SimCLR vs MICLe vs random end to end (synthetic data without --dataset)"
     )
-    p.set_defaults(func=demo_command, subparser=p)
+    p.set_defaults(func=demo_command)
     p.add_argument("--dataset", choices=sorted(ADAPTERS), help="real data (default: synthetic)")
     p.add_argument("--root", help="dataset folder in its publisher's layout")
     p.add_argument("--out", default="medssl-demo", help="demo folder (a finished one is reused)")
