@@ -9,6 +9,7 @@ name; findings the dataset lacks become NaN (not evaluated).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -114,8 +115,6 @@ def evaluate_run(
         case_ids=case_ids.astype(str), class_names=np.asarray(train_manifest_names),
     )  # fmt: skip
     summary_path = run / METRICS
-    import json
-
     summary = json.loads(summary_path.read_text())
     summary.setdefault("evaluation", {})[label] = {
         k: metrics[k] for k in ("accuracy", "balanced_accuracy", "auc_macro",
