@@ -1,0 +1,95 @@
+"""Fine-tuning and evaluation end to end on tiny data in the published layouts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import write_ham_layout
+from medssl.cli import main
+from medssl.data.spec import DataSpec
+from medssl.errors import MedsslError
+from medssl.predict import evaluate_run
+from medssl.train.finetune import FinetuneConfig, finetune
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    root = write_ham_layout(tmp_path_factory.mktemp("ham"), n_lesions=36)
+    out = tmp_path_factory.mktemp("runs") / "ft"
+    finetune(
+        FinetuneConfig(
+            data=DataSpec("ham10000", str(root)).to_dict(),
+            out=str(out),
+            image_size=16,
+            epochs=2,
+            batch_size=8,
+            num_workers=0,
+            progress=False,
+            cache_dir=str(root / "cache"),
+        )  # fmt: skip
+    )
+    return root, out
+
+
+def test_shift_evaluation_writes_metrics_and_predictions(finetuned):
+    _, run = finetuned
+    metrics = evaluate_run(run, "shift", n_boot=50)
+    assert metrics["split"] == "shift" and metrics["n"] > 0
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["evaluation"]["shift"]["accuracy"] == metrics["accuracy"]
+    with np.load(run / "predictions_shift.npz") as npz:
+        assert npz["probs"].shape == (metrics["n"], 7)  # the seven HAM10000 classes
+        np.testing.assert_allclose(npz["probs"].sum(1), 1, rtol=1e-5)
+
+
+def test_external_dataset_with_class_mapping(finetuned, tmp_path, capsys):
+    _, run = finetuned
+    ext = tmp_path / "external"
+    ext.mkdir()
+    rows = []
+    for i, label in enumerate(["naevus", "melanoma", "other"] * 4):
+        Image.new("RGB", (20, 20), (30 * i % 255, 90, 60)).save(ext / f"img{i}.png")
+        rows.append({"image": f"img{i}.png", "label": label, "patient": f"p{i // 2}"})
+    pd.DataFrame(rows).to_csv(ext / "labels.csv", index=False)
+    mapping = tmp_path / "map.yaml"
+    mapping.write_text("naevus: nv\nmelanoma: mel\nother: null\n")
+    code = main([
+        "evaluate", "--model", str(run), "--dataset", "csv", "--root", str(ext),
+        "--csv-case", "patient", "--split", "all", "--class-map", str(mapping),
+        "--n-boot", "20", "--cache-dir", str(tmp_path / "cache"), "--json",
+    ])  # fmt: skip
+    assert code == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["n"] == 8  # the four "other" images are excluded ...
+    assert metrics["class_mapping"]["unmapped"] == {"other": 4}  # ... and reported
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("naevus: naevus_in_model\n")
+    with pytest.raises(MedsslError, match="not a model class"):
+        evaluate_run(run, "all", DataSpec("csv", str(ext), {"csv_case": "patient"}).to_dict(),
+                     str(bad), n_boot=10)  # fmt: skip
+
+
+def test_label_fraction_run_trains_on_the_nested_subset(finetuned, tmp_path):
+    root, _ = finetuned
+    metrics = finetune(
+        FinetuneConfig(
+            data=DataSpec("ham10000", str(root)).to_dict(),
+            out=str(tmp_path / "f10"),
+            image_size=16,
+            epochs=1,
+            batch_size=4,
+            num_workers=0,
+            progress=False,
+            label_fraction=0.25,
+            cache_dir=str(root / "cache"),
+        )  # fmt: skip
+    )
+    full = json.loads((finetuned[1] / "metrics.json").read_text())
+    assert 0 < metrics["train_cases"] < full["train_cases"]
+    with pytest.raises(MedsslError, match="not a finished medssl finetune run"):
+        evaluate_run(tmp_path / "nothing", "test")
