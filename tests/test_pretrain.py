@@ -88,6 +88,7 @@ def test_export_loads_into_torchvision_and_run_logs(ham_root, tmp_path):
     # MICLe: the share of distinct-image pairs is logged and matches the bag structure
     assert 0.3 < metrics["distinct_pair_share"] < 0.9
     assert "knn_accuracy_init" in metrics and 0 <= metrics["knn_accuracy"] <= 1
+    assert 0 <= metrics["knn_balanced_accuracy"] <= 1 and "knn_auc_macro_init" in metrics
     log = (tmp_path / "run" / "log.csv").read_text().splitlines()
     assert log[0].startswith("epoch") and len(log) == 3  # header, epoch 0 k-NN, epoch 1
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())

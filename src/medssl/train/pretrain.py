@@ -92,6 +92,10 @@ class PretrainConfig:
         return cfg
 
 
+def _knn_text(scores: dict[str, float]) -> str:
+    return ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in scores.items())
+
+
 def unchanged(image: torch.Tensor) -> torch.Tensor:
     """The per-sample transform when views are made on the GPU: the uint8 image itself."""
     return image
@@ -248,10 +252,14 @@ class Pretrainer:
             "epoch_seconds": seconds,
         }
 
-    def knn_accuracy(self) -> float | None:
-        """k-NN accuracy (multiclass) or macro AUC (multilabel) on the validation split."""
+    def knn_monitor(self) -> dict[str, float]:
+        """k-NN scores of the validation split from the train split's backbone features.
+
+        Multiclass: top-1 accuracy, balanced accuracy and macro AUC (top-1 alone mostly
+        tracks the majority class on imbalanced data); multilabel: macro AUC.
+        """
         if "val" not in self.splits or not len(self.splits["val"]):
-            return None
+            return {}
         from medssl.evaluate import multiclass_metrics, multilabel_metrics
 
         backbone = self.model.backbone
@@ -261,16 +269,20 @@ class Pretrainer:
         m = self.manifest
         scores = knn_scores(train_f, m.targets[train_rows], val_f, m.num_classes, k=self.cfg.knn_k)
         if m.task == "multiclass":
-            return multiclass_metrics(scores, m.targets[val_rows], m.class_names)["accuracy"]
-        return multilabel_metrics(scores, m.targets[val_rows], m.class_names, None)["auc_macro"]
+            found = multiclass_metrics(scores, m.targets[val_rows], m.class_names)
+            keys = ("accuracy", "balanced_accuracy", "auc_macro")
+        else:
+            found = multilabel_metrics(scores, m.targets[val_rows], m.class_names, None)
+            keys = ("auc_macro",)
+        return {f"knn_{k}": found[k] for k in keys if found.get(k) is not None}
 
     def fit(self) -> dict[str, Any]:
         cfg, metrics = self.cfg, {}
-        knn_key = "knn_accuracy" if self.manifest.task == "multiclass" else "knn_auc"
         if cfg.knn_every and self.start_epoch == 0 and dist.is_main_process():
-            metrics[f"{knn_key}_init"] = self.knn_accuracy()
-            self.run.log({"epoch": 0, knn_key: metrics[f"{knn_key}_init"]})
-            self._say(f"epoch 0: k-NN {knn_key} {metrics[f'{knn_key}_init']:.4f} (initial)")
+            initial = self.knn_monitor()
+            metrics.update({f"{k}_init": v for k, v in initial.items()})
+            self.run.log({"epoch": 0, **initial})
+            self._say(f"epoch 0 (initial): {_knn_text(initial)}")
         started = time.perf_counter()
         for epoch in range(self.start_epoch, cfg.epochs):
             row: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch)}
@@ -279,7 +291,7 @@ class Pretrainer:
             last = epoch + 1 == cfg.epochs
             due = cfg.knn_every and ((epoch + 1) % cfg.knn_every == 0 or last)
             if due and dist.is_main_process():
-                row[knn_key] = self.knn_accuracy()
+                row.update(self.knn_monitor())
             self.run.log(row)
             self.run.save_checkpoint(
                 {
@@ -291,7 +303,8 @@ class Pretrainer:
             )
             done = epoch + 1 - self.start_epoch
             eta = (time.perf_counter() - started) / done * (cfg.epochs - epoch - 1)
-            extra = f", k-NN {row[knn_key]:.4f}" if row.get(knn_key) is not None else ""
+            knn = {k: v for k, v in row.items() if k.startswith("knn_")}
+            extra = f", {_knn_text(knn)}" if knn else ""
             self._say(
                 f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}, "
                 f"{row['pairs_per_s']:.0f} pairs/s, distinct pairs "
