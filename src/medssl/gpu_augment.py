@@ -90,6 +90,17 @@ def _amount(value: Any, centre: float) -> float:
     return round(vals[-1] - centre, _DIGITS)
 
 
+def _jitter(jitter: Any, p: Any) -> tuple[float, ...]:
+    """(brightness, contrast, saturation, hue, p) of a torchvision or kornia ColorJitter."""
+    return (
+        _amount(jitter.brightness, 1.0),
+        _amount(jitter.contrast, 1.0),
+        _amount(jitter.saturation, 1.0),
+        _amount(jitter.hue, 0.0),
+        _num(p),
+    )
+
+
 def _size(value: Any) -> int:
     vals = [int(v) for v in _values(value)]
     if len(set(vals)) != 1:
@@ -143,15 +154,8 @@ def describe_transform(compose: v2.Compose) -> dict[str, Any]:
         if isinstance(step, v2.RandomApply):
             inner = list(step.transforms)
             if len(inner) == 1 and isinstance(inner[0], v2.ColorJitter):
-                cj = inner[0]
                 desc["order"].append("jitter")
-                desc["jitter"] = (
-                    _amount(cj.brightness, 1.0),
-                    _amount(cj.contrast, 1.0),
-                    _amount(cj.saturation, 1.0),
-                    _amount(cj.hue, 0.0),
-                    _num(step.p),
-                )
+                desc["jitter"] = _jitter(inner[0], step.p)
                 continue
             if len(inner) == 1 and isinstance(inner[0], v2.GaussianBlur):
                 blur = inner[0]
@@ -349,13 +353,7 @@ class BatchViewAugment(torch.nn.Module):
                 desc["hflip_p"] = _num(step.p)
             elif isinstance(step, kaug.ColorJitter):
                 desc["order"].append("jitter")
-                desc["jitter"] = (
-                    _amount(step.brightness, 1.0),
-                    _amount(step.contrast, 1.0),
-                    _amount(step.saturation, 1.0),
-                    _amount(step.hue, 0.0),
-                    _num(step.p),
-                )
+                desc["jitter"] = _jitter(step, step.p)
             elif isinstance(step, kaug.RandomGrayscale):
                 desc["order"].append("grayscale")
                 desc["grayscale_p"] = _num(step.p)

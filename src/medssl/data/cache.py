@@ -14,16 +14,16 @@ import hashlib
 import json
 import os
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from medssl.data.imageio import read_image, resize_square
+from medssl.data.imageio import read_image, resize_square, to_rgb
 from medssl.data.manifest import Manifest
 from medssl.errors import MedsslError
+from medssl.fileio import atomic_write
 
 
 def default_cache_dir() -> Path:
@@ -47,11 +47,7 @@ def _cache_key(manifest: Manifest, size: int) -> str:
 def _decode_one(manifest: Manifest, row: int, size: int) -> np.ndarray:
     image = manifest.table.at[row, "image"]
     if manifest.pixels is not None:
-        array = manifest.pixels[int(image.removeprefix("array:"))]
-        if array.ndim == 2:
-            array = array[:, :, None]
-        if array.shape[2] == 1:
-            array = np.repeat(array, 3, axis=2)
+        array = to_rgb(manifest.pixels[int(image.removeprefix("array:"))])
     else:
         array = read_image(image, min_side=size)
     return resize_square(array, size)
@@ -83,17 +79,9 @@ def _decode_all(
     return pixels, sorted(bad)
 
 
-def _atomic_save(array: np.ndarray, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as fh:  # a file object: np.save would append .npy to a name
+        np.save(fh, array)
 
 
 def decoded_images(
@@ -127,7 +115,7 @@ def decoded_images(
         pixels, bad = _decode_all(manifest, size, skip_unreadable, progress)
         if use_cache:
             directory.mkdir(parents=True, exist_ok=True)
-            _atomic_save(pixels, data_path)
+            atomic_write(data_path, lambda tmp: _write_npy(tmp, pixels))
             bad_path.write_text(json.dumps(bad)) if bad else bad_path.unlink(missing_ok=True)
     if bad:
         keep = np.setdiff1d(np.arange(len(manifest)), bad)

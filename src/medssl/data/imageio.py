@@ -21,7 +21,8 @@ from medssl.errors import MedsslError
 _DICOM_EXTS = (".dcm", ".dicom")
 
 
-def _to_rgb(array: np.ndarray) -> np.ndarray:
+def to_rgb(array: np.ndarray) -> np.ndarray:
+    """(H, W), (H, W, 1) or (H, W, 4) -> (H, W, 3): grey repeated, alpha dropped."""
     if array.ndim == 2:
         array = array[:, :, None]
     if array.shape[2] == 1:
@@ -49,12 +50,12 @@ def read_dicom(path: str | Path) -> np.ndarray:
     if getattr(ds, "NumberOfFrames", 1) not in (None, 1) and pixels.ndim >= 3:
         pixels = pixels[0]
     if getattr(ds, "PhotometricInterpretation", "") in ("RGB", "YBR_FULL", "YBR_FULL_422"):
-        return _to_rgb(pixels.astype(np.uint8))
+        return to_rgb(pixels.astype(np.uint8))
     values = apply_voi_lut(apply_modality_lut(pixels, ds), ds)
     gray = _scale_to_uint8(np.asarray(values))
     if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
         gray = 255 - gray
-    return _to_rgb(gray)
+    return to_rgb(gray)
 
 
 def read_image(path: str | Path, min_side: int | None = None) -> np.ndarray:
@@ -73,7 +74,7 @@ def read_image(path: str | Path, min_side: int | None = None) -> np.ndarray:
             array = np.asarray(img.convert("RGB") if img.mode not in ("L", "I;16", "I") else img)
             if array.dtype != np.uint8:
                 array = _scale_to_uint8(array)
-            return _to_rgb(array)
+            return to_rgb(array)
     except FileNotFoundError:
         raise MedsslError(f"image file not found: {path}") from None
     except (OSError, RuntimeError, ValueError, SyntaxError, AttributeError) as exc:

@@ -18,12 +18,10 @@ load one into a plain torchvision ResNet of the same architecture (and ImageNet 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import re
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ import torch
 from torch import nn
 
 from medssl.errors import MedsslError
+from medssl.fileio import atomic_write
 
 __all__ = [
     "BACKBONE_FILE",
@@ -56,50 +55,13 @@ _CONTAINER_KEYS = ("state_dict", "model", "model_state_dict")
 _LIST_MAX = 10
 
 
-def _atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> Path:
-    """Run ``write(tmp_path)``, fsync ``tmp_path`` and move it over ``path``.
-
-    The temporary file lives in the target's directory so ``os.replace`` is a same-filesystem
-    rename (atomic on POSIX). On any error the temporary file is removed and the target is
-    left untouched.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(target.parent)
-    return target
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Persist a rename in ``directory`` (best effort: not every platform allows it)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        with contextlib.suppress(OSError):
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_state_dict_atomic(state: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
     """``torch.save(state, path)`` atomically; return the path written.
 
     Keep ``state`` to tensors, numbers, strings and plain containers so that it stays loadable
     with ``weights_only=True``.
     """
-    return _atomic_write(path, lambda tmp: torch.save(state, tmp))
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def save_safetensors_atomic(
@@ -125,7 +87,7 @@ def save_safetensors_atomic(
         else:
             seen.add(ptr)
         prepared[name] = t
-    return _atomic_write(
+    return atomic_write(
         path, lambda tmp: safetensors.torch.save_file(prepared, tmp, metadata=metadata)
     )
 

@@ -59,21 +59,25 @@ def load_data(
     return reduced, splits, pixels
 
 
-def init_source(init: str) -> dict[str, Any] | None:
-    """The config of a medssl run given as ``--init``, or None for files and ``random``."""
+def _init_path(init: str) -> Path | None:
+    """The checkpoint file or run directory named by ``--init``; None for ``random``."""
     if init in ("", "random"):
         return None
     path = Path(init).expanduser()
     if not path.exists():
         raise MedsslError(f"--init {init}: no such file or run directory")
-    return read_config(path) if path.is_dir() else None
+    return path
+
+
+def init_source(init: str) -> dict[str, Any] | None:
+    """The config of a medssl run given as ``--init``, or None for files and ``random``."""
+    path = _init_path(init)
+    return read_config(path) if path is not None and path.is_dir() else None
 
 
 def initialise_backbone(backbone: torch.nn.Module, init: str) -> None:
     """Load ``init`` (a checkpoint file or a medssl run) into ``backbone`` unless random."""
-    if init in ("", "random"):
+    path = _init_path(init)
+    if path is None:
         return
-    path = Path(init).expanduser()
-    if not path.exists():
-        raise MedsslError(f"--init {init}: no such file or run directory")
     load_into_backbone(backbone, load_backbone_state(path), str(path), drop_mismatched_conv1=True)

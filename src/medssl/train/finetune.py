@@ -37,7 +37,7 @@ from medssl.train.common import (
     resolve_device,
 )
 from medssl.train.monitor import model_outputs
-from medssl.train.optim import build_optimizer, build_scheduler
+from medssl.train.optim import build_optimizer, epoch_scheduler
 from medssl.train.run import RunDir
 
 BEST = "best.pt"
@@ -137,17 +137,14 @@ class Finetuner:
         trainable = model.fc if cfg.linear_probe else model
         self.optimizer = build_optimizer(cfg.optimizer, trainable, cfg.lr, cfg.weight_decay)
         self.steps_per_epoch = max(1, len(self.train_rows) // self.batch_size)
-        total = cfg.epochs * self.steps_per_epoch
-        warmup = min(int(cfg.warmup_epochs * self.steps_per_epoch), max(total - 1, 0))
-        self.scheduler = build_scheduler(self.optimizer, total, warmup)
+        self.scheduler = epoch_scheduler(
+            self.optimizer, cfg.epochs, self.steps_per_epoch, cfg.warmup_epochs
+        )
         self.val_metric = self._val_metric()
-        self.start_epoch, self.best = 0, -math.inf
-        state = self.run.load_checkpoint()
-        if state is not None:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.start_epoch, self.best = int(state["epoch"]), float(state["best"])
+        state = self.run.restore_training_state(self.model, self.optimizer, self.scheduler)
+        self.start_epoch, self.best = (
+            (int(state["epoch"]), float(state["best"])) if state else (0, -math.inf)
+        )
 
     def _val_metric(self) -> str:
         if self.cfg.val_metric != "auto":
@@ -206,14 +203,8 @@ class Finetuner:
                     self.run.path / BEST,
                 )
             self.run.log(row)
-            self.run.save_checkpoint(
-                {
-                    "model": self.model.state_dict(),
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
-                    "epoch": epoch + 1,
-                    "best": self.best,
-                }
+            self.run.save_training_state(
+                epoch + 1, self.model, self.optimizer, self.scheduler, best=self.best
             )
             done = epoch + 1 - self.start_epoch
             eta = (time.perf_counter() - started) / done * (cfg.epochs - epoch - 1)

@@ -18,6 +18,7 @@ __all__ = [
     "OPTIMIZERS",
     "build_optimizer",
     "build_scheduler",
+    "epoch_scheduler",
     "param_groups_for_lars",
     "scaled_lr",
     "warmup_cosine",
@@ -215,3 +216,12 @@ def scaled_lr(base_lr: float, batch_size: int, rule: str = "sqrt") -> float:
     if rule == "sqrt":
         return base_lr * math.sqrt(batch_size)
     raise MedsslError(f"unknown learning-rate scaling rule {rule!r}: choose 'linear' or 'sqrt'")
+
+
+def epoch_scheduler(
+    optimizer: Optimizer, epochs: int, steps_per_epoch: int, warmup_epochs: float
+) -> LambdaLR:
+    """:func:`build_scheduler` for a run measured in epochs (warmup capped below the total)."""
+    total = epochs * steps_per_epoch
+    warmup = min(int(warmup_epochs * steps_per_epoch), max(total - 1, 0))
+    return build_scheduler(optimizer, total, warmup)

@@ -29,7 +29,7 @@ from medssl.models.heads import SimCLRModel
 from medssl.train import distributed as dist
 from medssl.train.common import autocast, initialise_backbone, load_data, resolve_device
 from medssl.train.monitor import knn_scores, model_outputs
-from medssl.train.optim import build_optimizer, build_scheduler, scaled_lr
+from medssl.train.optim import build_optimizer, epoch_scheduler, scaled_lr
 from medssl.train.run import RunDir
 
 
@@ -178,17 +178,11 @@ class Pretrainer:
         self.criterion = NTXentLoss(cfg.temperature)
         lr = scaled_lr(cfg.lr, cfg.batch_size, cfg.lr_scaling)
         self.optimizer = build_optimizer(cfg.optimizer, model, lr, cfg.weight_decay)
-        self.steps_per_epoch = len(self.loader)
-        total = cfg.epochs * self.steps_per_epoch
-        warmup = min(int(cfg.warmup_epochs * self.steps_per_epoch), max(total - 1, 0))
-        self.scheduler = build_scheduler(self.optimizer, total, warmup)
-        self.start_epoch = 0
-        state = self.run.load_checkpoint()
-        if state is not None:
-            model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.start_epoch = int(state["epoch"])
+        self.scheduler = epoch_scheduler(
+            self.optimizer, cfg.epochs, len(self.loader), cfg.warmup_epochs
+        )
+        state = self.run.restore_training_state(model, self.optimizer, self.scheduler)
+        self.start_epoch = int(state["epoch"]) if state else 0
 
     # --- the loop ------------------------------------------------------------------------
 
@@ -293,14 +287,7 @@ class Pretrainer:
             if due and dist.is_main_process():
                 row.update(self.knn_monitor())
             self.run.log(row)
-            self.run.save_checkpoint(
-                {
-                    "model": self.model.state_dict(),
-                    "optimizer": self.optimizer.state_dict(),
-                    "scheduler": self.scheduler.state_dict(),
-                    "epoch": epoch + 1,
-                }
-            )
+            self.run.save_training_state(epoch + 1, self.model, self.optimizer, self.scheduler)
             done = epoch + 1 - self.start_epoch
             eta = (time.perf_counter() - started) / done * (cfg.epochs - epoch - 1)
             knn = {k: v for k, v in row.items() if k.startswith("knn_")}

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ import torch
 import yaml
 
 from medssl.errors import MedsslError
+from medssl.fileio import atomic_write
 from medssl.models.checkpoint import save_state_dict_atomic
 from medssl.train import distributed as dist
 
@@ -38,11 +37,7 @@ RESUMABLE_CHANGES = {"epochs", "num_workers", "resume", "log_every", "progress",
 
 
 def write_json_atomic(data: Any, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(data, fh, indent=2)
-        fh.write("\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def read_config(run: str | Path) -> dict[str, Any]:
@@ -132,17 +127,42 @@ class RunDir:
 
     # --- checkpoints -----------------------------------------------------------------
 
-    def save_checkpoint(self, state: dict[str, Any]) -> None:
+    def save_training_state(
+        self,
+        epoch: int,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: Any,
+        **extra: Any,
+    ) -> None:
+        """Write ``checkpoints/last.pt`` atomically: weights, optimiser, schedule, RNG, extras."""
         if self.writes:
-            save_state_dict_atomic({**state, "rng": rng_state()}, self.path / CHECKPOINT)
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "epoch": epoch,
+                "rng": rng_state(),
+                **extra,
+            }
+            save_state_dict_atomic(state, self.path / CHECKPOINT)
 
-    def load_checkpoint(self) -> dict[str, Any] | None:
+    def restore_training_state(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
+    ) -> dict[str, Any] | None:
+        """On ``--resume``, load ``last.pt`` into the three objects and the global RNGs.
+
+        Returns the checkpoint (``epoch`` and any extras), or None for a fresh run.
+        """
         if not self.resume:
             return None
         try:
             state = torch.load(self.path / CHECKPOINT, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
             raise MedsslError(f"cannot read checkpoint {self.path / CHECKPOINT}: {exc}") from None
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
         return state
 
@@ -153,12 +173,14 @@ class RunDir:
         if not self.writes:
             return
         path = self.path / "log.csv"
-        header = list(row)
+        rows: list[dict[str, Any]] = []
+        header: list[str] = []
         if path.is_file():
             with path.open() as fh:
-                header = next(csv.reader(fh), header)
-            header += [k for k in row if k not in header]
-        rows = list(csv.DictReader(path.open())) if path.is_file() else []
+                reader = csv.DictReader(fh)
+                rows = list(reader)
+                header = list(reader.fieldnames or [])
+        header += [k for k in row if k not in header]
         step = int(row.get("epoch", len(rows)))
         rows = [r for r in rows if int(float(r.get("epoch", -1))) < step] + [row]
         with path.open("w", newline="") as fh:
