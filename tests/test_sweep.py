@@ -22,7 +22,7 @@ from medssl.data.spec import DataSpec
 from medssl.data.synthetic import SYNTHETIC_SHIFT_SOURCE
 from medssl.demo import demo_protocol, run_demo
 from medssl.errors import MedsslError
-from medssl.sweep import load_protocol, run_sweep
+from medssl.sweep import load_protocol, plan, run_sweep
 from medssl.train import finetune as finetune_module
 from medssl.train import pretrain as pretrain_module
 
@@ -223,6 +223,23 @@ def test_relative_paths_resolve_against_the_protocol_file(tmp_path: Path) -> Non
         ("random", "random"), ("imagenet_r18", "path"), ("mine", "path"),
     ]  # fmt: skip
     assert p.inits[1].target == str(tmp_path / "ckpts" / "imagenet_r18.pt")
+
+
+def test_plan_runs_every_comparison_of_a_seed_before_the_next_seed(tmp_path: Path) -> None:
+    """An interrupted sweep must already hold whole init x fraction tables for early seeds."""
+    p = load_protocol(
+        {
+            "data": {"dataset": "synthetic"},
+            "pretrain": {"simclr": {"method": "simclr", "epochs": 1}},
+            "inits": ["random", "simclr"],
+            "label_fractions": [0.1, 1.0],
+            "seeds": [0, 1],
+        }
+    )
+    jobs = plan(p, tmp_path)
+    assert [j.kind for j in jobs[:1]] == ["pretrain"]
+    order = [(j.seed, j.fraction, j.init.label) for j in jobs[1:]]
+    assert order == [(s, f, i) for s in (0, 1) for f in (0.1, 1.0) for i in ("random", "simclr")]
 
 
 # --------------------------------------------------------------------------- synthetic data

@@ -401,15 +401,19 @@ def _finetune_config(
 
 
 def plan(p: Protocol, out_dir: Path, progress: bool = True) -> list[_Job]:
-    """Every training job of the sweep, pretraining first, in the order they run."""
+    """Every training job of the sweep, pretraining first, in the order they run.
+
+    Seeds are the outer loop of the fine-tunes, so a sweep stopped part-way already holds
+    the complete init x label-fraction comparison for its first seeds.
+    """
     jobs = [
         _Job("pretrain", name, f"pretrain {name} ({cfg.method}, {cfg.epochs} epochs)", cfg)
         for name in p.pretrain
         for cfg in [_pretrain_config(p, name, out_dir, progress)]
     ]
-    for init in p.inits:
+    for seed in p.seeds:
         for fraction in p.label_fractions:
-            for seed in p.seeds:
+            for init in p.inits:
                 cfg = _finetune_config(p, init, fraction, seed, out_dir, progress)
                 desc = f"finetune {init.label} f={fraction_name(fraction)} seed={seed}"
                 jobs.append(_Job("finetune", Path(cfg.out).name, desc, cfg, init, fraction, seed))
