@@ -7,9 +7,11 @@ together make a 2-process step equal a 1-process step on the combined batch.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import socket
+from dataclasses import replace
 
 import pytest
 import torch
@@ -21,7 +23,7 @@ from medssl.losses import NTXentLoss
 from medssl.models.backbones import build_backbone
 from medssl.models.heads import SimCLRModel
 from medssl.train import distributed as dist
-from medssl.train.pretrain import PretrainConfig, pretrain
+from medssl.train.pretrain import PretrainConfig, Pretrainer, pretrain
 
 
 def _free_port() -> int:
@@ -94,10 +96,35 @@ def _config(root, out) -> PretrainConfig:
     )  # fmt: skip
 
 
-def _pretrain_worker(rank: int, port: int, root, out) -> None:
+class _Interrupted(Exception):
+    """Raised in place of the second epoch: the run stops with one epoch checkpointed."""
+
+
+def _stop_before_second_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = Pretrainer.train_epoch
+
+    def train_epoch(self, epoch, max_steps=None):  # noqa: ANN001, ANN202
+        if epoch == 1:
+            raise _Interrupted
+        return real(self, epoch, max_steps)
+
+    monkeypatch.setattr(Pretrainer, "train_epoch", train_epoch)
+
+
+def _pretrain_worker(rank: int, port: int, root, out, resume: bool, interrupt: bool) -> None:
     _join_world(rank, 2, port)
-    pretrain(_config(root, out))
+    with pytest.MonkeyPatch.context() as mp_:
+        if interrupt:
+            _stop_before_second_epoch(mp_)
+        with contextlib.suppress(_Interrupted):
+            pretrain(replace(_config(root, out), resume=resume))
     dist.cleanup()
+
+
+def _two_processes(root, out, resume: bool = False, interrupt: bool = False) -> None:
+    mp.spawn(
+        _pretrain_worker, args=(_free_port(), root, out, resume, interrupt), nprocs=2, join=True
+    )
 
 
 def _losses(run) -> list[float]:
@@ -105,11 +132,42 @@ def _losses(run) -> list[float]:
         return [float(row["loss"]) for row in csv.DictReader(fh)]
 
 
-def test_pretrain_loss_curve_matches_one_process(tmp_path):
-    root = write_ham_layout(tmp_path / "ham", n_lesions=30)
-    pretrain(_config(root, tmp_path / "single"))
-    mp.spawn(_pretrain_worker, args=(_free_port(), root, tmp_path / "ddp"), nprocs=2, join=True)
-    single, double = _losses(tmp_path / "single"), _losses(tmp_path / "ddp")
+@pytest.fixture(scope="module")
+def single_run(tmp_path_factory) -> tuple:
+    """A tiny HAM-layout dataset and the loss curve of an uninterrupted 1-process run."""
+    tmp = tmp_path_factory.mktemp("single")
+    root = write_ham_layout(tmp / "ham", n_lesions=30)
+    pretrain(_config(root, tmp / "single"))
+    return root, _losses(tmp / "single")
+
+
+def test_pretrain_loss_curve_matches_one_process(tmp_path, single_run):
+    root, single = single_run
+    _two_processes(root, tmp_path / "ddp")
+    double = _losses(tmp_path / "ddp")
     assert len(single) == len(double) == 2
     assert double == pytest.approx(single, rel=1e-3)
     assert (tmp_path / "ddp" / "backbone.safetensors").is_file()  # rank 0 exported
+
+
+def test_resume_across_world_sizes(tmp_path, single_run, monkeypatch):
+    """A checkpoint from 2 processes resumes on 1 and vice versa, continuing the same run.
+
+    The pair sampler draws one global order per epoch whatever the world size, and the
+    checkpoint holds the unwrapped model, so only float summation order differs.
+    """
+    root, single = single_run
+    _two_processes(root, tmp_path / "two-then-one", interrupt=True)
+    assert len(_losses(tmp_path / "two-then-one")) == 1
+    pretrain(replace(_config(root, tmp_path / "two-then-one"), resume=True))
+
+    with monkeypatch.context() as m:
+        _stop_before_second_epoch(m)
+        with pytest.raises(_Interrupted):
+            pretrain(_config(root, tmp_path / "one-then-two"))
+    assert len(_losses(tmp_path / "one-then-two")) == 1
+    _two_processes(root, tmp_path / "one-then-two", resume=True)
+
+    for run in ("two-then-one", "one-then-two"):
+        assert _losses(tmp_path / run) == pytest.approx(single, rel=1e-3), run
+        assert (tmp_path / run / "backbone.safetensors").is_file()
