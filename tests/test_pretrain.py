@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 import torchvision
+import yaml
 
 from conftest import write_ham_layout
 from medssl.cli import main
@@ -76,6 +77,19 @@ def test_resume_with_another_configuration_is_refused(ham_root, tmp_path, monkey
     interrupted(tiny_config(ham_root, tmp_path / "run", epochs=2), monkeypatch, at_epoch=1)
     with pytest.raises(MedsslError, match="different configuration.*temperature"):
         pretrain(tiny_config(ham_root, tmp_path / "run", temperature=0.5, resume=True))
+
+
+def test_resume_accepts_a_run_made_before_a_setting_existed(ham_root, tmp_path, monkeypatch):
+    """A key missing from an older run's config.yaml is fine at its default, not otherwise."""
+    interrupted(tiny_config(ham_root, tmp_path / "run", epochs=2), monkeypatch, at_epoch=1)
+    config_file = tmp_path / "run" / "config.yaml"
+    old = yaml.safe_load(config_file.read_text())
+    del old["prefetch_factor"], old["knn_k"]  # as if written before these settings existed
+    config_file.write_text(yaml.safe_dump(old, sort_keys=False))
+    with pytest.raises(MedsslError, match=r"different configuration \(knn_k: None -> 5\)"):
+        pretrain(tiny_config(ham_root, tmp_path / "run", epochs=2, knn_k=5, resume=True))
+    metrics = pretrain(tiny_config(ham_root, tmp_path / "run", epochs=2, resume=True))
+    assert metrics["epochs"] == 2
 
 
 def test_export_loads_into_torchvision_and_run_logs(ham_root, tmp_path):

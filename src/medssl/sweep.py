@@ -37,7 +37,7 @@ import csv
 import math
 import re
 import time
-from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,14 @@ import yaml
 
 from medssl.data.spec import DataSpec
 from medssl.errors import MedsslError
-from medssl.train.run import CONFIG, RESUMABLE_CHANGES, is_complete, read_config
+from medssl.train.run import (
+    CONFIG,
+    RESUMABLE_CHANGES,
+    field_default,
+    field_defaults,
+    is_complete,
+    read_config,
+)
 
 RESULT_COLUMNS = [
     "dataset", "init", "label_fraction", "seed", "split", "n", "accuracy",
@@ -144,15 +151,6 @@ def _list(value: Any, source: str, key: str) -> list[Any]:
     return value
 
 
-def _field_default(f: Field) -> Any:
-    """A dataclass field's default value (MISSING for a required field)."""
-    if f.default is not MISSING:
-        return f.default
-    if f.default_factory is not MISSING:
-        return f.default_factory()
-    return MISSING
-
-
 def _type_ok(value: Any, default: Any) -> bool:
     """Whether ``value`` fits a config field whose default is ``default``."""
     if isinstance(default, bool):
@@ -182,7 +180,7 @@ def _check_config_keys(
         if name not in known or name in reserved:
             why = "is set by the sweep" if name in reserved else "is not a setting"
             raise _fail(source, f"{key}.{name}", f"{why}; allowed: {', '.join(allowed)}")
-        default = _field_default(known[name])
+        default = field_default(known[name])
         if value is not None and not _type_ok(value, default):
             kind = type(default).__name__
             raise _fail(source, f"{key}.{name}", f"expected {kind}, got {value!r}")
@@ -429,7 +427,7 @@ def _stale_settings(job: _Job, out_dir: Path) -> list[str]:
     old = read_config(job.run)
     new = asdict(job.config.resolved())
     asked = asdict(job.config)
-    defaults = {f.name: _field_default(f) for f in fields(job.config)}
+    defaults = field_defaults(type(job.config))
     old_root = str(Path(old.get("out", job.run)).parent.parent)
 
     def norm(key: str, value: Any, root: str) -> Any:

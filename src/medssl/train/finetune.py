@@ -38,7 +38,7 @@ from medssl.train.common import (
 )
 from medssl.train.monitor import model_outputs
 from medssl.train.optim import build_optimizer, epoch_scheduler
-from medssl.train.run import RunDir
+from medssl.train.run import RunDir, field_defaults
 
 BEST = "best.pt"
 
@@ -121,7 +121,7 @@ class Finetuner:
         )
         m = self.manifest
         cfg.class_names, cfg.task = list(m.class_names), m.task
-        self.run = RunDir(cfg.out, asdict(cfg), cfg.resume)
+        self.run = RunDir(cfg.out, asdict(cfg), cfg.resume, field_defaults(FinetuneConfig))
         self.train_rows = label_fraction(m, self.splits["train"], cfg.label_fraction, cfg.seed)
         preset = PRESETS[DATASET_PRESET.get(cfg.data["dataset"], "derm")]
         self.dataset = LabeledImages(

@@ -30,7 +30,7 @@ from medssl.train import distributed as dist
 from medssl.train.common import autocast, initialise_backbone, load_data, resolve_device
 from medssl.train.monitor import knn_scores, model_outputs
 from medssl.train.optim import build_optimizer, epoch_scheduler, scaled_lr
-from medssl.train.run import RunDir
+from medssl.train.run import RunDir, field_defaults
 
 
 @dataclass
@@ -108,7 +108,9 @@ class Pretrainer:
         dist.init_from_env()
         self.cfg = config.resolved()
         self.device = resolve_device(self.cfg.device)
-        self.run = RunDir(self.cfg.out, asdict(self.cfg), self.cfg.resume)
+        self.run = RunDir(
+            self.cfg.out, asdict(self.cfg), self.cfg.resume, field_defaults(PretrainConfig)
+        )
         self._load_data()
         self._build_model()
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+from dataclasses import MISSING, Field, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,20 @@ METRICS = "metrics.json"
 CHECKPOINT = Path("checkpoints") / "last.pt"
 #: config keys that may differ between the original run and ``--resume``
 RESUMABLE_CHANGES = {"epochs", "num_workers", "resume", "log_every", "progress", "device"}
+
+
+def field_default(f: Field) -> Any:
+    """A dataclass field's default value (MISSING for a required field)."""
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return MISSING
+
+
+def field_defaults(config_class: type) -> dict[str, Any]:
+    """Every field's default of a configuration dataclass."""
+    return {f.name: field_default(f) for f in fields(config_class)}
 
 
 def write_json_atomic(data: Any, path: Path) -> None:
@@ -77,9 +92,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
 class RunDir:
     """Owns one run directory for one training job (only rank 0 writes)."""
 
-    def __init__(self, path: str | Path, config: dict[str, Any], resume: bool) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        config: dict[str, Any],
+        resume: bool,
+        defaults: dict[str, Any] | None = None,
+    ) -> None:
+        """``defaults``: the configuration's default values. A setting missing from a run
+        made by an older medssl then counts as unchanged on ``--resume`` when the new value
+        is its default."""
         self.path = Path(path)
         self.config = config
+        self.defaults = defaults or {}
         self.writes = dist.is_main_process()
         self._tb = None
         if self.writes:  # one process checks and creates; the others wait for it
@@ -113,11 +138,17 @@ class RunDir:
             old = read_config(self.path)
             changed = sorted(
                 k for k in set(old) | set(self.config)
-                if k not in RESUMABLE_CHANGES and old.get(k) != self.config.get(k)
+                if k not in RESUMABLE_CHANGES and self._differs(k, old)
             )  # fmt: skip
             if changed:
                 diffs = ", ".join(f"{k}: {old.get(k)!r} -> {self.config.get(k)!r}" for k in changed)
                 raise MedsslError(f"--resume {self.path} with a different configuration ({diffs})")
+
+    def _differs(self, key: str, old: dict[str, Any]) -> bool:
+        new = self.config.get(key)
+        if key not in old and key in self.defaults:  # added to medssl after the run began
+            return new != self.defaults[key]
+        return old.get(key) != new
 
     def _extends_epochs(self) -> bool:
         try:
