@@ -245,6 +245,39 @@ def add_evaluate_parser(commands) -> None:  # noqa: ANN001 - argparse's private 
     p.add_argument("--json", action="store_true")
 
 
+def knn_command(args: argparse.Namespace) -> int:
+    from medssl.knn import compare_backbones, format_comparison
+
+    inits = [str(Path(i).expanduser().resolve()) for i in args.init or []]
+    result = compare_backbones(
+        DataSpec.from_args(args).to_dict(), inits, split=args.split,
+        backbone=args.backbone or "", image_size=args.image_size or 0,
+        small_stem=args.small_stem, k=args.k, n_boot=args.n_boot, seed=args.seed,
+        device=args.device, cache_dir=args.cache_dir, progress=not args.json,
+    )  # fmt: skip
+    print(json.dumps(result, indent=2) if args.json else format_comparison(result))
+    return 0
+
+
+def add_knn_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
+    p = commands.add_parser(
+        "knn", help="k-NN scores of pretrained backbones vs a random one, no training"
+    )
+    p.set_defaults(func=knn_command)
+    add_data_arguments(p)
+    p.add_argument("--init", action="append", metavar="RUN_OR_FILE",
+                   help="a pretraining run or checkpoint (repeatable)")  # fmt: skip
+    p.add_argument("--split", default="val", help="the query split (val, test, shift)")
+    p.add_argument("--k", type=int, default=20, help="neighbours per query")
+    p.add_argument("--backbone", help="default: the --init run's backbone, else resnet18")
+    p.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--image-size", type=int, help="default: the --init run's size, else 64")
+    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (by case)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random reference")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+
+
 def sweep_command(args: argparse.Namespace) -> int:
     from medssl.sweep import run_sweep
 
@@ -303,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pretrain_parser(commands)
     add_finetune_parser(commands)
     add_evaluate_parser(commands)
+    add_knn_parser(commands)
     add_sweep_parser(commands)
     add_demo_parser(commands)
     return parser

@@ -1,0 +1,165 @@
+"""``medssl knn``: does a pretrained backbone beat a random one on this data, with no training?
+
+Each backbone (a random initialisation, always included as the reference, and every
+``--init``) embeds the train split and a query split; each query image is scored by a
+weighted vote of its k nearest train images (:func:`medssl.train.monitor.knn_scores`). The
+differences to the random backbone come with paired case-level bootstrap intervals: both
+backbones are scored on the same resampled cases, so the interval is about the difference
+itself, not two overlapping marginal intervals.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medssl.errors import MedsslError
+from medssl.evaluate import bootstrap_ci, multiclass_metrics, multilabel_metrics
+from medssl.models.backbones import build_backbone
+from medssl.train.common import init_source, initialise_backbone, load_data, resolve_device
+from medssl.train.monitor import knn_scores, model_outputs
+
+MULTICLASS_KEYS = ("accuracy", "balanced_accuracy", "auc_macro")
+MULTILABEL_KEYS = ("auc_macro",)
+
+
+def _label(init: str) -> str:
+    path = Path(init)
+    return path.name if path.is_dir() else path.stem
+
+
+def _architecture(
+    inits: list[str], backbone: str, image_size: int, small_stem: bool | None
+) -> tuple[str, int, bool]:
+    """Backbone, image size and stem: from the init runs (which must agree), else the options."""
+    found: dict[tuple[str, int, bool], list[str]] = {}
+    for init in inits:
+        config = init_source(init)
+        if config is not None:
+            key = (config["backbone"], int(config["image_size"]), bool(config["small_stem"]))
+            found.setdefault(key, []).append(init)
+    if len(found) > 1:
+        listed = "; ".join(f"{', '.join(v)}: {k[0]} at {k[1]} px" for k, v in found.items())
+        raise MedsslError(f"--init runs were trained with different architectures ({listed})")
+    if found:
+        run_backbone, run_size, run_stem = next(iter(found))
+        for option, given, used in (
+            ("--backbone", backbone, run_backbone),
+            ("--image-size", image_size, run_size),
+        ):
+            if given and given != used:
+                raise MedsslError(f"{option} {given} differs from the --init run's {used}")
+        return run_backbone, run_size, run_stem if small_stem is None else bool(small_stem)
+    return backbone or "resnet18", image_size or 64, bool(small_stem)
+
+
+def _metrics(
+    task: str, scores: np.ndarray, targets: np.ndarray, names: list[str]
+) -> dict[str, float | None]:
+    if task == "multiclass":
+        found = multiclass_metrics(scores, targets, names)
+        return {k: found[k] for k in MULTICLASS_KEYS}
+    found = multilabel_metrics(scores, targets, names, None)
+    return {k: found[k] for k in MULTILABEL_KEYS}
+
+
+def compare_backbones(
+    data: dict[str, Any],
+    inits: list[str],
+    split: str = "val",
+    backbone: str = "",
+    image_size: int = 0,
+    small_stem: bool | None = None,
+    k: int = 20,
+    n_boot: int = 1000,
+    seed: int = 0,
+    device: str = "auto",
+    cache_dir: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """k-NN scores of a random backbone and of each ``inits`` entry on ``split``.
+
+    The random reference is ``torch.manual_seed(seed)`` followed by the torchvision builder,
+    the same initialisation a pretraining run with that seed starts from (its epoch-0 k-NN).
+    """
+    if k < 1:
+        raise MedsslError(f"--k must be at least 1, got {k}")
+    arch, size, stem = _architecture(inits, backbone, image_size, small_stem)
+    manifest, splits, pixels = load_data(data, size, cache_dir, progress=progress)
+    if split not in splits.indices or split == "train":
+        choices = ", ".join(s for s in splits.indices if s != "train")
+        raise MedsslError(f"--split {split}: not a query split of this dataset ({choices})")
+    train_rows, query_rows = splits["train"], splits[split]
+    if not len(query_rows):
+        raise MedsslError(f"--split {split} is empty")
+    dev = resolve_device(device)
+    codes, _ = manifest.case_codes()
+    targets, names = manifest.targets, manifest.class_names
+    keys = MULTICLASS_KEYS if manifest.task == "multiclass" else MULTILABEL_KEYS
+
+    scores: dict[str, np.ndarray] = {}
+    for init in ["random", *inits]:
+        torch.manual_seed(seed)
+        net, _ = build_backbone(arch, small_images=stem)
+        initialise_backbone(net, init)
+        net = net.to(dev)
+        train_f = model_outputs(net, pixels, train_rows, dev)
+        query_f = model_outputs(net, pixels, query_rows, dev)
+        label = "random" if init == "random" else _label(init)
+        if label in scores:
+            raise MedsslError(f"--init {init}: two backbones would both be called {label!r}")
+        scores[label] = knn_scores(train_f, targets[train_rows], query_f, manifest.num_classes, k=k)
+
+    query_targets = targets[query_rows]
+    result: dict[str, Any] = {
+        "dataset": manifest.name, "split": split, "n": int(len(query_rows)),
+        "n_cases": int(len(np.unique(codes[query_rows]))), "k": min(k, len(train_rows)),
+        "backbone": arch, "image_size": size, "small_stem": stem, "seed": seed,
+        "n_boot": n_boot, "inits": {"random": "random", **{_label(i): i for i in inits}},
+        "scores": {}, "vs_random": {},
+    }  # fmt: skip
+    for label, s in scores.items():
+        result["scores"][label] = _metrics(manifest.task, s, query_targets, names)
+    reference = scores["random"]
+    for label, s in scores.items():
+        if label == "random":
+            continue
+        differences = {}
+        for key in keys:
+
+            def difference(rows: np.ndarray, key: str = key, s: np.ndarray = s) -> float | None:
+                a = _metrics(manifest.task, s[rows], query_targets[rows], names)[key]
+                b = _metrics(manifest.task, reference[rows], query_targets[rows], names)[key]
+                return None if a is None or b is None else a - b
+
+            point = difference(np.arange(len(query_rows)))
+            lo, hi = bootstrap_ci(difference, codes[query_rows], n_boot=n_boot, seed=seed)
+            differences[key] = {"difference": point, "ci": [lo, hi]}
+        result["vs_random"][label] = differences
+    return result
+
+
+def format_comparison(result: dict[str, Any]) -> str:
+    """The comparison as text: one row per backbone, then its differences to random."""
+    keys = list(next(iter(result["scores"].values())))
+    lines = [
+        f"k-NN (k={result['k']}) on {result['dataset']} {result['split']}: {result['n']} images, "
+        f"{result['n_cases']} cases; {result['backbone']} at {result['image_size']} px",
+        f"{'backbone':<24}" + "".join(f"{k:>19}" for k in keys),
+    ]
+    for label, scores in result["scores"].items():
+        lines.append(f"{label:<24}" + "".join(f"{_number(scores[k]):>19}" for k in keys))
+        for key, diff in result["vs_random"].get(label, {}).items():
+            lo, hi = diff["ci"]
+            lines.append(
+                f"  {key} - random: {_number(diff['difference'], '+.4f')} "
+                f"(95% CI by case {_number(lo, '+.4f')} to {_number(hi, '+.4f')})"
+            )
+    return "\n".join(lines)
+
+
+def _number(value: float | None, spec: str = ".4f") -> str:
+    return "n/a" if value is None or value != value else format(value, spec)
