@@ -18,6 +18,7 @@ from medssl.evaluate import (
     CHEXPERT_FIVE,
     _WeightedAUC,
     bootstrap_ci,
+    bootstrap_cis,
     evaluate_predictions,
     load_class_mapping,
     map_classes,
@@ -426,3 +427,23 @@ def test_load_class_mapping_bad_yaml(tmp_path: Path) -> None:
     p.write_text("1: mel\n")
     with pytest.raises(MedsslError, match="not a class name"):
         load_class_mapping(p)
+
+
+def test_bootstrap_cis_equals_bootstrap_ci_per_metric():
+    rng = np.random.default_rng(5)
+    cases = np.repeat(np.arange(40), rng.integers(1, 4, size=40))
+    values = rng.normal(size=cases.size)
+
+    def mean(rows: np.ndarray) -> float:
+        return float(values[rows].mean())
+
+    def spread(rows: np.ndarray) -> float:
+        return float(values[rows].std())
+
+    together = bootstrap_cis(
+        lambda rows: {"mean": mean(rows), "spread": spread(rows)}, ["mean", "spread"], cases,
+        n_boot=200, seed=3,
+    )  # fmt: skip
+    assert together["mean"] == bootstrap_ci(mean, cases, n_boot=200, seed=3)
+    assert together["spread"] == bootstrap_ci(spread, cases, n_boot=200, seed=3)
+    assert together["mean"][0] < values.mean() < together["mean"][1]

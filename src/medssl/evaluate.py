@@ -28,6 +28,7 @@ from medssl.errors import MedsslError
 __all__ = [
     "CHEXPERT_FIVE",
     "bootstrap_ci",
+    "bootstrap_cis",
     "evaluate_predictions",
     "load_class_mapping",
     "map_classes",
@@ -325,6 +326,25 @@ def bootstrap_ci(
         lambda draws: {key: metric_fn(layout.rows(draws))}, [key], layout, n_boot, seed, alpha
     )
     return ci[key]
+
+
+def bootstrap_cis(
+    metrics_fn: Callable[[np.ndarray], Mapping[str, float | None]],
+    names: Sequence[str],
+    case_ids: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> dict[str, tuple[float, float]]:
+    """:func:`bootstrap_ci` for several metrics computed together on the same resamples.
+
+    ``metrics_fn`` gets the row indices of a resample and returns a mapping holding every
+    name in ``names``; each interval equals what :func:`bootstrap_ci` gives for it alone.
+    """
+    layout = _CaseLayout(case_ids)
+    return _bootstrap_many(
+        lambda draws: metrics_fn(layout.rows(draws)), names, layout, n_boot, seed, alpha
+    )
 
 
 # ------------------------------------------------- fast metrics for the bootstrap loop

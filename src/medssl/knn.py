@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from medssl.errors import MedsslError
-from medssl.evaluate import bootstrap_ci, multiclass_metrics, multilabel_metrics
+from medssl.evaluate import bootstrap_cis, multiclass_metrics, multilabel_metrics
 from medssl.models.backbones import build_backbone
 from medssl.train.common import init_source, initialise_backbone, load_data, resolve_device
 from medssl.train.monitor import knn_scores, model_outputs
@@ -127,18 +127,15 @@ def compare_backbones(
     for label, s in scores.items():
         if label == "random":
             continue
-        differences = {}
-        for key in keys:
 
-            def difference(rows: np.ndarray, key: str = key, s: np.ndarray = s) -> float | None:
-                a = _metrics(manifest.task, s[rows], query_targets[rows], names)[key]
-                b = _metrics(manifest.task, reference[rows], query_targets[rows], names)[key]
-                return None if a is None or b is None else a - b
+        def differences(rows: np.ndarray, s: np.ndarray = s) -> dict[str, float | None]:
+            a = _metrics(manifest.task, s[rows], query_targets[rows], names)
+            b = _metrics(manifest.task, reference[rows], query_targets[rows], names)
+            return {k: None if a[k] is None or b[k] is None else a[k] - b[k] for k in keys}
 
-            point = difference(np.arange(len(query_rows)))
-            lo, hi = bootstrap_ci(difference, codes[query_rows], n_boot=n_boot, seed=seed)
-            differences[key] = {"difference": point, "ci": [lo, hi]}
-        result["vs_random"][label] = differences
+        point = differences(np.arange(len(query_rows)))
+        cis = bootstrap_cis(differences, keys, codes[query_rows], n_boot=n_boot, seed=seed)
+        result["vs_random"][label] = {k: {"difference": point[k], "ci": list(cis[k])} for k in keys}
     return result
 
 
