@@ -88,3 +88,17 @@ def write_ham_layout(root: Path, n_lesions: int = 24, seed: int = 0) -> Path:
     frame = pd.DataFrame(rows, columns=["lesion_id", "image_id", "dx", "dataset"])
     frame.to_csv(root / "HAM10000_metadata.csv", index=False)
     return root
+
+
+def tiny_pretrain_config(root: Path, out: Path, **overrides):  # noqa: ANN201 - PretrainConfig
+    """A seconds-long MICLe run on a :func:`write_ham_layout` dataset (16 px, batch 8)."""
+    from medssl.data.spec import DataSpec
+    from medssl.train.pretrain import PretrainConfig
+
+    settings = dict(
+        data=DataSpec("ham10000", str(root)).to_dict(), out=str(out), method="micle",
+        backbone="resnet18", image_size=16, epochs=2, batch_size=8, warmup_epochs=1,
+        num_workers=0, progress=False, lr=0.3, cache_dir=str(Path(root) / "cache"),
+    )  # fmt: skip
+    settings.update(overrides)
+    return PretrainConfig(**settings)

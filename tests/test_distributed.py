@@ -17,8 +17,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import write_ham_layout
-from medssl.data.spec import DataSpec
+from conftest import tiny_pretrain_config, write_ham_layout
 from medssl.losses import NTXentLoss
 from medssl.models.backbones import build_backbone
 from medssl.models.heads import SimCLRModel
@@ -88,12 +87,7 @@ def test_one_step_gradients_match_one_process(tmp_path):
 def _config(root, out) -> PretrainConfig:
     # a small learning rate keeps the comparison about correctness: NT-Xent on a toy batch
     # with a large step amplifies float summation-order noise (1e-6) into visible drift
-    return PretrainConfig(
-        data=DataSpec("ham10000", str(root)).to_dict(), out=str(out), method="micle",
-        backbone="resnet18", image_size=16, epochs=2, batch_size=8, warmup_epochs=1,
-        num_workers=0, progress=False, lr=0.001, cache_dir=str(root / "cache"),
-        channels_last=False,
-    )  # fmt: skip
+    return tiny_pretrain_config(root, out, lr=0.001, channels_last=False)
 
 
 class _Interrupted(Exception):

@@ -7,14 +7,14 @@ import json
 import pytest
 import torch
 
-from conftest import write_ham_layout
+from conftest import tiny_pretrain_config, write_ham_layout
 from medssl.cli import main
 from medssl.data.spec import DataSpec
 from medssl.errors import MedsslError
 from medssl.knn import compare_backbones
 from medssl.models.backbones import build_backbone
 from medssl.models.checkpoint import save_state_dict_atomic
-from medssl.train.pretrain import PretrainConfig, pretrain
+from medssl.train.pretrain import pretrain
 
 
 @pytest.fixture(scope="module")
@@ -26,24 +26,9 @@ def ham(tmp_path_factory):
 @pytest.fixture(scope="module")
 def run(ham, tmp_path_factory):
     """A one-epoch MICLe run whose log holds the k-NN scores of its random start."""
-    root, data = ham
+    root, _ = ham
     out = tmp_path_factory.mktemp("runs") / "micle"
-    pretrain(
-        PretrainConfig(
-            data=data,
-            out=str(out),
-            method="micle",
-            backbone="resnet18",
-            image_size=16,
-            epochs=1,
-            batch_size=8,
-            warmup_epochs=0,
-            num_workers=0,
-            progress=False,
-            knn_every=1,
-            cache_dir=str(root / "cache"),
-        )  # fmt: skip
-    )
+    pretrain(tiny_pretrain_config(root, out, epochs=1, warmup_epochs=0, knn_every=1))
     return out
 
 

@@ -9,22 +9,12 @@ import torch
 import torchvision
 import yaml
 
+from conftest import tiny_pretrain_config as tiny_config
 from conftest import write_ham_layout
 from medssl.cli import main
-from medssl.data.spec import DataSpec
 from medssl.errors import MedsslError
 from medssl.models.checkpoint import load_backbone_state
 from medssl.train.pretrain import PretrainConfig, Pretrainer, pretrain
-
-
-def tiny_config(root, out, **overrides) -> PretrainConfig:
-    settings = dict(
-        data=DataSpec("ham10000", str(root)).to_dict(), out=str(out), method="micle",
-        backbone="resnet18", image_size=16, epochs=2, batch_size=8, warmup_epochs=1,
-        num_workers=0, progress=False, lr=0.3, cache_dir=str(root / "cache"),
-    )  # fmt: skip
-    settings.update(overrides)
-    return PretrainConfig(**settings)
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,10 @@ import numpy as np
 import torch
 
 from medssl.errors import MedsslError
-from medssl.evaluate import bootstrap_cis, multiclass_metrics, multilabel_metrics
+from medssl.evaluate import bootstrap_cis
 from medssl.models.backbones import build_backbone
 from medssl.train.common import init_source, initialise_backbone, load_data, resolve_device
-from medssl.train.monitor import knn_scores, model_outputs
-
-MULTICLASS_KEYS = ("accuracy", "balanced_accuracy", "auc_macro")
-MULTILABEL_KEYS = ("auc_macro",)
+from medssl.train.monitor import KNN_METRICS, backbone_knn_scores, knn_metrics
 
 
 def _label(init: str) -> str:
@@ -56,16 +53,6 @@ def _architecture(
     return backbone or "resnet18", image_size or 64, bool(small_stem)
 
 
-def _metrics(
-    task: str, scores: np.ndarray, targets: np.ndarray, names: list[str]
-) -> dict[str, float | None]:
-    if task == "multiclass":
-        found = multiclass_metrics(scores, targets, names)
-        return {k: found[k] for k in MULTICLASS_KEYS}
-    found = multilabel_metrics(scores, targets, names, None)
-    return {k: found[k] for k in MULTILABEL_KEYS}
-
-
 def compare_backbones(
     data: dict[str, Any],
     inits: list[str],
@@ -87,6 +74,12 @@ def compare_backbones(
     """
     if k < 1:
         raise MedsslError(f"--k must be at least 1, got {k}")
+    labels = {"random": "random"}
+    for init in inits:
+        label = _label(init)
+        if label in labels:
+            raise MedsslError(f"--init {init}: two backbones would both be called {label!r}")
+        labels[label] = init
     arch, size, stem = _architecture(inits, backbone, image_size, small_stem)
     manifest, splits, pixels = load_data(data, size, cache_dir, progress=progress)
     if split not in splits.indices or split == "train":
@@ -97,40 +90,36 @@ def compare_backbones(
         raise MedsslError(f"--split {split} is empty")
     dev = resolve_device(device)
     codes, _ = manifest.case_codes()
-    targets, names = manifest.targets, manifest.class_names
-    keys = MULTICLASS_KEYS if manifest.task == "multiclass" else MULTILABEL_KEYS
+    targets, names, task = manifest.targets, manifest.class_names, manifest.task
+    keys = KNN_METRICS[task]
 
     scores: dict[str, np.ndarray] = {}
-    for init in ["random", *inits]:
+    for label, init in labels.items():
         torch.manual_seed(seed)
         net, _ = build_backbone(arch, small_images=stem)
         initialise_backbone(net, init)
-        net = net.to(dev)
-        train_f = model_outputs(net, pixels, train_rows, dev)
-        query_f = model_outputs(net, pixels, query_rows, dev)
-        label = "random" if init == "random" else _label(init)
-        if label in scores:
-            raise MedsslError(f"--init {init}: two backbones would both be called {label!r}")
-        scores[label] = knn_scores(train_f, targets[train_rows], query_f, manifest.num_classes, k=k)
+        scores[label] = backbone_knn_scores(
+            net.to(dev), pixels, train_rows, query_rows, targets, manifest.num_classes, dev, k=k
+        )
 
     query_targets = targets[query_rows]
     result: dict[str, Any] = {
         "dataset": manifest.name, "split": split, "n": int(len(query_rows)),
         "n_cases": int(len(np.unique(codes[query_rows]))), "k": min(k, len(train_rows)),
         "backbone": arch, "image_size": size, "small_stem": stem, "seed": seed,
-        "n_boot": n_boot, "inits": {"random": "random", **{_label(i): i for i in inits}},
+        "n_boot": n_boot, "inits": labels,
         "scores": {}, "vs_random": {},
     }  # fmt: skip
     for label, s in scores.items():
-        result["scores"][label] = _metrics(manifest.task, s, query_targets, names)
+        result["scores"][label] = knn_metrics(task, s, query_targets, names)
     reference = scores["random"]
     for label, s in scores.items():
         if label == "random":
             continue
 
         def differences(rows: np.ndarray, s: np.ndarray = s) -> dict[str, float | None]:
-            a = _metrics(manifest.task, s[rows], query_targets[rows], names)
-            b = _metrics(manifest.task, reference[rows], query_targets[rows], names)
+            a = knn_metrics(task, s[rows], query_targets[rows], names)
+            b = knn_metrics(task, reference[rows], query_targets[rows], names)
             return {k: None if a[k] is None or b[k] is None else a[k] - b[k] for k in keys}
 
         point = differences(np.arange(len(query_rows)))

@@ -16,6 +16,13 @@ from torch import nn
 
 from medssl.augment import IMAGENET_MEAN, IMAGENET_STD
 
+#: What the k-NN monitor reports per task. Top-1 alone mostly tracks the majority class on
+#: imbalanced data, so multiclass also gets balanced accuracy and macro AUC.
+KNN_METRICS = {
+    "multiclass": ("accuracy", "balanced_accuracy", "auc_macro"),
+    "multilabel": ("auc_macro",),
+}
+
 
 def normalize_batch(batch_uint8: torch.Tensor) -> torch.Tensor:
     """NHWC uint8 -> NCHW float normalised with the ImageNet statistics."""
@@ -73,3 +80,32 @@ def knn_scores(
         weights = (top_sim / temperature).exp()
         scores.append(torch.einsum("qk,qkc->qc", weights, votes[top_idx]) / weights.sum(1, True))
     return torch.cat(scores).numpy()
+
+
+def backbone_knn_scores(
+    backbone: nn.Module,
+    pixels: np.ndarray,
+    train_rows: np.ndarray,
+    query_rows: np.ndarray,
+    targets: np.ndarray,
+    num_classes: int,
+    device: torch.device,
+    k: int = 20,
+) -> np.ndarray:
+    """:func:`knn_scores` of ``query_rows`` from ``train_rows``, both embedded by ``backbone``."""
+    train_f = model_outputs(backbone, pixels, train_rows, device)
+    query_f = model_outputs(backbone, pixels, query_rows, device)
+    return knn_scores(train_f, targets[train_rows], query_f, num_classes, k=k)
+
+
+def knn_metrics(
+    task: str, scores: np.ndarray, targets: np.ndarray, class_names: list[str]
+) -> dict[str, float | None]:
+    """The :data:`KNN_METRICS` of the task for k-NN ``scores`` (None where undefined)."""
+    from medssl.evaluate import multiclass_metrics, multilabel_metrics  # sklearn: load late
+
+    if task == "multiclass":
+        found = multiclass_metrics(scores, targets, class_names)
+    else:
+        found = multilabel_metrics(scores, targets, class_names, None)
+    return {key: found[key] for key in KNN_METRICS[task]}

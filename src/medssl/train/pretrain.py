@@ -28,7 +28,7 @@ from medssl.models.checkpoint import export_backbone
 from medssl.models.heads import SimCLRModel
 from medssl.train import distributed as dist
 from medssl.train.common import autocast, initialise_backbone, load_data, resolve_device
-from medssl.train.monitor import knn_scores, model_outputs
+from medssl.train.monitor import backbone_knn_scores, knn_metrics
 from medssl.train.optim import build_optimizer, epoch_scheduler, scaled_lr
 from medssl.train.run import RunDir, field_defaults
 
@@ -256,21 +256,13 @@ class Pretrainer:
         """
         if "val" not in self.splits or not len(self.splits["val"]):
             return {}
-        from medssl.evaluate import multiclass_metrics, multilabel_metrics
-
-        backbone = self.model.backbone
-        train_rows, val_rows = self.train_rows, self.splits["val"]
-        train_f = model_outputs(backbone, self.pixels, train_rows, self.device)
-        val_f = model_outputs(backbone, self.pixels, val_rows, self.device)
-        m = self.manifest
-        scores = knn_scores(train_f, m.targets[train_rows], val_f, m.num_classes, k=self.cfg.knn_k)
-        if m.task == "multiclass":
-            found = multiclass_metrics(scores, m.targets[val_rows], m.class_names)
-            keys = ("accuracy", "balanced_accuracy", "auc_macro")
-        else:
-            found = multilabel_metrics(scores, m.targets[val_rows], m.class_names, None)
-            keys = ("auc_macro",)
-        return {f"knn_{k}": found[k] for k in keys if found.get(k) is not None}
+        m, val_rows = self.manifest, self.splits["val"]
+        scores = backbone_knn_scores(
+            self.model.backbone, self.pixels, self.train_rows, val_rows, m.targets,
+            m.num_classes, self.device, k=self.cfg.knn_k,
+        )  # fmt: skip
+        found = knn_metrics(m.task, scores, m.targets[val_rows], m.class_names)
+        return {f"knn_{k}": v for k, v in found.items() if v is not None}
 
     def fit(self) -> dict[str, Any]:
         cfg, metrics = self.cfg, {}
