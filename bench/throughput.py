@@ -1,17 +1,26 @@
-"""Pretraining throughput, side by side: the model-only ceiling, medssl, and lightly's recipe.
+"""Training throughput, side by side: the model-only ceiling, medssl, and lightly's recipe.
 
 Each variant runs in its own subprocess (clean peak memory, no shared caches) with the same
-backbone, image size, global batch and data:
+backbone, image size, global batch, precision and data. With no extra flags medssl runs with
+its defaults (``--augment-mode auto``, ``--precision auto``, automatic DataLoader workers),
+so the table shows what a user gets:
 
   ceiling      forward + backward + optimiser step on tensors already on the device
   medssl-simclr / medssl-micle
                ``medssl pretrain``'s trainer end to end: decoded-image cache, sampler,
-               augmentation (CPU workers or --augment-on gpu), NT-Xent, LARS
+               augmentation (medssl's default mode), NT-Xent, LARS
+  medssl-micle-per-sample
+               the same with per-sample views in DataLoader workers (the pre-0.2 default)
   lightly      lightly's SimCLR recipe: LightlyDataset over the image files,
                SimCLRTransform, a torchvision ResNet with lightly's projection head,
-               NTXentLoss, SGD, a standard DataLoader (install: pip install 'medssl[bench]')
+               NTXentLoss, SGD, a standard DataLoader with one worker per core, the same
+               autocast precision as medssl (install: pip install 'medssl[bench]')
+  ceiling-finetune / medssl-finetune / medssl-finetune-per-sample
+               supervised fine-tuning (images/s): the classifier's forward + backward + AdamW
+               step on fixed tensors, and ``medssl finetune``'s trainer in both modes
 
-Prints pairs/s, the ratios medssl/ceiling and medssl/lightly and peak memory; writes JSON.
+Prints pairs/s (images/s for fine-tuning), the ratios to the ceiling and to lightly and peak
+memory; writes JSON.
 
     python bench/throughput.py --dataset ham10000 --root ../shared/data/ham10000 \\
         --backbone resnet18 --image-size 64 --batch-size 128 --out bench/results/cpu.json
@@ -30,7 +39,25 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = ("ceiling", "medssl-simclr", "medssl-micle", "lightly")
+VARIANTS = (
+    "ceiling", "medssl-simclr", "medssl-micle", "medssl-micle-per-sample", "lightly",
+    "ceiling-finetune", "medssl-finetune", "medssl-finetune-per-sample",
+)  # fmt: skip
+#: variant -> the reference its speed is divided by
+REFERENCES = {
+    "medssl-simclr": ("ceiling", "lightly"),
+    "medssl-micle": ("ceiling", "lightly"),
+    "medssl-micle-per-sample": ("ceiling", "lightly"),
+    "medssl-finetune": ("ceiling-finetune",),
+    "medssl-finetune-per-sample": ("ceiling-finetune",),
+}
+
+
+def precision_for(args: argparse.Namespace, device) -> str:  # noqa: ANN001
+    """medssl's resolved precision: the ceiling and lightly run at the same one."""
+    from medssl.train.common import resolve_precision
+
+    return resolve_precision(args.precision, device)
 
 
 def peak_memory_mb(device) -> float:  # noqa: ANN001
@@ -58,7 +85,7 @@ def run_ceiling(args: argparse.Namespace) -> dict:
     from medssl.train.optim import build_optimizer
 
     device = resolve_device(args.device)
-    precision = "bf16" if device.type == "cuda" else "fp32"
+    precision = precision_for(args, device)
     torch.manual_seed(0)
     backbone, dim = build_backbone(args.backbone)
     model = SimCLRModel(backbone, dim).to(device).to(memory_format=torch.channels_last)
@@ -84,10 +111,72 @@ def run_ceiling(args: argparse.Namespace) -> dict:
     sync(device)
     seconds = time.perf_counter() - start
     return {"pairs_per_s": args.steps * args.batch_size / seconds, "device": str(device),
-            "peak_memory_mb": peak_memory_mb(device)}  # fmt: skip
+            "precision": precision, "peak_memory_mb": peak_memory_mb(device)}  # fmt: skip
 
 
-def run_medssl(args: argparse.Namespace, method: str) -> dict:
+def run_ceiling_finetune(args: argparse.Namespace) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    from medssl.models.backbones import build_backbone
+    from medssl.models.heads import Classifier
+    from medssl.train.common import autocast, resolve_device
+    from medssl.train.optim import build_optimizer
+
+    device = resolve_device(args.device)
+    precision = precision_for(args, device)
+    torch.manual_seed(0)
+    backbone, dim = build_backbone(args.backbone)
+    model = Classifier(backbone, dim, 7).to(device).to(memory_format=torch.channels_last)
+    optimizer = build_optimizer("adamw", model, 1e-3, 1e-4)
+    x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
+    x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 7, (args.batch_size,), device=device)
+
+    def step() -> None:
+        with autocast(device, precision):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(args.warmup):
+        step()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    sync(device)
+    seconds = time.perf_counter() - start
+    return {"images_per_s": args.steps * args.batch_size / seconds, "device": str(device),
+            "precision": precision, "peak_memory_mb": peak_memory_mb(device)}  # fmt: skip
+
+
+def run_medssl_finetune(args: argparse.Namespace, augment_mode: str) -> dict:
+    """Fine-tuning's train_epoch (no validation) on 100% labels, timed after a warm-up."""
+    from medssl.data.spec import DataSpec
+    from medssl.train.finetune import FinetuneConfig, Finetuner
+
+    with tempfile.TemporaryDirectory() as out:
+        config = FinetuneConfig(
+            data=DataSpec(args.dataset, str(Path(args.root).resolve())).to_dict(),
+            out=str(Path(out) / "run"), backbone=args.backbone, image_size=args.image_size,
+            epochs=1000, batch_size=args.batch_size, augment_mode=augment_mode,
+            precision=args.precision, num_workers=args.num_workers, device=args.device,
+            progress=False,
+        )  # fmt: skip
+        trainer = Finetuner(config)
+        trainer.train_epoch(0)  # warm-up (one epoch: the loader cannot stop early)
+        row = trainer.train_epoch(1)
+        cfg = trainer.cfg
+        return {"images_per_s": row["images_per_s"], "device": str(trainer.device),
+                "precision": cfg.precision, "augment_mode": cfg.augment_mode,
+                "num_workers": cfg.num_workers,
+                "peak_memory_mb": peak_memory_mb(trainer.device)}  # fmt: skip
+
+
+def run_medssl(args: argparse.Namespace, method: str, augment_mode: str) -> dict:
     from medssl.data.spec import DataSpec
     from medssl.train.pretrain import PretrainConfig, Pretrainer
 
@@ -96,13 +185,16 @@ def run_medssl(args: argparse.Namespace, method: str) -> dict:
             data=DataSpec(args.dataset, str(Path(args.root).resolve())).to_dict(),
             out=str(Path(out) / "run"), method=method, backbone=args.backbone,
             image_size=args.image_size, epochs=1000, batch_size=args.batch_size,
-            num_workers=args.num_workers, augment_on=args.augment_on, device=args.device,
-            progress=False, compile=args.compile,
+            num_workers=args.num_workers, augment_mode=augment_mode, device=args.device,
+            precision=args.precision, progress=False, compile=args.compile,
         )  # fmt: skip
         trainer = Pretrainer(config)
         trainer.train_epoch(0, max_steps=args.warmup)
         row = trainer.train_epoch(1, max_steps=args.steps)
+        cfg = trainer.cfg
         return {"pairs_per_s": row["pairs_per_s"], "device": str(trainer.device),
+                "precision": cfg.precision, "augment_mode": cfg.augment_mode,
+                "num_workers": cfg.num_workers,
                 "peak_memory_mb": peak_memory_mb(trainer.device),
                 "distinct_pair_share": row["distinct_pair_share"]}  # fmt: skip
 
@@ -118,7 +210,8 @@ def run_lightly(args: argparse.Namespace) -> dict:
     from medssl.train.common import autocast, resolve_device
 
     device = resolve_device(args.device)
-    precision = "bf16" if device.type == "cuda" else "fp32"
+    precision = precision_for(args, device)
+    workers = args.num_workers if args.num_workers is not None else os.cpu_count() or 1
     torch.manual_seed(0)
     resnet = getattr(torchvision.models, args.backbone)()
     dim = resnet.fc.in_features
@@ -129,8 +222,8 @@ def run_lightly(args: argparse.Namespace) -> dict:
     dataset = LightlyDataset(input_dir=str(Path(args.root).resolve()), transform=transform)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
-        num_workers=args.num_workers, pin_memory=device.type == "cuda",
-        persistent_workers=args.num_workers > 0,
+        num_workers=workers, pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
     )  # fmt: skip
     criterion = NTXentLoss(temperature=0.1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.06, momentum=0.9)
@@ -152,19 +245,29 @@ def run_lightly(args: argparse.Namespace) -> dict:
         return seen / (time.perf_counter() - start)
 
     epoch(args.warmup)
-    return {"pairs_per_s": epoch(args.steps), "device": str(device),
-            "peak_memory_mb": peak_memory_mb(device),
+    return {"pairs_per_s": epoch(args.steps), "device": str(device), "precision": precision,
+            "num_workers": workers, "peak_memory_mb": peak_memory_mb(device),
             "images": len(dataset)}  # fmt: skip
 
 
 def child(args: argparse.Namespace) -> None:
-    if args.variant == "ceiling":
+    mode = "per-sample" if args.variant.endswith("-per-sample") else args.augment_mode
+    name = args.variant.removesuffix("-per-sample")
+    if name == "ceiling":
         result = run_ceiling(args)
-    elif args.variant.startswith("medssl-"):
-        result = run_medssl(args, args.variant.removeprefix("medssl-"))
+    elif name == "ceiling-finetune":
+        result = run_ceiling_finetune(args)
+    elif name == "medssl-finetune":
+        result = run_medssl_finetune(args, mode)
+    elif name.startswith("medssl-"):
+        result = run_medssl(args, name.removeprefix("medssl-"), mode)
     else:
         result = run_lightly(args)
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def speed(result: dict) -> float | None:
+    return result.get("pairs_per_s") or result.get("images_per_s")
 
 
 def parent(args: argparse.Namespace) -> None:
@@ -182,19 +285,22 @@ def parent(args: argparse.Namespace) -> None:
         results[variant] = json.loads(lines[-1].removeprefix("RESULT "))
         results[variant]["wall_s"] = time.perf_counter() - started
         r = results[variant]
-        print(f"{variant:<14} {r['pairs_per_s']:8.1f} pairs/s   peak {r['peak_memory_mb']:8.0f} MB")
+        unit = "pairs/s" if "pairs_per_s" in r else "img/s  "
+        extra = ", ".join(f"{k} {r[k]}" for k in ("precision", "augment_mode", "num_workers")
+                          if k in r)  # fmt: skip
+        print(f"{variant:<27} {speed(r):8.1f} {unit}  peak {r['peak_memory_mb']:6.0f} MB  {extra}",
+              flush=True)  # fmt: skip
     ratios = {}
-    for method in ("simclr", "micle"):
-        ours = results.get(f"medssl-{method}", {}).get("pairs_per_s")
-        for ref in ("ceiling", "lightly"):
-            theirs = results.get(ref, {}).get("pairs_per_s")
+    for variant, refs in REFERENCES.items():
+        for ref in refs:
+            ours, theirs = speed(results.get(variant, {})), speed(results.get(ref, {}))
             if ours and theirs:
-                ratios[f"medssl-{method}/{ref}"] = ours / theirs
-                print(f"medssl-{method} / {ref}: {ours / theirs:.2f}")
+                ratios[f"{variant}/{ref}"] = ours / theirs
+                print(f"{variant} / {ref}: {ours / theirs:.2f}")
     report = {
         "settings": {k: getattr(args, k) for k in (
             "dataset", "backbone", "image_size", "batch_size", "steps", "warmup",
-            "num_workers", "augment_on", "device", "compile")},
+            "num_workers", "augment_mode", "precision", "device", "compile")},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                     "python": platform.python_version()},
         "results": results,
@@ -224,8 +330,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--augment-on", choices=["cpu", "gpu"], default="cpu")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="default: medssl's automatic choice; lightly: one per core")
+    parser.add_argument("--augment-mode", choices=["auto", "per-sample", "batch"],
+                        default="auto")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                        default="auto")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))

@@ -86,8 +86,12 @@ def test_one_step_gradients_match_one_process(tmp_path):
 
 def _config(root, out) -> PretrainConfig:
     # a small learning rate keeps the comparison about correctness: NT-Xent on a toy batch
-    # with a large step amplifies float summation-order noise (1e-6) into visible drift
-    return tiny_pretrain_config(root, out, lr=0.001, channels_last=False)
+    # with a large step amplifies float summation-order noise (1e-6) into visible drift.
+    # Per-sample views: each image's view is seeded by its row, whatever the world size;
+    # batch views are seeded per rank's batch, so they reproduce only at a fixed world size.
+    return tiny_pretrain_config(
+        root, out, lr=0.001, channels_last=False, augment_mode="per-sample"
+    )
 
 
 class _Interrupted(Exception):

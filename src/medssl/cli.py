@@ -86,6 +86,27 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     return parser.parse_args(argv)
 
 
+def add_speed_arguments(p: argparse.ArgumentParser) -> None:
+    """Options that choose how fast a trainer runs, not what it learns (both trainers)."""
+    from medssl.augment import AUGMENT_MODES
+    from medssl.train.common import PRECISIONS
+
+    p.add_argument(
+        "--augment-mode", choices=AUGMENT_MODES, default="auto",
+        help="per-sample: torchvision views in DataLoader workers; batch: kornia views of "
+        "whole batches on the training device; auto: batch where kornia is installed",
+    )  # fmt: skip
+    p.add_argument(
+        "--precision", choices=PRECISIONS, default="auto",
+        help="auto: bf16 autocast on GPUs and on CPUs with native bf16, else fp32",
+    )  # fmt: skip
+    p.add_argument(
+        "--num-workers", type=int, default=None,
+        help="DataLoader worker processes (default: 0 for batch views on the CPU, else one "
+        "per core up to 8)",
+    )  # fmt: skip
+
+
 def pretrain_command(args: argparse.Namespace) -> int:
     from medssl.augment import parse_overrides
     from medssl.train.pretrain import PretrainConfig, pretrain
@@ -102,7 +123,8 @@ def pretrain_command(args: argparse.Namespace) -> int:
         temperature=args.temperature, proj_dim=args.proj_dim, augment=args.augment or "",
         augment_overrides=overrides, init=args.init, seed=args.seed,
         num_workers=args.num_workers, prefetch_factor=args.prefetch_factor,
-        pin_memory=args.pin_memory, augment_on=args.augment_on,
+        pin_memory=args.pin_memory, augment_mode=args.augment_mode,
+        augment_on=args.augment_on or "",
         knn_every=args.knn_every, device=args.device,
         precision=args.precision, channels_last=args.channels_last, compile=args.compile,
         cache_dir=args.cache_dir, skip_unreadable=args.skip_unreadable,
@@ -143,16 +165,15 @@ def add_pretrain_parser(commands) -> None:  # noqa: ANN001 - argparse's private 
     p.add_argument("--augment-overrides", type=dict, default=None, help=argparse.SUPPRESS)
     p.add_argument("--init", default="random", help="random, a checkpoint file, or a run")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-workers", type=int, default=2, help="DataLoader worker processes")
+    add_speed_arguments(p)
     p.add_argument("--prefetch-factor", type=int, default=4, help="batches queued per worker")
     p.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=None,
                    help="page-locked host batches (default: on with a GPU)")  # fmt: skip
-    p.add_argument("--augment-on", choices=["cpu", "gpu"], default="cpu",
-                   help="cpu: torchvision per sample; gpu: kornia per batch")  # fmt: skip
+    p.add_argument("--augment-on", choices=["cpu", "gpu"], default=None,
+                   help="deprecated: use --augment-mode (cpu = per-sample, gpu = batch)")
     p.add_argument("--knn-every", type=int, default=0,
                    help="k-NN validation accuracy every N epochs (0: off)")  # fmt: skip
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -172,7 +193,8 @@ def finetune_command(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
         weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
         linear_probe=args.linear_probe, val_metric=args.val_metric, device=args.device,
-        precision=args.precision, num_workers=args.num_workers, cache_dir=args.cache_dir,
+        precision=args.precision, augment_mode=args.augment_mode,
+        num_workers=args.num_workers, cache_dir=args.cache_dir,
         skip_unreadable=args.skip_unreadable, progress=not args.quiet, resume=args.resume,
     )  # fmt: skip
     metrics = finetune(config)
@@ -202,8 +224,7 @@ def add_finetune_parser(commands) -> None:  # noqa: ANN001 - argparse's private 
     p.add_argument("--linear-probe", action="store_true", help="freeze the backbone")
     p.add_argument("--val-metric", default="auto", help="model selection metric (auc_macro)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
-    p.add_argument("--num-workers", type=int, default=2)
+    add_speed_arguments(p)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--json", action="store_true")

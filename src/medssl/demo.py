@@ -80,17 +80,15 @@ def demo_protocol(
         }
         title = "medssl demo on SYNTHETIC data (not medical images)"
         notes = f"{SYNTHETIC_BANNER}\n\n{BUDGET_NOTE}"
-        workers: dict[str, Any] = {"num_workers": 0}  # in-memory pixels: workers only cost
     else:
         if not root:
             raise MedsslError(f"--root is required with --dataset {dataset}")
         data = {"dataset": dataset, "root": str(Path(root).expanduser().resolve())}
         title = f"medssl demo on {dataset}"
         notes = f"Real data: {dataset} at {data['root']}, canonical protocol."
-        workers = {}
     pretrain = {
         "epochs": b["pretrain_epochs"], "batch_size": b["pretrain_batch"],
-        "warmup_epochs": b["warmup"], **workers,
+        "warmup_epochs": b["warmup"],
     }  # fmt: skip
     return {
         "data": data,
@@ -107,7 +105,6 @@ def demo_protocol(
             "epochs": b["finetune_epochs"],
             "batch_size": b["finetune_batch"],
             "lr": 1e-3,
-            **workers,
         },  # fmt: skip
         "n_boot": b["n_boot"],
         "title": f"{title} ({budget} budget)",

@@ -34,6 +34,12 @@ def _seeded(transform: Transform, image: torch.Tensor, seed: int) -> torch.Tenso
         generator.set_state(state)
 
 
+def unchanged(image: torch.Tensor) -> torch.Tensor:
+    """The per-sample transform in batch augmentation mode: the uint8 image itself (the
+    trainer makes the views of the whole batch)."""
+    return image
+
+
 def _item_seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 

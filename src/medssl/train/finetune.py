@@ -21,8 +21,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from medssl.augment import DATASET_PRESET, PRESETS, finetune_transform
-from medssl.data.datasets import LabeledImages
+from medssl.augment import (
+    DATASET_PRESET,
+    PRESETS,
+    finetune_augment,
+    resolve_augment_mode,
+    view_transform,
+)
+from medssl.data.datasets import LabeledImages, unchanged
 from medssl.data.splits import label_fraction
 from medssl.errors import MedsslError
 from medssl.evaluate import multiclass_metrics, multilabel_metrics
@@ -35,10 +41,12 @@ from medssl.train.common import (
     initialise_backbone,
     load_data,
     resolve_device,
+    resolve_num_workers,
+    resolve_precision,
 )
 from medssl.train.monitor import model_outputs
 from medssl.train.optim import build_optimizer, epoch_scheduler
-from medssl.train.run import RunDir, field_defaults
+from medssl.train.run import RunDir, adopt_resumed_choices, field_defaults
 
 BEST = "best.pt"
 
@@ -63,7 +71,8 @@ class FinetuneConfig:
     val_metric: str = "auto"
     device: str = "auto"
     precision: str = "auto"
-    num_workers: int = 2
+    augment_mode: str = "auto"  # per-sample (workers), batch (training device), auto
+    num_workers: int | None = None  # None: 0 for batch views on the CPU, else one per core
     cache_dir: str | None = None
     skip_unreadable: bool = False
     progress: bool = True
@@ -80,10 +89,12 @@ class FinetuneConfig:
         cfg.image_size = cfg.image_size or int(source.get("image_size", 64))
         if cfg.epochs < 1 or cfg.batch_size < 2:
             raise MedsslError("--epochs must be >= 1 and --batch-size >= 2")
+        adopt_resumed_choices(cfg, ("augment_mode", "precision"))
+        cfg.augment_mode = resolve_augment_mode(cfg.augment_mode)
         device = resolve_device(cfg.device)
         cfg.device = device.type
-        if cfg.precision == "auto":
-            cfg.precision = "bf16" if device.type == "cuda" else "fp32"
+        cfg.precision = resolve_precision(cfg.precision, device)
+        cfg.num_workers = resolve_num_workers(cfg.num_workers, cfg.augment_mode, device)
         return cfg
 
 
@@ -124,10 +135,18 @@ class Finetuner:
         self.run = RunDir(cfg.out, asdict(cfg), cfg.resume, field_defaults(FinetuneConfig))
         self.train_rows = label_fraction(m, self.splits["train"], cfg.label_fraction, cfg.seed)
         preset = PRESETS[DATASET_PRESET.get(cfg.data["dataset"], "derm")]
+        augment = finetune_augment(preset.rotation_degrees)
+        self.batch_augment = None
+        if cfg.augment_mode == "batch":  # the loader only hands over uint8 images
+            from medssl.batch_augment import BatchViewAugment
+
+            self.batch_augment = BatchViewAugment(augment, cfg.image_size).to(self.device)
+            transform = unchanged
+        else:
+            transform = view_transform(augment, cfg.image_size)
         self.dataset = LabeledImages(
-            self.pixels, m.targets, self.train_rows,
-            finetune_transform(cfg.image_size, preset.rotation_degrees), seed=cfg.seed,
-        )  # fmt: skip
+            self.pixels, m.targets, self.train_rows, transform, seed=cfg.seed
+        )
         self.batch_size = min(cfg.batch_size, len(self.train_rows))
         torch.manual_seed(cfg.seed)
         backbone, feat_dim = build_backbone(cfg.backbone, small_images=bool(cfg.small_stem))
@@ -167,8 +186,11 @@ class Finetuner:
             self._loader(epoch), desc=f"epoch {epoch + 1}/{self.cfg.epochs}", unit="batch",
             disable=not self.cfg.progress, file=sys.stderr, leave=False,
         )  # fmt: skip
-        for images, targets, _ in bar:
+        for step, (images, targets, _) in enumerate(bar):
             images = images.to(self.device, non_blocking=True)
+            if self.batch_augment is not None:
+                seed = hash((self.cfg.seed, epoch, step)) & (2**62 - 1)
+                images = self.batch_augment(images, generator=torch.Generator().manual_seed(seed))
             images = images.contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.cfg.precision):
                 logits = self.model(images)
@@ -185,7 +207,9 @@ class Finetuner:
 
     def validate(self) -> dict[str, Any]:
         rows = self.splits["val"]
-        logits = model_outputs(self.model, self.pixels, rows, self.device)
+        logits = model_outputs(
+            self.model, self.pixels, rows, self.device, precision=self.cfg.precision
+        )
         m = self.manifest
         return score(m.task, probabilities(m.task, logits), m.targets[rows], m.class_names)
 

@@ -39,8 +39,15 @@ def model_outputs(
     rows: np.ndarray,
     device: torch.device,
     batch_size: int = 256,
+    precision: str = "fp32",
 ) -> torch.Tensor:
-    """``model`` outputs (features or logits) for rows of the uint8 image array, on the CPU."""
+    """``model`` outputs (features or logits) for rows of the uint8 image array, on the CPU.
+
+    ``precision`` ``bf16``/``fp16`` runs the model under autocast (the k-NN monitor and
+    ``medssl evaluate`` keep fp32 so that their figures compare across runs).
+    """
+    from medssl.train.common import autocast
+
     was_training = model.training
     model.eval()
     outputs = []
@@ -48,7 +55,10 @@ def model_outputs(
         chunk = np.sort(rows[start : start + batch_size])
         order = np.argsort(np.argsort(rows[start : start + batch_size]))
         batch = torch.from_numpy(np.asarray(pixels[chunk])).to(device)
-        outputs.append(model(normalize_batch(batch)).float().cpu()[order])
+        x = normalize_batch(batch).contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
+            out = model(x)
+        outputs.append(out.float().cpu()[order])
     model.train(was_training)
     return torch.cat(outputs) if outputs else torch.empty(0)
 

@@ -18,8 +18,8 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from medssl.augment import DATASET_PRESET, preset, view_transform
-from medssl.data.datasets import PairViews
+from medssl.augment import DATASET_PRESET, preset, resolve_augment_mode, view_transform
+from medssl.data.datasets import PairViews, unchanged
 from medssl.data.pairs import CaseBags, PairSampler
 from medssl.errors import MedsslError
 from medssl.losses import NTXentLoss
@@ -27,10 +27,17 @@ from medssl.models.backbones import build_backbone
 from medssl.models.checkpoint import export_backbone
 from medssl.models.heads import SimCLRModel
 from medssl.train import distributed as dist
-from medssl.train.common import autocast, initialise_backbone, load_data, resolve_device
+from medssl.train.common import (
+    autocast,
+    initialise_backbone,
+    load_data,
+    resolve_device,
+    resolve_num_workers,
+    resolve_precision,
+)
 from medssl.train.monitor import backbone_knn_scores, knn_metrics
 from medssl.train.optim import build_optimizer, epoch_scheduler, scaled_lr
-from medssl.train.run import RunDir, field_defaults
+from medssl.train.run import RunDir, adopt_resumed_choices, field_defaults
 
 
 @dataclass
@@ -54,10 +61,11 @@ class PretrainConfig:
     augment_overrides: dict[str, float] = field(default_factory=dict)
     init: str = "random"
     seed: int = 0
-    num_workers: int = 2
+    num_workers: int | None = None  # None: 0 for batch views on the CPU, else one per core
     prefetch_factor: int = 4
     pin_memory: bool | None = None  # None: on when training on a GPU
-    augment_on: str = "cpu"  # cpu: torchvision v2 per sample in workers; gpu: kornia per batch
+    augment_mode: str = "auto"  # per-sample (workers), batch (training device), auto
+    augment_on: str = ""  # deprecated spelling of augment_mode: cpu = per-sample, gpu = batch
     knn_every: int = 0
     knn_k: int = 20
     device: str = "auto"
@@ -79,14 +87,18 @@ class PretrainConfig:
         if not cfg.augment:
             cfg.augment = DATASET_PRESET.get(cfg.data["dataset"], "derm")
         preset(cfg.augment, cfg.augment_overrides)  # validates names and values
-        if cfg.augment_on not in ("cpu", "gpu"):
-            raise MedsslError(f"--augment-on {cfg.augment_on!r} is not cpu or gpu")
+        if cfg.augment_on:
+            cfg.augment_mode, cfg.augment_on = cfg.augment_on, ""
+        adopt_resumed_choices(cfg, ("augment_mode", "precision"))
+        cfg.augment_mode = resolve_augment_mode(cfg.augment_mode)
         device = resolve_device(cfg.device)
         if cfg.pin_memory is None:
             cfg.pin_memory = device.type == "cuda"
         cfg.device = device.type
-        if cfg.precision == "auto":
-            cfg.precision = "bf16" if device.type == "cuda" else "fp32"
+        cfg.precision = resolve_precision(cfg.precision, device)
+        cfg.num_workers = resolve_num_workers(cfg.num_workers, cfg.augment_mode, device)
+        if cfg.prefetch_factor < 1:
+            raise MedsslError(f"--prefetch-factor must be >= 1, got {cfg.prefetch_factor}")
         if cfg.channels_last is None:  # faster on GPUs and, measured, ~20% on CPU too
             cfg.channels_last = True
         return cfg
@@ -94,11 +106,6 @@ class PretrainConfig:
 
 def _knn_text(scores: dict[str, float]) -> str:
     return ", ".join(f"{k.replace('_', ' ')} {v:.4f}" for k, v in scores.items())
-
-
-def unchanged(image: torch.Tensor) -> torch.Tensor:
-    """The per-sample transform when views are made on the GPU: the uint8 image itself."""
-    return image
 
 
 class Pretrainer:
@@ -138,8 +145,8 @@ class Pretrainer:
         )  # fmt: skip
         augment = preset(cfg.augment, cfg.augment_overrides)
         self.batch_augment = None
-        if cfg.augment_on == "gpu":  # workers only hand over uint8 images
-            from medssl.gpu_augment import BatchViewAugment
+        if cfg.augment_mode == "batch":  # the loader only hands over uint8 images
+            from medssl.batch_augment import BatchViewAugment
 
             self.batch_augment = BatchViewAugment(augment, cfg.image_size).to(self.device)
             view = unchanged
@@ -191,7 +198,7 @@ class Pretrainer:
     def _augment_batch(
         self, images: torch.Tensor, epoch: int, step: int, view: int
     ) -> torch.Tensor:
-        """GPU path: per-sample random views of a whole batch, seeded by (epoch, step, rank)."""
+        """Batch mode: random views of a whole batch, seeded by (seed, epoch, step, view, rank)."""
         seed = (self.cfg.seed, epoch, step, view, dist.rank())
         generator = torch.Generator().manual_seed(hash(seed) & (2**62 - 1))
         return self.batch_augment(images.to(self.device, non_blocking=True), generator=generator)

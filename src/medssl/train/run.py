@@ -55,11 +55,40 @@ def write_json_atomic(data: Any, path: Path) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
 
 
+#: settings renamed since a run could have been made: old key -> (new key, old value -> new)
+RENAMED_SETTINGS = {"augment_on": ("augment_mode", {"cpu": "per-sample", "gpu": "batch"})}
+
+
+def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's config in today's setting names (a run made before a rename reads as if after)."""
+    config = dict(config)
+    for old, (new, values) in RENAMED_SETTINGS.items():
+        if old in config:
+            value = config.pop(old)
+            if value and new not in config:
+                config[new] = values.get(value, value)
+    return config
+
+
 def read_config(run: str | Path) -> dict[str, Any]:
     path = Path(run) / CONFIG
     if not path.is_file():
         raise MedsslError(f"{run} is not a medssl run directory (no {CONFIG})")
-    return yaml.safe_load(path.read_text())
+    return upgrade_config(yaml.safe_load(path.read_text()))
+
+
+def adopt_resumed_choices(config: Any, keys: tuple[str, ...]) -> None:
+    """On ``--resume``, automatic settings (``auto`` or None) take the run's earlier choice.
+
+    A run keeps what it started with (say fp32 on a machine where ``auto`` now means bf16),
+    so that its resumed epochs train like its first ones and its config stays true.
+    """
+    if not config.resume or not (Path(config.out) / CONFIG).is_file():
+        return
+    previous = read_config(config.out)
+    for key in keys:
+        if getattr(config, key) in ("auto", None) and previous.get(key) not in (None, "auto"):
+            setattr(config, key, previous[key])
 
 
 def is_complete(run: str | Path) -> bool:

@@ -10,8 +10,8 @@ import torch
 from torchvision.transforms import v2
 
 from medssl.augment import PRESETS, AugmentConfig, preset, view_transform
+from medssl.batch_augment import BatchViewAugment, describe_transform
 from medssl.errors import MedsslError
-from medssl.gpu_augment import BatchViewAugment, describe_transform
 
 #: Everything random switched off: the view is the normalised input itself.
 IDENTITY = {

@@ -1,4 +1,4 @@
-"""Contrastive-view augmentation on whole batches, on the batch's device (``--augment-on gpu``).
+"""Views of whole batches on the training device, CPU or GPU (``--augment-mode batch``).
 
 :class:`BatchViewAugment` builds, with :mod:`kornia.augmentation`, the same family of random
 transform as :func:`medssl.augment.view_transform` builds with torchvision v2 for the CPU
@@ -34,7 +34,7 @@ from torchvision.transforms import v2
 from medssl.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, blur_kernel_size
 from medssl.errors import MedsslError
 
-_NO_KORNIA = "--augment-on gpu needs kornia: pip install 'medssl[gpu]'"
+_NO_KORNIA = "--augment-mode batch needs kornia: pip install kornia"
 _DIGITS = 6
 
 #: Step names in the order both paths apply them (a missing step is left out).

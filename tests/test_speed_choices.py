@@ -1,0 +1,185 @@
+"""Automatic speed choices: augmentation mode, precision and workers, recorded and resumable."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from conftest import tiny_pretrain_config, write_ham_layout
+from medssl.augment import finetune_augment, finetune_transform, resolve_augment_mode
+from medssl.cli import main
+from medssl.data.spec import DataSpec
+from medssl.errors import MedsslError
+from medssl.train import common
+from medssl.train.common import resolve_num_workers, resolve_precision
+from medssl.train.finetune import FinetuneConfig, Finetuner, finetune
+from medssl.train.pretrain import Pretrainer, pretrain
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def ham_root(tmp_path_factory):
+    return write_ham_layout(tmp_path_factory.mktemp("ham"), n_lesions=30)
+
+
+def test_auto_augment_mode_is_batch_with_kornia_and_old_names_map_with_a_warning(capsys):
+    pytest.importorskip("kornia")
+    assert resolve_augment_mode("auto") == "batch"
+    assert resolve_augment_mode("per-sample") == "per-sample"
+    assert resolve_augment_mode("cpu") == "per-sample"
+    assert resolve_augment_mode("gpu") == "batch"
+    err = capsys.readouterr().err
+    assert err.count("deprecated") == 2 and "--augment-mode per-sample" in err
+    with pytest.raises(MedsslError, match="--augment-mode 'fast' is not one of"):
+        resolve_augment_mode("fast")
+
+
+def test_auto_augment_mode_without_kornia_is_per_sample(monkeypatch):
+    monkeypatch.setattr("medssl.augment.kornia_available", lambda: False)
+    assert resolve_augment_mode("auto") == "per-sample"
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16(monkeypatch, native):
+    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: native)
+    assert resolve_precision("auto", CPU) == ("bf16" if native else "fp32")
+    assert resolve_precision("fp32", CPU) == "fp32"
+    with pytest.raises(MedsslError, match="--precision 'half' is not one of"):
+        resolve_precision("half", CPU)
+
+
+def test_workers_default_to_none_for_batch_views_on_the_cpu():
+    assert resolve_num_workers(None, "batch", CPU) == 0
+    assert resolve_num_workers(None, "per-sample", CPU) >= 1
+    assert resolve_num_workers(3, "batch", CPU) == 3
+    with pytest.raises(MedsslError, match="--num-workers must be >= 0"):
+        resolve_num_workers(-1, "batch", CPU)
+
+
+def test_finetune_views_are_the_same_family_in_both_modes():
+    pytest.importorskip("kornia")
+    from medssl.batch_augment import BatchViewAugment, describe_transform
+
+    for rotation in (0.0, 45.0):
+        batch = BatchViewAugment(finetune_augment(rotation), 24).describe()
+        per_sample = describe_transform(finetune_transform(24, rotation))
+        assert batch == per_sample
+        assert batch["jitter"] is None and not batch["blur"] and batch["crop_scale"] == (0.5, 1)
+
+
+def test_pretrain_records_its_automatic_choices(ham_root, tmp_path, monkeypatch):
+    pytest.importorskip("kornia")
+    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: True)
+    config = tiny_pretrain_config(ham_root, tmp_path / "run", epochs=1, precision="auto")
+    config.num_workers = None
+    metrics = pretrain(config)
+    assert torch.isfinite(torch.tensor(metrics["loss"]))  # bf16 autocast trains
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert (saved["augment_mode"], saved["precision"], saved["num_workers"]) == ("batch", "bf16", 0)
+
+
+def _interrupted_pretrain(config, monkeypatch) -> None:  # noqa: ANN001
+    """Run ``config`` and stop it (KeyboardInterrupt) when its second epoch starts."""
+    original = Pretrainer.train_epoch
+
+    def crash(self, epoch, max_steps=None):  # noqa: ANN001, ANN202
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, epoch, max_steps)
+
+    monkeypatch.setattr(Pretrainer, "train_epoch", crash)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config)
+    monkeypatch.setattr(Pretrainer, "train_epoch", original)
+
+
+def test_resuming_an_old_run_keeps_its_choices(ham_root, tmp_path, monkeypatch):
+    """A run made before --augment-mode (augment_on: cpu, fp32) resumes as it began."""
+    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: True)
+    whole = pretrain(tiny_pretrain_config(ham_root, tmp_path / "whole", augment_mode="per-sample"))
+    old = tiny_pretrain_config(ham_root, tmp_path / "old", augment_mode="per-sample")
+    _interrupted_pretrain(old, monkeypatch)
+    config_file = tmp_path / "old" / "config.yaml"
+    legacy = yaml.safe_load(config_file.read_text())
+    legacy.pop("augment_mode")
+    legacy["augment_on"] = "cpu"
+    config_file.write_text(yaml.safe_dump(legacy, sort_keys=False))
+
+    resumed = pretrain(
+        tiny_pretrain_config(ham_root, tmp_path / "old", precision="auto", resume=True)
+    )
+    saved = yaml.safe_load(config_file.read_text())
+    assert (saved["augment_mode"], saved["precision"]) == ("per-sample", "fp32")
+    assert resumed["loss"] == pytest.approx(whole["loss"], rel=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["per-sample", "batch"])
+def test_pretrain_resumes_identically_in_both_modes(ham_root, tmp_path, monkeypatch, mode):
+    if mode == "batch":
+        pytest.importorskip("kornia")
+    whole = pretrain(tiny_pretrain_config(ham_root, tmp_path / "whole", augment_mode=mode))
+    _interrupted_pretrain(
+        tiny_pretrain_config(ham_root, tmp_path / "split", augment_mode=mode), monkeypatch
+    )
+    resumed = pretrain(
+        tiny_pretrain_config(ham_root, tmp_path / "split", augment_mode=mode, resume=True)
+    )
+    assert resumed["loss"] == pytest.approx(whole["loss"], rel=1e-6)
+
+
+def _finetune_config(root, out, **overrides) -> FinetuneConfig:  # noqa: ANN001
+    settings = dict(
+        data=DataSpec("ham10000", str(root)).to_dict(), out=str(out), image_size=16,
+        epochs=2, batch_size=8, progress=False, cache_dir=str(root / "cache"),
+        precision="fp32",
+    )  # fmt: skip
+    settings.update(overrides)
+    return FinetuneConfig(**settings)
+
+
+@pytest.mark.parametrize("mode", ["per-sample", "batch"])
+def test_finetune_trains_and_resumes_identically_in_both_modes(
+    ham_root, tmp_path, monkeypatch, mode
+):
+    if mode == "batch":
+        pytest.importorskip("kornia")
+    whole = finetune(_finetune_config(ham_root, tmp_path / "whole", augment_mode=mode))
+    original = Finetuner.train_epoch
+
+    def crash(self, epoch):  # noqa: ANN001, ANN202
+        if epoch == 1:
+            raise KeyboardInterrupt
+        return original(self, epoch)
+
+    monkeypatch.setattr(Finetuner, "train_epoch", crash)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(_finetune_config(ham_root, tmp_path / "split", augment_mode=mode))
+    monkeypatch.setattr(Finetuner, "train_epoch", original)
+    resumed = finetune(
+        _finetune_config(ham_root, tmp_path / "split", augment_mode=mode, resume=True)
+    )
+    assert resumed == whole
+    a = torch.load(tmp_path / "whole" / "best.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "split" / "best.pt", weights_only=True)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    saved = yaml.safe_load((tmp_path / "whole" / "config.yaml").read_text())
+    assert saved["augment_mode"] == mode
+
+
+def test_cli_old_augment_on_flag_still_works_with_a_warning(ham_root, tmp_path, capsys):
+    code = main([
+        "pretrain", "--dataset", "ham10000", "--root", str(ham_root), "--out",
+        str(tmp_path / "r"), "--augment-on", "cpu", "--image-size", "16", "--epochs", "1",
+        "--batch-size", "8", "--precision", "fp32", "--cache-dir", str(ham_root / "cache"),
+        "--quiet", "--json",
+    ])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0 and "augment_on 'cpu' is deprecated" in captured.err
+    assert json.loads(captured.out)["epochs"] == 1
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert saved["augment_mode"] == "per-sample" and saved["augment_on"] == ""
