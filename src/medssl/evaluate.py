@@ -17,6 +17,7 @@ import json
 import math
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,9 +30,13 @@ __all__ = [
     "CHEXPERT_FIVE",
     "bootstrap_ci",
     "bootstrap_cis",
+    "ClassMap",
+    "class_map_from_dict",
     "evaluate_predictions",
+    "load_class_map",
     "load_class_mapping",
     "map_classes",
+    "merge_model_classes",
     "multiclass_metrics",
     "multilabel_metrics",
 ]
@@ -580,48 +585,140 @@ def map_classes(
     return mapped, keep, report
 
 
-def load_class_mapping(path: str | Path) -> dict[str, str | None]:
-    """Read ``{"source class": "model class" or null}`` from a JSON or YAML file.
-
-    ``.json`` files are parsed as JSON, anything else as YAML (which also accepts JSON).
-    """
-    p = Path(path)
+def _read_class_map_file(p: Path) -> Any:
+    """The parsed contents of a class mapping file (``.json`` as JSON, else YAML)."""
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
         raise MedsslError(f"cannot read class mapping {p}: {e.strerror or e}") from None
     if p.suffix.lower() == ".json":
         try:
-            data = json.loads(text)
+            return json.loads(text)
         except json.JSONDecodeError as e:
             raise MedsslError(
                 f"class mapping {p} is not valid JSON: {e.msg} at line {e.lineno}"
             ) from None
-    else:
-        try:
-            import yaml
-        except ImportError:
-            raise MedsslError(
-                f"reading YAML class mapping {p} needs PyYAML "
-                "(pip install pyyaml), or use a .json file"
-            ) from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            msg = " ".join(str(e).split())
-            raise MedsslError(f"class mapping {p} is not valid YAML: {msg}") from None
+    try:
+        import yaml
+    except ImportError:
+        raise MedsslError(
+            f"reading YAML class mapping {p} needs PyYAML (pip install pyyaml), or use a .json file"
+        ) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        msg = " ".join(str(e).split())
+        raise MedsslError(f"class mapping {p} is not valid YAML: {msg}") from None
+
+
+def _check_class_entries(data: Any, where: str) -> dict[str, str | None]:
+    """``data`` as ``{source class: model class or None}``; errors start with ``where``."""
     if not isinstance(data, dict):
         raise MedsslError(
-            f"class mapping {p} must be a mapping of source class to model "
+            f"{where} must be a mapping of source class to model "
             f"class (or null), got {type(data).__name__}"
         )
     out: dict[str, str | None] = {}
     for k, v in data.items():
         if not isinstance(k, str):
-            raise MedsslError(f"class mapping {p}: key {k!r} is not a class name (quote it)")
+            raise MedsslError(f"{where}: key {k!r} is not a class name (quote it)")
         if v is not None and not isinstance(v, str):
-            raise MedsslError(
-                f"class mapping {p}: value for {k!r} must be a class name or null, got {v!r}"
-            )
+            raise MedsslError(f"{where}: value for {k!r} must be a class name or null, got {v!r}")
         out[k] = v
     return out
+
+
+def load_class_mapping(path: str | Path) -> dict[str, str | None]:
+    """Read ``{"source class": "model class" or null}`` from a JSON or YAML file.
+
+    ``.json`` files are parsed as JSON, anything else as YAML (which also accepts JSON).
+    """
+    p = Path(path)
+    return _check_class_entries(_read_class_map_file(p), f"class mapping {p}")
+
+
+@dataclass
+class ClassMap:
+    """How an external dataset's classes meet a model's classes.
+
+    ``classes`` sends each dataset class to an evaluation class or None (excluded); None
+    as a whole matches the classes by name. ``model_classes`` optionally merges MODEL
+    classes into evaluation classes, ``{evaluation class: [model classes]}``: the model's
+    probabilities of a group are summed (e.g. ``malignant: [mel, bcc, akiec]``), and the
+    evaluation classes are the groups instead of the model's classes.
+    """
+
+    classes: dict[str, str | None] | None = None
+    model_classes: dict[str, list[str]] | None = None
+
+
+def _check_model_classes(data: Any, where: str) -> dict[str, list[str]]:
+    if not isinstance(data, dict) or not data:
+        raise MedsslError(
+            f"{where}: model_classes must map an evaluation class to a list of model classes"
+        )
+    out: dict[str, list[str]] = {}
+    seen: dict[str, str] = {}
+    for group, members in data.items():
+        members = [members] if isinstance(members, str) else members
+        if (
+            not isinstance(group, str)
+            or not isinstance(members, list)
+            or not members
+            or not all(isinstance(m, str) for m in members)
+        ):
+            raise MedsslError(
+                f"{where}: model_classes.{group}: expected a list of model class names, "
+                f"got {members!r}"
+            )
+        for m in members:
+            if m in seen:
+                raise MedsslError(
+                    f"{where}: model_classes: model class {m!r} is in both {seen[m]!r} "
+                    f"and {group!r}"
+                )
+            seen[m] = group
+        out[group] = list(members)
+    return out
+
+
+def class_map_from_dict(data: Any, where: str = "class mapping") -> ClassMap:
+    """A :class:`ClassMap` from ``{dataset class: evaluation class or null}``, which may hold
+    the reserved key ``model_classes`` (``{evaluation class: [model classes]}``)."""
+    if isinstance(data, dict) and "model_classes" in data:
+        rest = {k: v for k, v in data.items() if k != "model_classes"}
+        groups = _check_model_classes(data["model_classes"], where)
+        return ClassMap(_check_class_entries(rest, where) if rest else None, groups)
+    return ClassMap(_check_class_entries(data, where))
+
+
+def load_class_map(source: str | Path | Mapping[str, Any] | ClassMap) -> ClassMap:
+    """A :class:`ClassMap` from a JSON/YAML file path, a dict or a ClassMap."""
+    if isinstance(source, ClassMap):
+        return source
+    if isinstance(source, Mapping):
+        return class_map_from_dict(dict(source))
+    p = Path(source)
+    return class_map_from_dict(_read_class_map_file(p), f"class mapping {p}")
+
+
+def merge_model_classes(
+    probs: np.ndarray, model_names: Sequence[str], groups: Mapping[str, Sequence[str]]
+) -> tuple[np.ndarray, list[str]]:
+    """Sum ``probs`` (N, C) over the model classes of each group: (N, len(groups)), names.
+
+    Model classes in no group do not count (their probability is dropped, so the rows of
+    the result sum to at most 1); an unknown model class is an error naming it.
+    """
+    names = [str(n) for n in model_names]
+    probs = np.asarray(probs)
+    merge = np.zeros((len(names), len(groups)), dtype=probs.dtype)
+    for j, (group, members) in enumerate(groups.items()):
+        for m in members:
+            if m not in names:
+                raise MedsslError(
+                    f"class mapping: model_classes.{group} names {m!r}, which is not a model "
+                    f"class; model classes: {', '.join(names)}"
+                )
+            merge[names.index(m), j] = 1
+    return probs @ merge, [str(g) for g in groups]

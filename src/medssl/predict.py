@@ -3,8 +3,10 @@
 The shift split (or any external dataset) is scored with the fine-tuned weights as they
 are -- no further training. For an external dataset the model's classes and the dataset's
 are matched by name, or through a user mapping (``{dataset class: model class or null}``);
-images of unmapped classes are excluded and reported. Multi-label findings are matched by
-name; findings the dataset lacks become NaN (not evaluated).
+images of unmapped classes are excluded and reported. The mapping may also merge model
+classes, ``model_classes: {malignant: [mel, bcc, akiec], benign: [nv, ...]}``: the model's
+probabilities are summed per group and the groups are the classes scored. Multi-label
+findings are matched by name; findings the dataset lacks become NaN (not evaluated).
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ import torch
 
 from medssl.data.manifest import Manifest
 from medssl.errors import MedsslError
-from medssl.evaluate import evaluate_predictions, load_class_mapping, map_classes
+from medssl.evaluate import (
+    ClassMap,
+    evaluate_predictions,
+    load_class_map,
+    map_classes,
+    merge_model_classes,
+)
 from medssl.models.backbones import build_backbone
 from medssl.models.heads import Classifier
 from medssl.train.common import load_data, resolve_device
@@ -63,7 +71,7 @@ def evaluate_run(
     run: str | Path,
     split: str = "test",
     data: dict[str, Any] | None = None,
-    class_map: str | None = None,
+    class_map: str | Path | dict[str, Any] | ClassMap | None = None,
     n_boot: int = 1000,
     mean_over: list[str] | None = None,
     device: str = "auto",
@@ -72,8 +80,11 @@ def evaluate_run(
     """Score ``run`` on ``split`` of its own data (or of ``data``); write and return metrics.
 
     ``split`` is a split name (train, val, test, shift) or ``all`` for every image of an
-    external dataset. Results go to ``RUN/eval_<name>.json`` and predictions to
-    ``RUN/predictions_<name>.npz``; ``RUN/metrics.json`` gathers every evaluation.
+    external dataset. ``class_map`` is a class mapping file, dict or
+    :class:`~medssl.evaluate.ClassMap`; its ``model_classes`` merge model classes into
+    evaluation classes (probabilities summed) before scoring. Results go to
+    ``RUN/eval_<name>.json`` and predictions to ``RUN/predictions_<name>.npz``;
+    ``RUN/metrics.json`` gathers every evaluation.
     """
     run = Path(run).expanduser()
     if not is_complete(run):
@@ -92,17 +103,28 @@ def evaluate_run(
             f"--split {split}: this dataset has splits {', '.join(splits.names())}, all"
         )
     train_manifest_names = cfg.get("class_names") or manifest.class_names
-    mapping = load_class_mapping(class_map) if class_map else None
+    cmap = load_class_map(class_map) if class_map else ClassMap()
+    task = cfg.get("task", manifest.task)
+    eval_names = list(train_manifest_names)
+    if cmap.model_classes:
+        if task != "multiclass":
+            raise MedsslError("class mapping: model_classes needs a multiclass model")
+        # checks the model class names before any image is scored
+        _, eval_names = merge_model_classes(
+            np.zeros((0, len(train_manifest_names))), train_manifest_names, cmap.model_classes
+        )
     sub = manifest.subset(rows)
-    targets, keep, mapping_report = align_targets(sub, train_manifest_names, mapping)
+    targets, keep, mapping_report = align_targets(sub, eval_names, cmap.classes)
     dev = resolve_device(device)
     model = load_classifier(run, len(train_manifest_names), dev)
     logits = model_outputs(model, pixels, rows[keep], dev)
-    task = cfg.get("task", manifest.task)
     probs = probabilities(task, logits)
+    if cmap.model_classes:
+        probs, _ = merge_model_classes(probs, train_manifest_names, cmap.model_classes)
+        mapping_report["model_classes"] = cmap.model_classes
     case_ids = sub.table["case_id"].to_numpy()[keep]
     metrics = evaluate_predictions(
-        probs, targets[keep], task, train_manifest_names, case_ids,
+        probs, targets[keep], task, eval_names, case_ids,
         n_boot=n_boot, seed=0, mean_over=mean_over,
     )  # fmt: skip
     label = name or (f"{data['dataset']}-{split}" if external else split)
@@ -112,7 +134,7 @@ def evaluate_run(
     write_json_atomic(metrics, run / f"eval_{label}.json")
     np.savez_compressed(
         run / f"predictions_{label}.npz", probs=probs, targets=targets[keep],
-        case_ids=case_ids.astype(str), class_names=np.asarray(train_manifest_names),
+        case_ids=case_ids.astype(str), class_names=np.asarray(eval_names),
     )  # fmt: skip
     summary_path = run / METRICS
     summary = json.loads(summary_path.read_text())

@@ -1,11 +1,16 @@
 """Reports of a fine-tuning sweep: summary tables, plots and a shareable HTML page.
 
-The input is a sweep's ``results.csv`` with one row per (init, label_fraction, seed, split)
-and the columns ``dataset, init, label_fraction, seed, split, n, accuracy,
+The input is a sweep's ``results.csv`` with one row per (init, mode, label_fraction, seed,
+split) and the columns ``dataset, init, mode, label_fraction, seed, split, n, accuracy,
 balanced_accuracy, auc_macro, auc_mean_selected, run``. ``split`` is ``test``
-(in-distribution) or ``shift`` (a distribution-shifted test set, optional); metric cells may
-be empty where a metric does not apply; ``run`` is the fine-tuning run directory, holding
-``predictions_<split>.npz`` (``probs``, ``targets``, ``case_ids``, ``class_names``).
+(in-distribution), ``shift`` (a distribution-shifted test set, optional) or
+``external:<name>`` (a whole external test set); metric cells may be empty where a metric
+does not apply; ``run`` is the fine-tuning run directory, holding
+``predictions_<label>.npz`` (``probs``, ``targets``, ``case_ids``, ``class_names``; the label
+is the split with ``:`` as ``-``, see :func:`split_file_label`). ``mode`` (optional,
+default ``finetune``) is ``finetune`` or ``linear``; linear-probe rows are shown as init
+``<init> (linear)``. A sweep's ``paired.csv`` (:mod:`medssl.paired`) adds a table of paired
+differences.
 
 Confidence intervals here are over *seeds* (mean ± t·sd/√n): they show how much a result
 moves between repeated fine-tuning runs. They are not the case-level bootstrap intervals of
@@ -44,6 +49,7 @@ __all__ = [
     "plot_roc",
     "plot_shift_bars",
     "roc_curve_data",
+    "split_file_label",
     "summarize",
     "write_report",
 ]
@@ -106,12 +112,29 @@ def _metric_label(metric: str) -> str:
     return METRIC_LABELS.get(metric, metric)
 
 
+def split_file_label(split: str) -> str:
+    """The label of a split in file names: ``external:ph2`` -> ``external-ph2``."""
+    return split.replace(":", "-")
+
+
 def _split_label(split: str) -> str:
+    if split.startswith("external:"):
+        return f"External: {split[len('external:') :]}"
     return SPLIT_LABELS.get(split, split)
 
 
-def _init_sort_key(init: str) -> tuple[int, str]:
-    return (INIT_ORDER.index(init), "") if init in INIT_ORDER else (len(INIT_ORDER), init)
+def _init_mode(init: str) -> tuple[str, str]:
+    """'simclr (linear)' -> ('simclr', 'linear'); 'simclr' -> ('simclr', '')."""
+    if init.endswith(")") and " (" in init:
+        base, _, mode = init[:-1].rpartition(" (")
+        return base, mode
+    return init, ""
+
+
+def _init_sort_key(init: str) -> tuple[str, int, str]:
+    base, mode = _init_mode(init)
+    rank = INIT_ORDER.index(base) if base in INIT_ORDER else len(INIT_ORDER)
+    return (mode, rank, base)
 
 
 def _split_sort_key(split: str) -> tuple[int, str]:
@@ -180,6 +203,10 @@ def _validate(results: pd.DataFrame, source: str) -> pd.DataFrame:
     if results.empty:
         raise MedsslError(f"{source}: the results table has no rows")
     df = results.copy()
+    if "mode" in df.columns:  # linear probes etc. become inits of their own: "simclr (linear)"
+        mode = df["mode"].fillna("finetune").astype(str)
+        other = mode != "finetune"
+        df.loc[other, "init"] = df.loc[other, "init"].astype(str) + " (" + mode[other] + ")"
     for col in REQUIRED:
         if df[col].isna().any():
             row = int(np.flatnonzero(df[col].isna().to_numpy())[0])
@@ -410,6 +437,106 @@ def html_table(
         + "\n".join(body)
         + "\n</tbody>\n</table>\n"
     )
+
+
+# --------------------------------------------------------------------------- paired
+
+
+def _signed(value: float, digits: int) -> str:
+    return f"{value:+.{digits}f}".replace("-", "−")
+
+
+def _paired_cell(diff: object, lo: object, hi: object, digits: int = 3) -> str:
+    d, low, high = (pd.to_numeric(x, errors="coerce") for x in (diff, lo, hi))
+    if not math.isfinite(d):
+        return "—"
+    cell = _signed(float(d), digits)
+    if math.isfinite(low) and math.isfinite(high):
+        cell += f" [{_signed(float(low), digits)}, {_signed(float(high), digits)}]"
+    return cell
+
+
+def _paired_rows(paired: pd.DataFrame, metric: str) -> list[list[str]]:
+    """Rows (mode, labels, split, a − b, seeds, mean [t-CI], per seed [bootstrap CI])."""
+    sub = paired[paired["metric"] == metric].copy()
+    sub["seed"] = sub["seed"].astype(str)
+    keys = ["mode", "label_fraction", "split", "a", "b"]
+    rows = []
+    for (mode, fraction, split, a, b), g in sub.groupby(keys, sort=False):
+        mean = g[g["seed"] == "mean"]
+        seeds = g[g["seed"] != "mean"]
+        mean_cell = "—"
+        if not mean.empty:
+            mean_cell = _paired_cell(*mean.iloc[0][["diff", "ci_low", "ci_high"]])
+        per_seed = "; ".join(
+            f"s{r.seed}: {_paired_cell(r.diff, r.ci_low, r.ci_high)}" for r in seeds.itertuples()
+        )
+        rows.append([
+            str(mode), _pct(float(fraction)), _split_label(str(split)), f"{a} − {b}",
+            str(len(seeds)), mean_cell, per_seed or "—",
+        ])  # fmt: skip
+    order = {"finetune": 0, "linear": 1}
+    rows.sort(key=lambda r: order.get(r[0], 2))  # stable: the file's order within a mode
+    return rows
+
+
+_PAIRED_HEADER = [
+    "Mode", "Labels", "Split", "Difference (a − b)", "Seeds",
+    "Mean over seeds [95% t-CI over seeds]", "Per seed [95% paired case-bootstrap CI]",
+]  # fmt: skip
+
+
+def _paired_note(metric: str) -> str:
+    return (
+        f"Paired differences in {_metric_label(metric)} between two initialisations "
+        "fine-tuned with the same seed (same labelled subset, head initialisation and data "
+        "order). The mean's interval is a Student-t interval over the seeds' differences "
+        "(run-to-run variation; none with one seed); each seed's interval resamples test "
+        "cases once and scores both models on the same resample (test-set uncertainty). "
+        "An interval that excludes 0 is evidence of a real difference. Every metric is in "
+        "paired.csv."
+    )
+
+
+def paired_markdown_table(paired: pd.DataFrame, metric: str) -> str:
+    """A Markdown table of a ``paired.csv`` (:mod:`medssl.paired`) for one metric."""
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    align = ["---", "---:", "---", "---", "---:", "---:", "---"]
+    rows = _paired_rows(paired, metric)
+    return "\n".join([line(_PAIRED_HEADER), "|" + "|".join(align) + "|", *map(line, rows)]) + "\n"
+
+
+def paired_html_table(paired: pd.DataFrame, metric: str) -> str:
+    """The :func:`paired_markdown_table` as an HTML ``<table>``."""
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in _PAIRED_HEADER)
+    body = []
+    for cells in _paired_rows(paired, metric):
+        tds = [f"<td>{e(c)}</td>" for c in cells[:4]] + [
+            f'<td class="num">{e(c)}</td>' for c in cells[4:]
+        ]
+        body.append(f"<tr>{''.join(tds)}</tr>")
+    return (
+        f'<table class="results">\n<thead>\n<tr>{head}</tr>\n</thead>\n<tbody>\n'
+        + "\n".join(body) + "\n</tbody>\n</table>\n"
+    )  # fmt: skip
+
+
+def _read_paired(paired_csv: Path | None, metrics: Sequence[str]) -> tuple[pd.DataFrame, str]:
+    """A paired.csv with rows, and its headline metric; empty when absent or rowless."""
+    if paired_csv is None or not Path(paired_csv).is_file():
+        return pd.DataFrame(), ""
+    try:
+        paired = pd.read_csv(paired_csv)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, OSError) as e:
+        raise MedsslError(f"cannot read paired differences {paired_csv}: {e}") from None
+    if paired.empty or "metric" not in paired:
+        return pd.DataFrame(), ""
+    present = [m for m in metrics if m in set(paired["metric"])]
+    return (paired, _primary_metric(present)) if present else (pd.DataFrame(), "")
 
 
 # --------------------------------------------------------------------------- plots
@@ -744,7 +871,7 @@ def roc_curve_data(
 
 
 def _load_predictions(run_dir: Path, split: str) -> dict[str, np.ndarray]:
-    path = Path(run_dir) / f"predictions_{split}.npz"
+    path = Path(run_dir) / f"predictions_{split_file_label(split)}.npz"
     if not path.is_file():
         raise MedsslError(f"predictions file {path} does not exist")
     try:
@@ -785,7 +912,8 @@ def plot_roc(
                 pred["probs"], pred["targets"], class_index_or_macro, pred.get("class_names")
             )
         except MedsslError as e:
-            raise MedsslError(f"{Path(run) / f'predictions_{split}.npz'}: {e}") from None
+            label = split_file_label(split)
+            raise MedsslError(f"{Path(run) / f'predictions_{label}.npz'}: {e}") from None
     styles = _styles(list(curves))
     fig = _new_figure(5.6, 5.8)
     ax = fig.subplots()
@@ -926,7 +1054,9 @@ figcaption { color: #444; font-size: 0.9em; }
 """
 
 
-def write_report(results_csv: Path, out_dir: Path, title: str, notes: str = "") -> Path:
+def write_report(
+    results_csv: Path, out_dir: Path, title: str, notes: str = "", paired_csv: Path | None = None
+) -> Path:
     """Write the full report of a sweep into ``out_dir`` and return ``report.html``'s path.
 
     Files: ``results_summary.csv`` (:func:`summarize`), ``results.md`` (the table),
@@ -938,6 +1068,9 @@ def write_report(results_csv: Path, out_dir: Path, title: str, notes: str = "") 
     A missing results file or column raises MedsslError. Missing or unreadable prediction
     files only skip the ROC plot: the report says so (and a warning is issued), because run
     directories are often not copied along with the results table.
+
+    ``paired_csv`` (a sweep's ``paired.csv``, :mod:`medssl.paired`) adds a table of paired
+    differences for the headline metric to ``results.md`` and the reports.
     """
     results_csv = Path(results_csv)
     out_dir = Path(out_dir)
@@ -952,7 +1085,14 @@ def write_report(results_csv: Path, out_dir: Path, title: str, notes: str = "") 
         "Cells: mean over seeds [95% CI over seeds]; — means not run. "
         "Labels: fraction of the labelled training set used for fine-tuning.\n"
     )
-    (out_dir / "results.md").write_text(table_md + "\n" + ci_note, encoding="utf-8")
+    paired, paired_metric = _read_paired(paired_csv, metrics)
+    paired_md = ""
+    if paired_metric:
+        paired_md = (
+            "\n## Paired differences\n\n" + paired_markdown_table(paired, paired_metric)
+            + "\n" + _paired_note(paired_metric) + "\n"
+        )  # fmt: skip
+    (out_dir / "results.md").write_text(table_md + "\n" + ci_note + paired_md, encoding="utf-8")
 
     inits = _ordered_inits(df["init"])
     splits = _ordered_splits(df["split"])
@@ -985,7 +1125,7 @@ def write_report(results_csv: Path, out_dir: Path, title: str, notes: str = "") 
             runs, how = _roc_runs(df, split, results_csv)
             if not runs:
                 continue
-            name = f"roc_{split}.png"
+            name = f"roc_{split_file_label(split)}.png"
             try:
                 plot_roc(runs, split, out_dir / name)
             except MedsslError as e:
@@ -1022,6 +1162,8 @@ def write_report(results_csv: Path, out_dir: Path, title: str, notes: str = "") 
     for p in howto:
         md += [p, ""]
     md += ["## Results", "", table_md, ci_note]
+    if paired_metric:
+        md += [paired_md.lstrip("\n")]
     if figures:
         md += ["## Figures", ""]
         for f in figures:
@@ -1043,6 +1185,11 @@ def write_report(results_csv: Path, out_dir: Path, title: str, notes: str = "") 
     body += [f"<p>{_md_to_html_inline(p)}</p>" for p in howto]
     body.append("</div>")
     body += ["<h2>Results</h2>", html_table(summary, metrics), f"<p>{e(ci_note)}</p>"]
+    if paired_metric:
+        body += [
+            "<h2>Paired differences</h2>", paired_html_table(paired, paired_metric),
+            f"<p>{e(_paired_note(paired_metric))}</p>",
+        ]  # fmt: skip
     if figures:
         body.append("<h2>Figures</h2>")
     for f in figures:

@@ -1,4 +1,4 @@
-"""``medssl sweep``: pretraining runs, then init x label fraction x seed fine-tunes, one table.
+"""``medssl sweep``: pretraining runs, then init x mode x label fraction x seed fine-tunes.
 
 A protocol (a YAML file or a dict) names the data, the pretraining runs to make and the
 fine-tuning grid::
@@ -8,27 +8,62 @@ fine-tuning grid::
     backbone: resnet18
     pretrain:                       # named pretraining runs, made first
       simclr: {method: simclr, epochs: 20, batch_size: 256}
-      micle:  {method: micle,  epochs: 20, batch_size: 256}
+      micle:  {method: micle,  epochs: 20, batch_size: 256, init: simclr}   # chained
+    pretrain_seeds: [0, 1, 2]       # optional: one pretraining run per seed (paired)
     inits: [random, simclr, micle]  # pretrain names, "random", a checkpoint/run path
                                     # (label: its file stem) or a mapping {label: path}
     label_fractions: [0.1, 1.0]
     seeds: [0, 1, 2]
     finetune: {epochs: 15, batch_size: 128, lr: 0.001}
+    finetune_modes: [finetune, linear]   # optional; default [finetune]
     splits: [test, shift]
+    external:                       # optional: whole external test sets, no training
+      - name: ph2
+        data: {dataset: csv, root: ../shared/data/ph2,
+               options: {csv_label: diagnosis, csv_case: case_id}}
+        class_map: {common nevus: nv, atypical nevus: nv, melanoma: mel}  # dataset -> model
     n_boot: 1000
 
+**Chained pretraining.** ``init: <entry>`` in a pretraining entry starts it from another
+entry's finished run (anything else is a checkpoint/run path, relative to the protocol
+file). Entries run in dependency order; a cycle or an unknown name is an error naming the
+key. Each entry is a run of its own, so a stopped chain resumes whichever entry stopped.
+
+**Pretraining seeds.** Without ``pretrain_seeds`` one pretraining run per entry
+(``pretrain/<name>/``, seed from the entry, default 0) serves every fine-tuning seed, as in
+the paper: the seeds vary the labelled subset, the head initialisation and the data order
+only. With ``pretrain_seeds: [0, 1, 2]`` each entry runs once per seed
+(``pretrain/<name>-s<seed>/``, the entry may not set ``seed``) and fine-tuning seed s starts
+from pretraining seed s (chained entries too: micle seed s continues simclr seed s), so the
+spread over seeds includes the pretraining's own variance. Every fine-tuning seed must be
+in ``pretrain_seeds``; the pretraining runs of a seed are made just before its fine-tunes.
+
+**Modes.** ``finetune_modes`` lists ``finetune`` (the whole network) and/or ``linear`` (a
+linear probe on the frozen backbone: ``linear_probe`` is then set by the sweep). Fine-tunes
+keep the names ``<init>-f<fraction>-s<seed>``; linear probes are
+``<init>-linear-f<fraction>-s<seed>``. results.csv has a ``mode`` column either way.
+
+**External test sets.** Each ``external`` item (``name``, ``data``, optional ``class_map``
+``{dataset class: model class or null}`` and ``model_classes`` ``{evaluation class: [model
+classes]}``, which sums the model's probabilities per group, e.g. benign vs malignant) is
+scored with every fine-tuned model exactly as ``medssl evaluate --split all`` does
+(:func:`medssl.predict.evaluate_run`): every image, no re-split. Its results.csv ``split``
+is ``external:<name>``, its files ``eval_external-<name>.json`` /
+``predictions_external-<name>.npz``. The data and class map are checked before training.
+
 Layout of ``OUT/``: ``protocol.yaml`` (the protocol as resolved, for the record),
-``pretrain/<name>/`` and ``finetune/<init>-f<fraction>-s<seed>/`` run directories (each
-evaluation writes ``eval_<split>.json`` and ``predictions_<split>.npz`` into its run),
-``results.csv`` and the report (:func:`medssl.report.write_report`).
+``pretrain/<name>[-s<seed>]/`` and ``finetune/<init>[-linear]-f<fraction>-s<seed>/`` run
+directories (each evaluation writes ``eval_<split>.json`` and ``predictions_<split>.npz``
+into its run), ``results.csv``, ``paired.csv`` (paired differences between inits, per seed
+with a paired case-bootstrap interval and their mean with a t-interval over seeds:
+:mod:`medssl.paired`) and the report (:func:`medssl.report.write_report`).
 
 Everything is resumable: a finished run is skipped, an unfinished one continues from its
 checkpoint, an evaluation whose ``eval_<split>.json`` exists is not redone, and
-``results.csv`` is rebuilt from the evaluation files, so running a sweep again (or after a
-crash, or with more seeds) only does what is missing. A finished run made with a different
-configuration is never silently reused: that is an error naming the differing settings.
-One pretraining run serves every fine-tuning seed (as in the paper); the seeds vary the
-labelled subset, the head initialisation and the data order.
+``results.csv`` and ``paired.csv`` are rebuilt from the evaluation files, so running a sweep
+again (or after a crash, or with more seeds) only does what is missing. A finished run made
+with a different configuration is never silently reused: that is an error naming the
+differing settings. A protocol without the newer keys plans exactly the runs it always did.
 """
 
 from __future__ import annotations
@@ -55,13 +90,17 @@ from medssl.train.run import (
 )
 
 RESULT_COLUMNS = [
-    "dataset", "init", "label_fraction", "seed", "split", "n", "accuracy",
+    "dataset", "init", "mode", "label_fraction", "seed", "split", "n", "accuracy",
     "balanced_accuracy", "auc_macro", "auc_mean_selected", "run",
 ]  # fmt: skip
+_METRIC_COLUMNS = ["accuracy", "balanced_accuracy", "auc_macro", "auc_mean_selected"]
 PROTOCOL_KEYS = {
-    "data", "image_size", "backbone", "small_stem", "pretrain", "inits", "label_fractions",
-    "seeds", "finetune", "splits", "n_boot", "mean_over", "device", "title", "notes",
+    "data", "image_size", "backbone", "small_stem", "pretrain", "pretrain_seeds", "inits",
+    "label_fractions", "seeds", "finetune", "finetune_modes", "splits", "external", "n_boot",
+    "mean_over", "device", "title", "notes",
 }  # fmt: skip
+#: fine-tuning modes: the whole network, or a linear probe on the frozen backbone
+FINETUNE_MODES = ("finetune", "linear")
 REQUIRED_KEYS = ("data", "inits", "label_fractions")
 #: config keys a sweep sets itself; a protocol's pretrain/finetune sections may not
 _PRETRAIN_RESERVED = {"data", "out", "resume", "progress"}
@@ -83,6 +122,21 @@ class Init:
 
 
 @dataclass
+class External:
+    """An external test set: every image of ``data`` scored by every fine-tuned model."""
+
+    name: str
+    data: dict[str, Any]
+    class_map: dict[str, str | None] | None = None  # dataset class -> evaluation class
+    model_classes: dict[str, list[str]] | None = None  # evaluation class -> model classes
+
+    @property
+    def split(self) -> str:
+        """Its ``split`` value in results.csv."""
+        return f"external:{self.name}"
+
+
+@dataclass
 class Protocol:
     """A validated sweep protocol (paths resolved, defaults filled)."""
 
@@ -93,9 +147,12 @@ class Protocol:
     image_size: int = 64
     backbone: str = "resnet18"
     small_stem: bool = False
-    pretrain: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pretrain: dict[str, dict[str, Any]] = field(default_factory=dict)  # dependency order
+    pretrain_seeds: list[int] | None = None  # None: one pretraining run serves every seed
     finetune: dict[str, Any] = field(default_factory=dict)
+    finetune_modes: list[str] | None = None  # None: ["finetune"], run names without a mode
     splits: list[str] = field(default_factory=list)
+    external: list[External] = field(default_factory=list)
     n_boot: int = 1000
     mean_over: list[str] | None = None
     device: str = "auto"
@@ -107,6 +164,11 @@ class Protocol:
         """The protocol as plain YAML-able data (inits back in their written form)."""
         out = asdict(self)
         out.pop("source")
+        for key in ("pretrain_seeds", "finetune_modes"):
+            if out[key] is None:
+                out.pop(key)
+        if not out["external"]:
+            out.pop("external")
         out["inits"] = [
             i.label if i.kind == "random" or (i.kind == "pretrain" and i.label == i.target)
             else {i.label: i.target}
@@ -192,6 +254,101 @@ def _resolve_path(value: str, base: Path) -> str:
     return str(path if path.is_absolute() else (base / path).resolve())
 
 
+def _seeds(value: Any, source: str, key: str) -> list[int]:
+    seeds = [_int(s, source, key, 0) for s in _list(value, source, key)]
+    if len(set(seeds)) != len(seeds):
+        raise _fail(source, key, "a seed appears twice")
+    return seeds
+
+
+def _data_spec(value: Any, source: str, key: str, base: Path) -> dict[str, Any]:
+    """A protocol's DataSpec dict (``data``, or an external set's), root resolved."""
+    if not isinstance(value, dict) or "dataset" not in value:
+        raise _fail(source, key, "expected a mapping with dataset (and root)")
+    spec_keys = {f.name for f in fields(DataSpec)}
+    bad = sorted(set(value) - spec_keys)
+    if bad:
+        raise _fail(source, f"{key}.{bad[0]}", f"not a data setting; allowed: {sorted(spec_keys)}")
+    data = dict(value)
+    data.setdefault("root", "")
+    if data["root"]:
+        data["root"] = _resolve_path(str(data["root"]), base)
+    try:
+        data = DataSpec.from_dict(data).to_dict()
+    except TypeError as exc:
+        raise _fail(source, key, str(exc)) from None
+    from medssl.data.adapters import ADAPTERS, NO_ROOT
+
+    if data["dataset"] not in ADAPTERS:
+        raise _fail(
+            source, f"{key}.dataset", f"{data['dataset']!r} is not one of {', '.join(ADAPTERS)}"
+        )
+    if not data["root"] and data["dataset"] not in NO_ROOT:
+        raise _fail(source, f"{key}.root", f"required with dataset {data['dataset']}")
+    return data
+
+
+def _pretrain_order(pretrain: dict[str, dict[str, Any]], source: str) -> list[str]:
+    """Entry names with every ``init: <entry>`` before the entry that starts from it.
+
+    Declared order is kept where the chain allows; a cycle is an error naming its entries.
+    """
+    order: list[str] = []
+    state: dict[str, str] = {}  # "visiting" or "done"
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == "done":
+            return
+        if state.get(name) == "visiting":
+            cycle = " -> ".join([*path[path.index(name) :], name])
+            raise _fail(source, f"pretrain.{path[-1]}.init", f"the entries form a cycle ({cycle})")
+        state[name] = "visiting"
+        parent = pretrain[name].get("init")
+        if isinstance(parent, str) and parent in pretrain:
+            visit(parent, [*path, name])
+        state[name] = "done"
+        order.append(name)
+
+    for name in pretrain:
+        visit(name, [])
+    return order
+
+
+def _externals(value: Any, source: str, base: Path, splits: list[str]) -> list[External]:
+    """The ``external`` list: ``{name, data, class_map, model_classes}`` items."""
+    from medssl.evaluate import class_map_from_dict
+
+    if value is None:
+        return []
+    out: list[External] = []
+    for i, item in enumerate(_list(value, source, "external")):
+        key = f"external[{i}]"
+        if not isinstance(item, dict) or "name" not in item or "data" not in item:
+            raise _fail(source, key, "expected a mapping with name, data (and class_map)")
+        name = str(item["name"])
+        key = f"external.{name}"
+        if not _LABEL.match(name) or any(e.name == name for e in out) or name in splits:
+            raise _fail(source, key, "names must be unique letters, digits, _.+-")
+        bad = sorted(set(item) - {"name", "data", "class_map", "model_classes"})
+        if bad:
+            raise _fail(source, f"{key}.{bad[0]}", "not a setting; allowed: name, data, "
+                        "class_map, model_classes")  # fmt: skip
+        data = _data_spec(item["data"], source, f"{key}.data", base)
+        class_map, groups = item.get("class_map"), item.get("model_classes")
+        if class_map is not None and not isinstance(class_map, dict):
+            raise _fail(source, f"{key}.class_map", "expected a mapping {dataset class: "
+                        f"model class or null}}, got {class_map!r}")  # fmt: skip
+        try:
+            classes = class_map_from_dict(class_map, f"{key}.class_map") if class_map else None
+            merge = class_map_from_dict({"model_classes": groups}, key) if groups else None
+        except MedsslError as exc:
+            raise MedsslError(f"{source}: {exc}") from None
+        entries = classes.classes if classes else None
+        merged = merge.model_classes if merge else (classes.model_classes if classes else None)
+        out.append(External(name, data, entries, merged))
+    return out
+
+
 def load_protocol(protocol: dict[str, Any] | str | Path) -> Protocol:
     """Validate a protocol (a dict, or a YAML file path); every problem is a MedsslError.
 
@@ -216,31 +373,7 @@ def load_protocol(protocol: dict[str, Any] | str | Path) -> Protocol:
         if key not in raw:
             raise MedsslError(f"{source}: missing required key {key}")
 
-    # data: a DataSpec dict
-    data = raw["data"]
-    if not isinstance(data, dict) or "dataset" not in data:
-        raise _fail(source, "data", "expected a mapping with dataset (and root)")
-    spec_keys = {f.name for f in fields(DataSpec)}
-    bad = sorted(set(data) - spec_keys)
-    if bad:
-        raise _fail(source, f"data.{bad[0]}", f"not a data setting; allowed: {sorted(spec_keys)}")
-    data = dict(data)
-    data.setdefault("root", "")
-    if data["root"]:
-        data["root"] = _resolve_path(str(data["root"]), base)
-    try:
-        data = DataSpec.from_dict(data).to_dict()
-    except TypeError as exc:
-        raise _fail(source, "data", str(exc)) from None
-    from medssl.data.adapters import ADAPTERS, NO_ROOT
-
-    if data["dataset"] not in ADAPTERS:
-        raise _fail(
-            source, "data.dataset", f"{data['dataset']!r} is not one of {', '.join(ADAPTERS)}"
-        )
-    if not data["root"] and data["dataset"] not in NO_ROOT:
-        raise _fail(source, "data.root", f"required with dataset {data['dataset']}")
-
+    data = _data_spec(raw["data"], source, "data", base)
     image_size = _int(raw.get("image_size", 64), source, "image_size", minimum=8)
     backbone = raw.get("backbone", "resnet18")
     if not isinstance(backbone, str) or not backbone:
@@ -261,9 +394,25 @@ def load_protocol(protocol: dict[str, Any] | str | Path) -> Protocol:
         settings = _check_config_keys(
             settings, PretrainConfig, _PRETRAIN_RESERVED, source, f"pretrain.{name}"
         )
-        if isinstance(settings.get("init"), str) and settings["init"] not in ("", "random"):
-            settings["init"] = _resolve_path(settings["init"], base)
+        init = settings.get("init")
+        if isinstance(init, str) and init not in ("", "random") and init not in pretrain_raw:
+            path = _resolve_path(init, base)
+            if not Path(path).exists():
+                raise _fail(
+                    source, f"pretrain.{name}.init",
+                    f"{init!r} is not 'random', a pretrain entry "
+                    f"({', '.join(map(str, pretrain_raw))}) or an existing checkpoint/run path",
+                )  # fmt: skip
+            settings["init"] = path
         pretrain[name] = settings
+    pretrain = {name: pretrain[name] for name in _pretrain_order(pretrain, source)}
+    pretrain_seeds = None
+    if raw.get("pretrain_seeds") is not None:
+        pretrain_seeds = _seeds(raw["pretrain_seeds"], source, "pretrain_seeds")
+        for name, settings in pretrain.items():
+            if "seed" in settings:
+                raise _fail(source, f"pretrain.{name}.seed", "is set by the sweep from "
+                            "pretrain_seeds; remove one of them")  # fmt: skip
 
     inits: list[Init] = []
     for item in _list(raw["inits"], source, "inits"):
@@ -302,19 +451,36 @@ def load_protocol(protocol: dict[str, Any] | str | Path) -> Protocol:
         fractions.append(float(value))
     if len(set(fractions)) != len(fractions):
         raise _fail(source, "label_fractions", "a fraction appears twice")
-    seeds = [_int(s, source, "seeds", 0) for s in _list(raw.get("seeds", [0]), source, "seeds")]
-    if len(set(seeds)) != len(seeds):
-        raise _fail(source, "seeds", "a seed appears twice")
+    seeds = _seeds(raw.get("seeds", [0]), source, "seeds")
+    if pretrain_seeds is not None:
+        unpaired = [s for s in seeds if s not in pretrain_seeds]
+        if unpaired:
+            raise _fail(
+                source, "pretrain_seeds",
+                f"fine-tuning seed(s) {', '.join(map(str, unpaired))} have no pretraining run "
+                "of the same seed; list every seed of seeds in pretrain_seeds",
+            )  # fmt: skip
 
     finetune = _check_config_keys(
         raw.get("finetune"), FinetuneConfig, _FINETUNE_RESERVED, source, "finetune"
     )
+    modes = raw.get("finetune_modes")
+    if modes is not None:
+        modes = [str(m) for m in _list(modes, source, "finetune_modes")]
+        bad = [m for m in modes if m not in FINETUNE_MODES]
+        if bad or len(set(modes)) != len(modes):
+            what = f"{bad[0]!r} is not a mode" if bad else "a mode appears twice"
+            raise _fail(source, "finetune_modes", f"{what}; modes: {', '.join(FINETUNE_MODES)}")
+        if "linear_probe" in finetune:
+            raise _fail(source, "finetune.linear_probe", "is set by finetune_modes when "
+                        "that key is given; remove one of them")  # fmt: skip
     splits = raw.get("splits") or []
     splits = [str(s) for s in _list(splits, source, "splits")] if splits else []
     if len(set(splits)) != len(splits):
         raise _fail(source, "splits", "a split appears twice")
     if any(not _LABEL.match(s) for s in splits):
         raise _fail(source, "splits", f"{splits} are not split names (test, shift, val)")
+    external = _externals(raw.get("external"), source, base, splits)
     n_boot = _int(raw.get("n_boot", 1000), source, "n_boot", minimum=0)
     mean_over = raw.get("mean_over")
     if mean_over is not None:
@@ -323,8 +489,9 @@ def load_protocol(protocol: dict[str, Any] | str | Path) -> Protocol:
     title, notes = str(raw.get("title") or ""), str(raw.get("notes") or "")
     return Protocol(
         data=data, inits=inits, label_fractions=fractions, seeds=seeds, image_size=image_size,
-        backbone=backbone, small_stem=small_stem, pretrain=pretrain, finetune=finetune,
-        splits=splits, n_boot=n_boot, mean_over=mean_over, device=device, title=title,
+        backbone=backbone, small_stem=small_stem, pretrain=pretrain,
+        pretrain_seeds=pretrain_seeds, finetune=finetune, finetune_modes=modes, splits=splits,
+        external=external, n_boot=n_boot, mean_over=mean_over, device=device, title=title,
         notes=notes, source=source,
     )  # fmt: skip
 
@@ -337,6 +504,27 @@ def fraction_name(fraction: float) -> str:
     return f"{fraction:g}"
 
 
+def pretrain_run_name(name: str, seed: int | None) -> str:
+    """``micle`` (one pretraining run for every seed) or ``micle-s1`` (pretrain_seeds)."""
+    return name if seed is None else f"{name}-s{seed}"
+
+
+def finetune_run_name(label: str, fraction: float, seed: int, mode: str = "finetune") -> str:
+    """``simclr-f0.1-s0``; linear probes get ``-linear``: ``simclr-linear-f0.1-s0``."""
+    middle = "" if mode == "finetune" else f"-{mode}"
+    return f"{label}{middle}-f{fraction_name(fraction)}-s{seed}"
+
+
+def modes(p: Protocol) -> list[str]:
+    """The fine-tuning modes of the grid (``finetune`` when the protocol names none)."""
+    return list(p.finetune_modes or ["finetune"])
+
+
+def _pretrain_seed(p: Protocol, seed: int) -> int | None:
+    """The pretraining seed paired with fine-tuning ``seed`` (None: the one shared run)."""
+    return seed if p.pretrain_seeds is not None else None
+
+
 @dataclass
 class _Job:
     kind: str  # "pretrain" or "finetune"
@@ -346,22 +534,30 @@ class _Job:
     init: Init | None = None
     fraction: float = 1.0
     seed: int = 0
+    mode: str = "finetune"
 
     @property
     def run(self) -> Path:
         return Path(self.config.out)
 
 
-def _pretrain_config(p: Protocol, name: str, out_dir: Path, progress: bool) -> Any:
+def _pretrain_config(
+    p: Protocol, name: str, seed: int | None, out_dir: Path, progress: bool
+) -> Any:
     from medssl.train.pretrain import PretrainConfig
 
     settings = {
         "image_size": p.image_size, "backbone": p.backbone, "small_stem": p.small_stem,
         "device": p.device, **p.pretrain[name],
     }  # fmt: skip
+    if seed is not None:
+        settings["seed"] = seed
+    parent = settings.get("init")
+    if isinstance(parent, str) and parent in p.pretrain:  # chained: the same seed's run
+        settings["init"] = str(out_dir / "pretrain" / pretrain_run_name(parent, seed))
     return PretrainConfig(
         data=p.data,
-        out=str(out_dir / "pretrain" / name),
+        out=str(out_dir / "pretrain" / pretrain_run_name(name, seed)),
         progress=progress,
         resume=True,
         **settings,
@@ -369,8 +565,9 @@ def _pretrain_config(p: Protocol, name: str, out_dir: Path, progress: bool) -> A
 
 
 def _finetune_config(
-    p: Protocol, init: Init, fraction: float, seed: int, out_dir: Path, progress: bool
-) -> Any:
+    p: Protocol, init: Init, fraction: float, seed: int, out_dir: Path, progress: bool,
+    mode: str = "finetune",
+) -> Any:  # fmt: skip
     from medssl.train.finetune import FinetuneConfig
 
     backbone, small_stem = p.backbone, p.small_stem
@@ -378,7 +575,8 @@ def _finetune_config(
         entry = p.pretrain[init.target]
         backbone = entry.get("backbone", p.backbone)
         small_stem = bool(entry.get("small_stem", p.small_stem))
-        target = str(out_dir / "pretrain" / init.target)
+        run_name = pretrain_run_name(init.target, _pretrain_seed(p, seed))
+        target = str(out_dir / "pretrain" / run_name)
     elif init.kind == "path":
         target = init.target
         if Path(target).is_dir() and (Path(target) / CONFIG).is_file():
@@ -391,30 +589,59 @@ def _finetune_config(
         "image_size": p.image_size, "backbone": backbone, "small_stem": small_stem,
         "device": p.device, **p.finetune,
     }  # fmt: skip
-    name = f"{init.label}-f{fraction_name(fraction)}-s{seed}"
+    if p.finetune_modes is not None:
+        settings["linear_probe"] = mode == "linear"
+    name = finetune_run_name(init.label, fraction, seed, mode)
     return FinetuneConfig(
         data=p.data, out=str(out_dir / "finetune" / name), init=target,
         label_fraction=fraction, seed=seed, progress=progress, resume=True, **settings,
     )  # fmt: skip
 
 
-def plan(p: Protocol, out_dir: Path, progress: bool = True) -> list[_Job]:
-    """Every training job of the sweep, pretraining first, in the order they run.
+def _pretrain_jobs(p: Protocol, seed: int | None, out_dir: Path, progress: bool) -> list[_Job]:
+    jobs = []
+    for name in p.pretrain:  # dependency order
+        cfg = _pretrain_config(p, name, seed, out_dir, progress)
+        run_name = pretrain_run_name(name, seed)
+        parent = p.pretrain[name].get("init")
+        start = f", from {pretrain_run_name(parent, seed)}" if parent in p.pretrain else ""
+        desc = f"pretrain {run_name} ({cfg.method}, {cfg.epochs} epochs{start})"
+        jobs.append(_Job("pretrain", run_name, desc, cfg, seed=seed or 0))
+    return jobs
 
-    Seeds are the outer loop of the fine-tunes, so a sweep stopped part-way already holds
-    the complete init x label-fraction comparison for its first seeds.
-    """
-    jobs = [
-        _Job("pretrain", name, f"pretrain {name} ({cfg.method}, {cfg.epochs} epochs)", cfg)
-        for name in p.pretrain
-        for cfg in [_pretrain_config(p, name, out_dir, progress)]
-    ]
-    for seed in p.seeds:
+
+def _finetune_jobs(p: Protocol, seed: int, out_dir: Path, progress: bool) -> list[_Job]:
+    jobs = []
+    for mode in modes(p):
         for fraction in p.label_fractions:
             for init in p.inits:
-                cfg = _finetune_config(p, init, fraction, seed, out_dir, progress)
-                desc = f"finetune {init.label} f={fraction_name(fraction)} seed={seed}"
-                jobs.append(_Job("finetune", Path(cfg.out).name, desc, cfg, init, fraction, seed))
+                cfg = _finetune_config(p, init, fraction, seed, out_dir, progress, mode)
+                what = "finetune" if mode == "finetune" else f"finetune ({mode})"
+                desc = f"{what} {init.label} f={fraction_name(fraction)} seed={seed}"
+                jobs.append(
+                    _Job("finetune", Path(cfg.out).name, desc, cfg, init, fraction, seed, mode)
+                )
+    return jobs
+
+
+def plan(p: Protocol, out_dir: Path, progress: bool = True) -> list[_Job]:
+    """Every training job of the sweep, in the order they run.
+
+    Pretraining comes first (chained entries after the entry they start from). Seeds are the
+    outer loop of the fine-tunes, so a sweep stopped part-way already holds the complete
+    init x label-fraction comparison for its first seeds; with ``pretrain_seeds`` each
+    seed's pretraining runs come just before its fine-tunes, for the same reason.
+    """
+    if p.pretrain_seeds is None:
+        jobs = _pretrain_jobs(p, None, out_dir, progress)
+        for seed in p.seeds:
+            jobs += _finetune_jobs(p, seed, out_dir, progress)
+        return jobs
+    jobs = []
+    for seed in p.pretrain_seeds:
+        jobs += _pretrain_jobs(p, seed, out_dir, progress)
+        if seed in p.seeds:
+            jobs += _finetune_jobs(p, seed, out_dir, progress)
     return jobs
 
 
@@ -452,15 +679,16 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def _check_splits(p: Protocol) -> list[str]:
-    """The splits to evaluate (default: test, plus shift where the data has one)."""
+def _check_splits(p: Protocol) -> tuple[list[str], list[str]]:
+    """The splits to evaluate (default: test, plus shift where the data has one), and the
+    class names of the data (the fine-tuned models' classes)."""
     try:
-        _, splits = DataSpec.from_dict(p.data).load()
+        manifest, splits = DataSpec.from_dict(p.data).load()
     except MedsslError as exc:
         raise MedsslError(f"{p.source}: data: {exc}") from None
     available = splits.names()
     if not p.splits:
-        return [s for s in ("test", "shift") if s in available]
+        return [s for s in ("test", "shift") if s in available], manifest.class_names
     missing = [s for s in p.splits if s not in available]
     if missing:
         raise _fail(
@@ -468,7 +696,52 @@ def _check_splits(p: Protocol) -> list[str]:
             f"{', '.join(missing)} not in this dataset's splits ({', '.join(available)}); "
             "a shift split needs data.shift_sources (HAM10000 and synthetic have one by default)",
         )  # fmt: skip
-    return list(p.splits)
+    return list(p.splits), manifest.class_names
+
+
+def _check_external(p: Protocol, model_classes: list[str]) -> None:
+    """Load every external set and check its class map before any training starts."""
+    for ext in p.external:
+        key = f"external.{ext.name}"
+        try:
+            manifest, _ = DataSpec.from_dict(ext.data).load()
+        except MedsslError as exc:
+            raise MedsslError(f"{p.source}: {key}.data: {exc}") from None
+        evaluation = list(ext.model_classes or model_classes)
+        for group, members in (ext.model_classes or {}).items():
+            unknown = [m for m in members if m not in model_classes]
+            if unknown:
+                raise _fail(
+                    p.source, f"{key}.model_classes.{group}",
+                    f"{', '.join(unknown)} not among the model's classes "
+                    f"({', '.join(model_classes)})",
+                )  # fmt: skip
+        if ext.class_map is None:
+            if manifest.task == "multiclass" and not set(manifest.class_names) & set(evaluation):
+                raise _fail(
+                    p.source, f"{key}.class_map",
+                    f"required: no class of this set ({', '.join(manifest.class_names)}) is "
+                    f"a model class ({', '.join(evaluation)})",
+                )  # fmt: skip
+            continue
+        for src, dst in ext.class_map.items():
+            if src not in manifest.class_names:
+                raise _fail(
+                    p.source, f"{key}.class_map",
+                    f"{src!r} is not a class of this set ({', '.join(manifest.class_names)})",
+                )  # fmt: skip
+            if dst is not None and dst not in evaluation:
+                raise _fail(
+                    p.source, f"{key}.class_map",
+                    f"{src!r} goes to {dst!r}, which is not one of {', '.join(evaluation)}",
+                )  # fmt: skip
+
+
+def _eval_files(p: Protocol, splits: list[str]) -> list[tuple[str, str]]:
+    """(``split`` value in results.csv, label of the ``eval_<label>.json`` file) pairs."""
+    from medssl.report import split_file_label
+
+    return [(s, s) for s in splits] + [(e.split, split_file_label(e.split)) for e in p.external]
 
 
 def _metric(value: Any) -> Any:
@@ -485,16 +758,16 @@ def collect_results(p: Protocol, out_dir: Path, splits: list[str]) -> Path:
     for job in plan(p, out_dir, progress=False):
         if job.kind != "finetune":
             continue
-        for split in splits:
-            path = job.run / f"eval_{split}.json"
+        for split, label in _eval_files(p, splits):
+            path = job.run / f"eval_{label}.json"
             if not path.is_file():
                 continue
             metrics = json.loads(path.read_text())
             rows.append({
-                "dataset": metrics.get("dataset", p.data["dataset"]), "init": job.init.label,
+                "dataset": p.data["dataset"], "init": job.init.label, "mode": job.mode,
                 "label_fraction": job.fraction, "seed": job.seed, "split": split,
                 "n": metrics.get("n", ""),
-                **{k: _metric(metrics.get(k)) for k in RESULT_COLUMNS[6:10]},
+                **{k: _metric(metrics.get(k)) for k in _METRIC_COLUMNS},
                 "run": job.run.relative_to(out_dir).as_posix(),
             })  # fmt: skip
     results = out_dir / "results.csv"
@@ -512,13 +785,56 @@ def _notes(p: Protocol) -> str:
     for name, entry in p.pretrain.items():
         settings = ", ".join(f"{k} {v}" for k, v in entry.items())
         lines.append(f"Pretraining {name}: {settings or 'defaults'}.")
+    if p.pretrain_seeds is not None:
+        lines.append(
+            f"Pretraining seeds {', '.join(map(str, p.pretrain_seeds))}: fine-tuning seed s "
+            "starts from the pretraining run of seed s (chained entries too)."
+        )
     ft = ", ".join(f"{k} {v}" for k, v in p.finetune.items())
     lines.append(
-        f"Fine-tuning: {ft or 'defaults'}; seeds {', '.join(map(str, p.seeds))}; "
+        f"Fine-tuning: {ft or 'defaults'}; modes {', '.join(modes(p))}; "
+        f"seeds {', '.join(map(str, p.seeds))}; "
         f"case-level bootstrap resamples per evaluation: {p.n_boot}."
     )
+    for ext in p.external:
+        lines.append(
+            f"External test set {ext.name} ({ext.data['dataset']}, every image, no further "
+            f"training): class map {ext.class_map or 'by name'}"
+            + (f"; merged model classes {ext.model_classes}" if ext.model_classes else "")
+            + "."
+        )
     text = "\n".join(lines)
     return f"{p.notes.strip()}\n\n{text}" if p.notes.strip() else text
+
+
+def _evaluate(p: Protocol, job: _Job, splits: list[str], where: str) -> None:
+    """Evaluate a finished fine-tune on every split and external set not yet evaluated."""
+    from medssl import predict
+    from medssl.evaluate import ClassMap
+
+    for split, label in _eval_files(p, splits):
+        if (job.run / f"eval_{label}.json").is_file():
+            continue
+        ext = next((e for e in p.external if e.split == split), None)
+        t0 = time.perf_counter()
+        try:
+            if ext is None:
+                m = predict.evaluate_run(
+                    job.run, split, n_boot=p.n_boot, mean_over=p.mean_over, device=p.device
+                )
+            else:  # the whole external set, through medssl evaluate's own code path
+                m = predict.evaluate_run(
+                    job.run, "all", data=ext.data,
+                    class_map=ClassMap(ext.class_map, ext.model_classes), n_boot=p.n_boot,
+                    mean_over=p.mean_over, device=p.device, name=label,
+                )  # fmt: skip
+        except MedsslError as exc:
+            raise MedsslError(f"{where}: evaluate {split}: {exc}") from None
+        score = ", ".join(
+            f"{k} {m[k]:.3f}" for k in ("accuracy", "auc_macro", "auc_mean_selected")
+            if isinstance(m.get(k), float)
+        )  # fmt: skip
+        _say(f"    evaluated on {split}: {score} ({time.perf_counter() - t0:.0f} s)")
 
 
 def run_sweep(
@@ -529,14 +845,15 @@ def run_sweep(
     ``progress`` controls the per-epoch output of the training runs; the sweep's own
     ``[i/n]`` lines are always printed.
     """
-    from medssl.predict import evaluate_run
+    from medssl.paired import write_paired
     from medssl.report import write_report
     from medssl.train.finetune import finetune
     from medssl.train.pretrain import pretrain
 
     p = load_protocol(protocol)
     out_dir = Path(out_dir).expanduser().resolve()
-    splits = _check_splits(p)
+    splits, class_names = _check_splits(p)
+    _check_external(p, class_names)
     jobs = plan(p, out_dir, progress)
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / CONFIG).is_file() or (out_dir / "checkpoints").is_dir():
@@ -545,9 +862,10 @@ def run_sweep(
 
     done = sum(is_complete(j.run) for j in jobs)
     n_ft = sum(j.kind == "finetune" for j in jobs)
+    tested = ", ".join([*splits, *(e.split for e in p.external)])
     _say(
         f"sweep: dataset {p.data['dataset']}, {len(jobs) - n_ft} pretraining and {n_ft} "
-        f"fine-tuning runs, splits {', '.join(splits)} -> {out_dir}"
+        f"fine-tuning runs, splits {tested} -> {out_dir}"
     )
     if done:
         _say(f"resuming: {done} of {len(jobs)} runs are already complete")
@@ -571,26 +889,12 @@ def run_sweep(
             except MedsslError as exc:
                 raise MedsslError(f"{where}: {exc}") from None
             _say(f"{head} ... finished in {time.perf_counter() - t0:.0f} s")
-        if job.kind != "finetune":
-            continue
-        for split in splits:
-            if (job.run / f"eval_{split}.json").is_file():
-                continue
-            t0 = time.perf_counter()
-            try:
-                m = evaluate_run(
-                    job.run, split, n_boot=p.n_boot, mean_over=p.mean_over, device=p.device
-                )
-            except MedsslError as exc:
-                raise MedsslError(f"{where}: evaluate {split}: {exc}") from None
-            score = ", ".join(
-                f"{k} {m[k]:.3f}" for k in ("accuracy", "auc_macro", "auc_mean_selected")
-                if isinstance(m.get(k), float)
-            )  # fmt: skip
-            _say(f"    evaluated on {split}: {score} ({time.perf_counter() - t0:.0f} s)")
+        if job.kind == "finetune":
+            _evaluate(p, job, splits, where)
     results = collect_results(p, out_dir, splits)
+    paired = write_paired(results, out_dir, n_boot=p.n_boot)
     title = p.title or f"medssl sweep: {p.data['dataset']}"
-    report = write_report(results, out_dir, title, _notes(p))
+    report = write_report(results, out_dir, title, _notes(p), paired_csv=paired)
     _say(
         f"sweep finished in {(time.perf_counter() - started) / 60:.1f} min: {results} and {report}"
     )

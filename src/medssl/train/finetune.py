@@ -66,7 +66,7 @@ class FinetuneConfig:
     optimizer: str = "adamw"
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    warmup_epochs: float = 1
+    warmup_epochs: float = 1.0
     linear_probe: bool = False
     val_metric: str = "auto"
     device: str = "auto"

@@ -54,7 +54,7 @@ class PretrainConfig:
     lr: float = 0.075
     lr_scaling: str = "sqrt"
     weight_decay: float = 1e-6
-    warmup_epochs: float = 10
+    warmup_epochs: float = 10.0
     temperature: float = 0.1
     proj_dim: int = 128
     augment: str = ""  # preset name; "" = the dataset's default (derm or cxr)
