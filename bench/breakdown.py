@@ -59,6 +59,7 @@ def measure(args: argparse.Namespace) -> dict:
             out=str(Path(out) / "run"), method=args.method, backbone=args.backbone,
             image_size=args.image_size, epochs=1000, batch_size=args.batch_size,
             num_workers=args.num_workers, device=args.device, progress=False,
+            augment_mode=args.augment_mode, precision=args.precision,
         )  # fmt: skip
         trainer = Pretrainer(config)
         pairs = args.steps * args.batch_size
@@ -149,7 +150,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--num-workers", type=int, default=None)
+    parser.add_argument("--augment-mode", default="auto", help="auto, per-sample or batch")
+    parser.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", help="JSON file for the figures")
     args = parser.parse_args()

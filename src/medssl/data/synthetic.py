@@ -64,6 +64,10 @@ _IMAGES_PER_CASE = (0.5, 0.28, 0.14, 0.08)
 _N_WAVES = 6  # low-frequency skin mottling components per image
 _N_DOTS = 8  # dot slots of a synthetic-D lesion
 _N_HAIRS = 2  # hair slots per image
+_STRENGTH = (0.7, 1.0)  # per-case range of the lesion's opacity
+_CLASS_GAIN = (1.0, 1.0, 1.0, 1.0)  # per-class multiplier of the lesion's darkness
+_TINT_SD = 0.02  # per-image colour cast (standard deviation per channel)
+_GAIN = (0.85, 1.12)  # per-image exposure range
 _CHUNK_PIXELS = 2_000_000  # rendered (supersampled) pixels per chunk, bounds the memory
 
 
@@ -120,7 +124,7 @@ def _draw_cases(n_cases: int, rng: np.random.Generator) -> dict[str, np.ndarray]
         "n_images": rng.choice(4, size=n, p=_IMAGES_PER_CASE) + 1,
         "skin": skin,
         "pigment": pigment,
-        "strength": rng.uniform(0.7, 1.0, n),
+        "strength": rng.uniform(*_STRENGTH, n),
         "centre": rng.normal(0.0, 0.12, (n, 2)),
         "radius": rng.uniform(0.30, 0.60, n),
         "aspect": rng.uniform(0.7, 1.0, n),
@@ -149,8 +153,8 @@ def _draw_views(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         "flip": rng.uniform(0, 1, n) < 0.5,
         "zoom": np.exp(rng.uniform(np.log(0.8), np.log(1.25), n)),
         "shift": rng.normal(0.0, 0.07, (n, 2)),
-        "gain": rng.uniform(0.85, 1.12, n),
-        "tint": rng.normal(0.0, 0.02, (n, 3)),
+        "gain": rng.uniform(*_GAIN, n),
+        "tint": rng.normal(0.0, _TINT_SD, (n, 3)),
         "light_dir": rng.uniform(0.0, 2 * np.pi, n),
         "light_amp": rng.uniform(0.0, 0.12, n),
         "wave_freq": rng.uniform(0.6, 2.5, (n, _N_WAVES)),
@@ -257,10 +261,10 @@ def _render(
         rows = np.flatnonzero(labels == k)
         if rows.size:
             sub = {key: value[rows] for key, value in case.items()}
-            dark[rows] = _lesion_darkness(k, ux[rows], uy[rows], sub, px[rows])
+            dark[rows] = _CLASS_GAIN[k] * _lesion_darkness(k, ux[rows], uy[rows], sub, px[rows])
     if ss > 1:
         dark = dark.reshape(n, size, ss, size, ss).mean(axis=(2, 4))
-    alpha = (dark * _col(case["strength"]))[..., None]
+    alpha = np.clip(dark * _col(case["strength"]), 0.0, 1.0)[..., None]
     pigment = case["pigment"][:, None, None, :] * (1.0 + 0.5 * (shade[..., None] - 1.0))
     image = image * (1.0 - alpha) + pigment * alpha
 
