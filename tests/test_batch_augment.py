@@ -238,4 +238,4 @@ def test_without_kornia_construction_is_a_user_error(monkeypatch: pytest.MonkeyP
     monkeypatch.setitem(sys.modules, "kornia", None)  # makes `import kornia...` raise ImportError
     with pytest.raises(MedsslError) as info:
         BatchViewAugment(PRESETS["derm"], 32)
-    assert str(info.value) == "--augment-on gpu needs kornia: pip install 'medssl[gpu]'"
+    assert str(info.value) == "--augment-mode batch needs kornia: pip install kornia"
