@@ -17,7 +17,7 @@ from medssl.data.splits import Splits, canonical_splits
 from medssl.errors import MedsslError
 from medssl.models.checkpoint import load_backbone_state, load_into_backbone
 from medssl.train import distributed as dist
-from medssl.train.run import read_config
+from medssl.train.run import CONFIG, checkpoint_epoch, is_complete, read_config
 
 
 def resolve_device(name: str) -> torch.device:
@@ -113,13 +113,28 @@ def load_data(
 
 
 def _init_path(init: str) -> Path | None:
-    """The checkpoint file or run directory named by ``--init``; None for ``random``."""
+    """The checkpoint file or run directory named by ``--init``; None for ``random``.
+
+    A medssl run must be finished: an unfinished one (killed, or an extension under way)
+    may hold no backbone yet, or the backbone of its earlier, shorter run.
+    """
     if init in ("", "random"):
         return None
     path = Path(init).expanduser()
     if not path.exists():
         raise MedsslError(f"--init {init}: no such file or run directory")
+    if path.is_dir() and (path / CONFIG).is_file() and not is_complete(path):
+        done, total = checkpoint_epoch(path) or 0, read_config(path).get("epochs", "?")
+        raise MedsslError(
+            f"--init {init} is an unfinished run (epoch {done} of {total}); finish it with --resume"
+        )
     return path
+
+
+def resolve_init(init: str) -> str:
+    """``--init`` as a run records it: ``random``, or the absolute path (checked as above)."""
+    path = _init_path(init)
+    return init if path is None else str(path.resolve())
 
 
 def init_source(init: str) -> dict[str, Any] | None:

@@ -41,6 +41,7 @@ from medssl.train.common import (
     initialise_backbone,
     load_data,
     resolve_device,
+    resolve_init,
     resolve_num_workers,
     resolve_precision,
 )
@@ -82,6 +83,7 @@ class FinetuneConfig:
 
     def resolved(self) -> FinetuneConfig:
         cfg = FinetuneConfig(**asdict(self))
+        cfg.init = resolve_init(cfg.init)
         source = init_source(cfg.init) or {}
         cfg.backbone = cfg.backbone or source.get("backbone", "resnet18")
         if cfg.small_stem is None:
@@ -133,6 +135,15 @@ class Finetuner:
         m = self.manifest
         cfg.class_names, cfg.task = list(m.class_names), m.task
         self.run = RunDir(cfg.out, asdict(cfg), cfg.resume, field_defaults(FinetuneConfig))
+        try:  # a failed set-up leaves nothing behind
+            self._set_up()
+        except BaseException:
+            self.run.abandon()
+            raise
+        self.run.begin()
+
+    def _set_up(self) -> None:
+        cfg, m = self.cfg, self.manifest
         self.train_rows = label_fraction(m, self.splits["train"], cfg.label_fraction, cfg.seed)
         preset = PRESETS[DATASET_PRESET.get(cfg.data["dataset"], "derm")]
         augment = finetune_augment(preset.rotation_degrees)
@@ -214,6 +225,12 @@ class Finetuner:
         return score(m.task, probabilities(m.task, logits), m.targets[rows], m.class_names)
 
     def fit(self) -> dict[str, Any]:
+        try:
+            return self._fit()
+        finally:
+            self.run.close()  # releases the run's lock, also when killed (KeyboardInterrupt)
+
+    def _fit(self) -> dict[str, Any]:
         cfg, started = self.cfg, time.perf_counter()
         for epoch in range(self.start_epoch, cfg.epochs):
             row: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch)}

@@ -32,6 +32,7 @@ from medssl.train.common import (
     initialise_backbone,
     load_data,
     resolve_device,
+    resolve_init,
     resolve_num_workers,
     resolve_precision,
 )
@@ -87,6 +88,7 @@ class PretrainConfig:
         if not cfg.augment:
             cfg.augment = DATASET_PRESET.get(cfg.data["dataset"], "derm")
         preset(cfg.augment, cfg.augment_overrides)  # validates names and values
+        cfg.init = resolve_init(cfg.init)
         if cfg.augment_on:
             cfg.augment_mode, cfg.augment_on = cfg.augment_on, ""
         adopt_resumed_choices(cfg, ("augment_mode", "precision"))
@@ -118,8 +120,13 @@ class Pretrainer:
         self.run = RunDir(
             self.cfg.out, asdict(self.cfg), self.cfg.resume, field_defaults(PretrainConfig)
         )
-        self._load_data()
-        self._build_model()
+        try:  # a failed set-up (bad data, batch too large, ...) leaves nothing behind
+            self._load_data()
+            self._build_model()
+        except BaseException:
+            self.run.abandon()
+            raise
+        self.run.begin()
 
     # --- set-up ------------------------------------------------------------------------
 
@@ -272,7 +279,16 @@ class Pretrainer:
         return {f"knn_{k}": v for k, v in found.items() if v is not None}
 
     def fit(self) -> dict[str, Any]:
+        try:
+            return self._fit()
+        finally:
+            self.run.close()  # releases the run's lock, also when killed (KeyboardInterrupt)
+
+    def _fit(self) -> dict[str, Any]:
         cfg, metrics = self.cfg, {}
+        for row in self.run.logged(self.start_epoch) if self.start_epoch else []:
+            epoch = row.pop("epoch")  # resumed: the metrics describe the whole run
+            metrics.update({f"{k}_init" if epoch == 0 else k: v for k, v in row.items()})
         if cfg.knn_every and self.start_epoch == 0 and dist.is_main_process():
             initial = self.knn_monitor()
             metrics.update({f"{k}_init": v for k, v in initial.items()})

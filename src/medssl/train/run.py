@@ -7,34 +7,53 @@ Layout of ``RUN/``::
     log.csv            one row per epoch
     tb/                TensorBoard events
     metrics.json       final figures; its ``status: complete`` marks a finished run
+    .lock              while a process writes the run: its PID and host (see :class:`RunLock`)
 
 A finished run is never overwritten; an unfinished one continues only with ``--resume``
-and the same configuration (the number of epochs may grow).
+and the same configuration (the number of epochs may grow, the folder may have moved). An
+extension of a finished run (``--resume`` with more epochs) first marks it unfinished
+(``status: extending``), so a killed extension is resumed like any unfinished run and is never
+mistaken for the finished one. Nothing is written before a trainer's set-up has succeeded
+(:meth:`RunDir.begin`): a failed start leaves no new files, nor a folder it created.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import csv
+import errno
 import json
+import os
 import random
+import shutil
+import socket
+import sys
 from dataclasses import MISSING, Field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import yaml
 
 from medssl.errors import MedsslError
-from medssl.fileio import atomic_write
+from medssl.fileio import TEMP_NAME, atomic_write, remove_stale_temp_files
 from medssl.models.checkpoint import save_state_dict_atomic
 from medssl.train import distributed as dist
 
 CONFIG = "config.yaml"
 METRICS = "metrics.json"
 CHECKPOINT = Path("checkpoints") / "last.pt"
-#: config keys that may differ between the original run and ``--resume``
-RESUMABLE_CHANGES = {"epochs", "num_workers", "resume", "log_every", "progress", "device"}
+LOCK = ".lock"
+#: config keys that may differ between the original run and ``--resume`` (``out``: a moved
+#: run resumes at its new place)
+RESUMABLE_CHANGES = {"epochs", "num_workers", "resume", "log_every", "progress", "device", "out"}
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked
+    fcntl = None
 
 
 def field_default(f: Field) -> Any:
@@ -53,6 +72,10 @@ def field_defaults(config_class: type) -> dict[str, Any]:
 
 def write_json_atomic(data: Any, path: Path) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def write_text_atomic(text: str, path: Path) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 #: settings renamed since a run could have been made: old key -> (new key, old value -> new)
@@ -101,6 +124,17 @@ def is_complete(run: str | Path) -> bool:
         return False
 
 
+def checkpoint_epoch(run: str | Path) -> int | None:
+    """The number of epochs ``RUN/checkpoints/last.pt`` holds (None: no readable checkpoint)."""
+    path = Path(run) / CHECKPOINT
+    if not path.is_file():
+        return None
+    try:  # memory-mapped: only the epoch is read, not the weights
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"])
+    except Exception:  # noqa: BLE001 - an unreadable checkpoint has no epoch
+        return None
+
+
 def rng_state() -> dict[str, Any]:
     """Global RNG states in types that ``torch.load(weights_only=True)`` accepts."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
@@ -118,8 +152,109 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
 
 
+class RunLock:
+    """``RUN/.lock``: at most one process writes a run directory.
+
+    ``fcntl.flock`` on the file is what excludes. The kernel drops the lock when its holder
+    ends however it ends, so the file a killed process leaves behind is taken over by the next
+    start (with one warning line). The file names the holder (PID and host) for the error
+    message. :meth:`release` unlinks the file before unlocking it, and :meth:`_acquire` checks
+    that the file it locked is still the one at the path, so two starts never both win.
+    """
+
+    held: ClassVar[set[RunLock]] = set()  # released at exit (atexit)
+
+    def __init__(self, run: Path) -> None:
+        self.run = run
+        self.path = run / LOCK
+        self._owner = os.getpid()  # forked DataLoader workers inherit the object, not the lock
+        self._fd: int | None = None
+        if fcntl is None:
+            return
+        run.mkdir(parents=True, exist_ok=True)
+        self._fd = self._acquire()
+        RunLock.held.add(self)
+
+    def _acquire(self) -> int | None:
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                holder = os.read(fd, 4096).decode(errors="replace").split()
+                os.close(fd)
+                if exc.errno not in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES):
+                    _warn(f"cannot lock {self.path} ({exc.strerror}); nothing stops a second "
+                          "process from writing this run")  # fmt: skip
+                    return None
+                raise MedsslError(
+                    f"--out {self.run} is being written by {_holder_text(holder)}; "
+                    "wait for it or choose another --out"
+                ) from None
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+            os.close(fd)  # its holder released it (unlinked) between our open and flock
+        left = os.read(fd, 4096).decode(errors="replace").split()
+        if left:
+            _warn(f"{self.path} was left by {_holder_text(left)}, which has ended; taking it over")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        return fd
+
+    def release(self) -> None:
+        if self._fd is None or os.getpid() != self._owner:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)  # still locked here: see _acquire
+        os.close(self._fd)
+        self._fd = None
+        RunLock.held.discard(self)
+
+
+def _holder_text(holder: list[str]) -> str:
+    if not holder:
+        return "another process"
+    host = f" on host {holder[1]}" if len(holder) > 1 else ""
+    return f"process {holder[0]}{host}"
+
+
+def _warn(message: str) -> None:
+    print(f"medssl: {message}", file=sys.stderr, flush=True)
+
+
+@atexit.register
+def _release_locks() -> None:
+    for lock in list(RunLock.held):
+        lock.release()
+
+
+def _missing_dirs(path: Path) -> list[Path]:
+    """``path`` and its ancestors that do not exist yet, innermost first."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    return missing
+
+
+def _parse_logged(value: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
 class RunDir:
-    """Owns one run directory for one training job (only rank 0 writes)."""
+    """Owns one run directory for one training job (only rank 0 writes).
+
+    Life cycle: the constructor locks the folder (creating it if needed) and checks it;
+    :meth:`begin` once the trainer's set-up has succeeded (the first write);
+    :meth:`finish` or :meth:`close` at the end; :meth:`abandon` when the set-up failed.
+    """
 
     def __init__(
         self,
@@ -136,14 +271,57 @@ class RunDir:
         self.defaults = defaults or {}
         self.writes = dist.is_main_process()
         self._tb = None
-        if self.writes:  # one process checks and creates; the others wait for it
-            self.resume = resume and (self.path / CHECKPOINT).is_file()
-            self._check(resume)
-            (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
-            text = yaml.safe_dump(config, sort_keys=False)
-            (self.path / CONFIG).write_text(text)
+        self._lock: RunLock | None = None
+        self._created: list[Path] = []
+        self.extending = False
+        if self.writes:  # one process locks and checks; the others wait for it
+            self._created = _missing_dirs(self.path)
+            self._lock = RunLock(self.path)
+            try:
+                self.resume = resume and (self.path / CHECKPOINT).is_file()
+                self._check(resume)
+                self.extending = is_complete(self.path)  # passed the check: more epochs
+            except BaseException:
+                self.abandon()
+                raise
         dist.barrier()
         self.resume = resume and (self.path / CHECKPOINT).is_file()
+
+    def begin(self) -> None:
+        """The trainer's set-up succeeded: clear stale temp files, write config.yaml.
+
+        An extension first marks the finished run unfinished (``status: extending``), before
+        anything else changes.
+        """
+        if not self.writes:
+            return
+        if self.extending:
+            old = json.loads((self.path / METRICS).read_text())
+            write_json_atomic({**old, "status": "extending"}, self.path / METRICS)
+        for folder in (self.path, self.path / "checkpoints"):
+            remove_stale_temp_files(folder)
+        write_text_atomic(yaml.safe_dump(self.config, sort_keys=False), self.path / CONFIG)
+        (self.path / "checkpoints").mkdir(exist_ok=True)
+        self._created = []  # a run now: abandon() keeps it
+
+    def abandon(self) -> None:
+        """The start failed: release the lock and remove the folders this start created."""
+        self.close()
+        if self._created:
+            shutil.rmtree(self._created[0], ignore_errors=True)
+            for folder in self._created[1:]:  # parents: only while empty (others may use them)
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+            self._created = []
+
+    def close(self) -> None:
+        """Close TensorBoard and release the lock (also after a failure; idempotent)."""
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _check(self, resume: bool) -> None:
         if is_complete(self.path) and not (resume and self._extends_epochs()):
@@ -159,8 +337,9 @@ class RunDir:
         foreign = (
             self.path.is_dir()
             and not (self.path / CONFIG).is_file()
-            and any(p.name != "tb" for p in self.path.iterdir())
-        )
+            and any(p.name not in ("tb", LOCK) and not TEMP_NAME.match(p.name)
+                    for p in self.path.iterdir())
+        )  # fmt: skip
         if foreign:
             raise MedsslError(f"--out {self.path} exists and is not a medssl run directory")
         if self.resume:
@@ -172,12 +351,22 @@ class RunDir:
             if changed:
                 diffs = ", ".join(f"{k}: {old.get(k)!r} -> {self.config.get(k)!r}" for k in changed)
                 raise MedsslError(f"--resume {self.path} with a different configuration ({diffs})")
+            done = checkpoint_epoch(self.path)
+            if done is not None and int(self.config.get("epochs", done)) < done:
+                raise MedsslError(
+                    f"--resume {self.path}: the run has trained {done} epochs already; "
+                    f"--epochs must be at least {done}"
+                )
 
     def _differs(self, key: str, old: dict[str, Any]) -> bool:
         new = self.config.get(key)
         if key not in old and key in self.defaults:  # added to medssl after the run began
             return new != self.defaults[key]
-        return old.get(key) != new
+        value = old.get(key)
+        relative = isinstance(value, str) and not Path(value).expanduser().is_absolute()
+        if key == "init" and relative and value not in ("", "random"):
+            return str(Path(value).expanduser().resolve()) != new  # stored as given (older runs)
+        return value != new
 
     def _extends_epochs(self) -> bool:
         try:
@@ -243,16 +432,34 @@ class RunDir:
         header += [k for k in row if k not in header]
         step = int(row.get("epoch", len(rows)))
         rows = [r for r in rows if int(float(r.get("epoch", -1))) < step] + [row]
-        with path.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=header)
-            writer.writeheader()
-            writer.writerows(rows)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=header)
+                writer.writeheader()
+                writer.writerows(rows)
+
+        atomic_write(path, write)  # rewritten whole: a kill must not truncate it
         writer_tb = self._tensorboard()
         if writer_tb is not None:
             for key, value in row.items():
                 if isinstance(value, int | float) and key != "epoch":
                     writer_tb.add_scalar(key, value, step)
             writer_tb.flush()
+
+    def logged(self, until_epoch: int) -> list[dict[str, Any]]:
+        """The rows of log.csv up to epoch ``until_epoch`` (numbers parsed, empty cells left
+        out), for a resumed run to report the whole run; [] on the processes that do not write.
+        """
+        path = self.path / "log.csv"
+        if not self.writes or not path.is_file():
+            return []
+        with path.open(newline="") as fh:
+            rows = [
+                {k: _parse_logged(v) for k, v in row.items() if v not in ("", None)}
+                for row in csv.DictReader(fh)
+            ]
+        return [r for r in rows if "epoch" in r and float(r["epoch"]) <= until_epoch]
 
     def _tensorboard(self):  # noqa: ANN202 - optional dependency
         if self._tb is None:
@@ -266,5 +473,4 @@ class RunDir:
     def finish(self, metrics: dict[str, Any]) -> None:
         if self.writes:
             write_json_atomic({**metrics, "status": "complete"}, self.path / METRICS)
-        if self._tb is not None:
-            self._tb.close()
+        self.close()

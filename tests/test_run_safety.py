@@ -1,0 +1,228 @@
+"""Data safety of run directories: the lock, extensions, temp files, atomic logs, failed
+starts, whole-run metrics after a resume, moved runs and file permissions."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from conftest import tiny_pretrain_config as tiny_config
+from conftest import write_ham_layout
+from medssl.data.spec import DataSpec
+from medssl.errors import MedsslError
+from medssl.train.finetune import FinetuneConfig, finetune
+from medssl.train.pretrain import PretrainConfig, Pretrainer, pretrain
+from medssl.train.run import CONFIG, LOCK, METRICS, RunDir
+
+TIMING = {"pairs_per_s", "epoch_seconds"}
+
+
+@pytest.fixture(scope="module")
+def ham_root(tmp_path_factory):
+    return write_ham_layout(tmp_path_factory.mktemp("ham"), n_lesions=30)
+
+
+def interrupted(config: PretrainConfig, monkeypatch, at_epoch: int) -> None:
+    """Run ``config`` and kill it (KeyboardInterrupt) when epoch ``at_epoch`` starts."""
+    original = Pretrainer.train_epoch
+
+    def crash(self, epoch, max_steps=None):  # noqa: ANN001, ANN202
+        if epoch == at_epoch:
+            raise KeyboardInterrupt
+        return original(self, epoch, max_steps)
+
+    monkeypatch.setattr(Pretrainer, "train_epoch", crash)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config)
+    monkeypatch.setattr(Pretrainer, "train_epoch", original)
+
+
+def status(run) -> str:  # noqa: ANN001
+    return json.loads((run / METRICS).read_text())["status"]
+
+
+# --- 1. the lock ---------------------------------------------------------------------------
+
+
+def test_second_writer_is_refused_with_the_holders_pid(tmp_path):
+    run = tmp_path / "run"
+    first = RunDir(run, {"epochs": 1}, resume=False)
+    with pytest.raises(MedsslError) as caught:
+        RunDir(run, {"epochs": 1}, resume=False)
+    message = str(caught.value)
+    assert f"is being written by process {os.getpid()} on host {socket.gethostname()}" in message
+    assert "choose another --out" in message and "\n" not in message
+    first.close()
+    assert not (run / LOCK).exists()
+    RunDir(run, {"epochs": 1}, resume=False).close()  # free again
+
+
+def test_lock_of_a_dead_process_is_taken_over(tmp_path, capsys):
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    dead = int(ended.stdout)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK).write_text(f"{dead} {socket.gethostname()}\n")
+    taken = RunDir(run, {"epochs": 1}, resume=False)
+    assert (run / LOCK).read_text().split()[0] == str(os.getpid())
+    err = capsys.readouterr().err
+    assert str(dead) in err and err.count("\n") == 1  # one warning line
+    taken.close()
+    assert not (run / LOCK).exists()
+
+
+def test_finished_and_killed_runs_release_their_lock(ham_root, tmp_path, monkeypatch):
+    pretrain(tiny_config(ham_root, tmp_path / "done", epochs=1))
+    assert not (tmp_path / "done" / LOCK).exists()
+    interrupted(tiny_config(ham_root, tmp_path / "killed", epochs=2), monkeypatch, at_epoch=1)
+    assert not (tmp_path / "killed" / LOCK).exists()
+
+
+# --- 2. extensions -------------------------------------------------------------------------
+
+
+def test_killed_extension_is_unfinished_and_resumable(ham_root, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    pretrain(tiny_config(ham_root, run, epochs=1))
+    interrupted(tiny_config(ham_root, run, epochs=3, resume=True), monkeypatch, at_epoch=2)
+    assert status(run) != "complete"
+    assert yaml.safe_load((run / CONFIG).read_text())["epochs"] == 3
+    finetune_cfg = FinetuneConfig(
+        data=DataSpec("ham10000", str(ham_root)).to_dict(), out=str(tmp_path / "ft"),
+        init=str(run), image_size=16, epochs=1, batch_size=8, progress=False,
+    )  # fmt: skip
+    with pytest.raises(MedsslError, match=r"unfinished run \(epoch 2 of 3\); finish it with "):
+        finetune(finetune_cfg)
+    assert not (tmp_path / "ft").exists()
+    with pytest.raises(MedsslError, match="unfinished run; pass --resume"):
+        pretrain(tiny_config(ham_root, run, epochs=3))
+    with pytest.raises(MedsslError, match="trained 2 epochs already"):
+        pretrain(tiny_config(ham_root, run, epochs=1, resume=True))
+    metrics = pretrain(tiny_config(ham_root, run, epochs=3, resume=True))
+    assert metrics["epochs"] == 3 and status(run) == "complete"
+    assert finetune_cfg.resolved().init == str(run.resolve())  # a finished run is accepted
+
+
+# --- 3. stale temp files -------------------------------------------------------------------
+
+
+def test_stale_temp_files_are_removed_when_a_run_resumes(ham_root, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    interrupted(tiny_config(ham_root, run, epochs=2), monkeypatch, at_epoch=1)
+    stale = [run / ".log.csv.ab12cd34.tmp", run / "checkpoints" / ".last.pt.k_9zq1xw.tmp"]
+    kept = [run / "notes.tmp", run / ".keep.tmp", run / "tb" / ".events.ab12cd34.tmp"]
+    for path in stale + kept:  # as kills during atomic writes leave them, and bystanders
+        path.parent.mkdir(exist_ok=True)
+        path.write_text("x")
+    pretrain(tiny_config(ham_root, run, epochs=2, resume=True))
+    assert [p.exists() for p in stale] == [False, False]
+    assert all(p.exists() for p in kept)
+
+
+# --- 4. log.csv ----------------------------------------------------------------------------
+
+
+def test_log_csv_survives_a_failed_rewrite(tmp_path, monkeypatch):
+    run = RunDir(tmp_path / "run", {"epochs": 3}, resume=False)
+    monkeypatch.setattr(run, "_tensorboard", lambda: None)
+    run.log({"epoch": 1, "loss": 1.5})
+    run.log({"epoch": 2, "loss": 1.25})
+    before = (tmp_path / "run" / "log.csv").read_text()
+
+    def killed_midway(self, rows):  # noqa: ANN001, ANN202
+        self.writerow(next(iter(rows)))
+        raise OSError("disk full")
+
+    monkeypatch.setattr(csv.DictWriter, "writerows", killed_midway)
+    with pytest.raises(OSError, match="disk full"):
+        run.log({"epoch": 3, "loss": 1.0})
+    assert (tmp_path / "run" / "log.csv").read_text() == before
+    assert [p.name for p in (tmp_path / "run").iterdir() if p.suffix == ".tmp"] == []
+    run.close()
+
+
+# --- 5. failed starts ----------------------------------------------------------------------
+
+
+def test_failed_start_leaves_no_folder_behind(ham_root, tmp_path):
+    with pytest.raises(MedsslError, match="exceeds the"):
+        pretrain(tiny_config(ham_root, tmp_path / "new" / "run", batch_size=512))
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MedsslError, match="exceeds the"):
+        pretrain(tiny_config(ham_root, tmp_path / "empty", batch_size=512))
+    assert list((tmp_path / "empty").iterdir()) == []
+
+
+# --- 6. metrics after a resume -------------------------------------------------------------
+
+
+def test_resumed_metrics_describe_the_whole_run(ham_root, tmp_path, monkeypatch):
+    pretrain(tiny_config(ham_root, tmp_path / "whole", epochs=2, knn_every=1))
+    split = tiny_config(ham_root, tmp_path / "split", epochs=2, knn_every=1)
+    interrupted(split, monkeypatch, at_epoch=1)
+    pretrain(tiny_config(ham_root, tmp_path / "split", epochs=2, knn_every=1, resume=True))
+
+    def saved(run: str) -> dict:
+        found = json.loads((tmp_path / run / METRICS).read_text())
+        return {k: v for k, v in found.items() if k not in TIMING}
+
+    whole, resumed = saved("whole"), saved("split")
+    assert "knn_accuracy_init" in whole and "knn_accuracy" in whole
+    assert resumed.keys() == whole.keys()
+    for key, value in whole.items():
+        number = isinstance(value, float)
+        assert resumed[key] == (pytest.approx(value, rel=1e-6) if number else value), key
+
+
+# --- 7. paths ------------------------------------------------------------------------------
+
+
+def test_moved_run_resumes_at_its_new_place(ham_root, tmp_path, monkeypatch):
+    interrupted(tiny_config(ham_root, tmp_path / "a", epochs=2), monkeypatch, at_epoch=1)
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    metrics = pretrain(tiny_config(ham_root, tmp_path / "b", epochs=2, resume=True))
+    assert metrics["epochs"] == 2 and status(tmp_path / "b") == "complete"
+    assert yaml.safe_load((tmp_path / "b" / CONFIG).read_text())["out"] == str(tmp_path / "b")
+
+
+def test_init_is_recorded_as_an_absolute_path(ham_root, tmp_path, monkeypatch):
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "weights.pt")
+    monkeypatch.chdir(tmp_path)
+    expected = str((tmp_path / "weights.pt").resolve())
+    assert tiny_config(ham_root, tmp_path / "r", init="weights.pt").resolved().init == expected
+    finetune_cfg = FinetuneConfig(
+        data=DataSpec("ham10000", str(ham_root)).to_dict(), out=str(tmp_path / "ft"),
+        init="weights.pt", image_size=16,
+    )  # fmt: skip
+    assert finetune_cfg.resolved().init == expected
+
+
+# --- 8. permissions ------------------------------------------------------------------------
+
+
+def test_run_files_follow_the_umask(ham_root, tmp_path):
+    previous = os.umask(0o027)
+    try:
+        pretrain(tiny_config(ham_root, tmp_path / "run", epochs=1))
+    finally:
+        os.umask(previous)
+    files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+    assert {"last.pt", "backbone.pt", "backbone.safetensors", "metrics.json"} <= {
+        p.name for p in files
+    }
+    modes = {p.relative_to(tmp_path).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
+    assert set(modes.values()) == {oct(0o640)}, modes
