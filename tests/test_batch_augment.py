@@ -239,3 +239,17 @@ def test_without_kornia_construction_is_a_user_error(monkeypatch: pytest.MonkeyP
     with pytest.raises(MedsslError) as info:
         BatchViewAugment(PRESETS["derm"], 32)
     assert str(info.value) == "--augment-mode batch needs kornia: pip install kornia"
+
+
+def test_shift_hue_equals_torchvision_adjust_hue() -> None:
+    from torchvision.transforms.v2 import functional as tvf
+
+    from medssl.batch_augment import shift_hue
+
+    g = torch.Generator().manual_seed(3)
+    images = torch.rand(6, 3, 9, 11, generator=g)
+    images[:, :, 0, :] = images[:, :1, 0, :]  # grey pixels: no hue
+    images[:, 1, 1, :] = images[:, 0, 1, :]  # ties between the largest channels
+    turns = torch.tensor([-0.5, -0.13, 0.0, 0.07, 0.25, 0.5])
+    expected = torch.stack([tvf.adjust_hue(im, float(t)) for im, t in zip(images, turns)])
+    torch.testing.assert_close(shift_hue(images, turns), expected, atol=1e-5, rtol=0)
