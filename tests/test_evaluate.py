@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import rankdata
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score, roc_curve
 
 from medssl.errors import MedsslError
 from medssl.evaluate import (
@@ -19,11 +20,18 @@ from medssl.evaluate import (
     _WeightedAUC,
     bootstrap_ci,
     bootstrap_cis,
+    case_level,
     evaluate_predictions,
+    expected_calibration_error,
     load_class_mapping,
     map_classes,
+    multiclass_calibration,
     multiclass_metrics,
+    multilabel_calibration,
     multilabel_metrics,
+    reliability_points,
+    sensitivity_specificity,
+    threshold_for_sensitivity,
 )
 
 NAMES4 = ["akiec", "bcc", "mel", "nv"]
@@ -314,16 +322,16 @@ def test_evaluate_multiclass_json_and_ci_match_sklearn_bootstrap() -> None:
     json.dumps(out, allow_nan=False)
     assert out["n_cases"] == 30 and out["task"] == "multiclass"
     assert out["accuracy"] == multiclass_metrics(probs, labels, NAMES4)["accuracy"]
-    assert set(out["ci"]) == {"accuracy", "balanced_accuracy", "auc_macro"}
+    assert set(out["ci"]) == {"accuracy", "balanced_accuracy", "auc_macro", "ece", "brier"}
+
+    def reference(r: np.ndarray) -> dict:
+        return {**multiclass_metrics(probs[r], labels[r], NAMES4),
+                **multiclass_calibration(probs[r], labels[r])}  # fmt: skip
+
     for name, (lo, hi) in out["ci"].items():
         assert type(lo) is float and lo <= out[name] <= hi
         # the fast bootstrap path agrees with sklearn-based metrics on the same resamples
-        ref = bootstrap_ci(
-            lambda r, name=name: multiclass_metrics(probs[r], labels[r], NAMES4)[name],
-            case_ids,
-            n_boot=30,
-            seed=3,
-        )
+        ref = bootstrap_ci(lambda r, name=name: reference(r)[name], case_ids, n_boot=30, seed=3)
         assert (lo, hi) == pytest.approx(ref, abs=1e-9)
 
 
@@ -333,14 +341,14 @@ def test_evaluate_multilabel_json_and_ci_match_sklearn_bootstrap() -> None:
     case_ids = np.arange(80) // 2
     out = evaluate_predictions(probs, targets, "multilabel", names, case_ids, n_boot=25, seed=2)
     json.dumps(out, allow_nan=False)
-    assert set(out["ci"]) == {"auc_macro", "auc_mean_selected"}
+    assert set(out["ci"]) == {"auc_macro", "auc_mean_selected", "ece", "brier"}
+
+    def reference(r: np.ndarray) -> dict:
+        return {**multilabel_metrics(probs[r], targets[r], names),
+                **multilabel_calibration(probs[r], targets[r], names)}  # fmt: skip
+
     for name, ci in out["ci"].items():
-        ref = bootstrap_ci(
-            lambda r, name=name: multilabel_metrics(probs[r], targets[r], names)[name],
-            case_ids,
-            n_boot=25,
-            seed=2,
-        )
+        ref = bootstrap_ci(lambda r, name=name: reference(r)[name], case_ids, n_boot=25, seed=2)
         assert ci == pytest.approx(list(ref), abs=1e-9)
         assert ci[0] <= out[name] <= ci[1]
 
@@ -447,3 +455,111 @@ def test_bootstrap_cis_equals_bootstrap_ci_per_metric():
     assert together["mean"] == bootstrap_ci(mean, cases, n_boot=200, seed=3)
     assert together["spread"] == bootstrap_ci(spread, cases, n_boot=200, seed=3)
     assert together["mean"][0] < values.mean() < together["mean"][1]
+
+
+# --------------------------------------------------------------------------- calibration
+
+# four two-class predictions: confidences 0.9 (right), 0.85 (wrong), 0.63 (right), 0.65
+# (wrong); with 15 bins the last two share the bin (0.6, 0.667]
+CAL_PROBS = np.array([[0.9, 0.1], [0.85, 0.15], [0.37, 0.63], [0.35, 0.65]])
+CAL_LABELS = np.array([0, 1, 1, 0])
+
+
+def test_ece_and_brier_by_hand() -> None:
+    out = multiclass_calibration(CAL_PROBS, CAL_LABELS)
+    # bins: {0.9: right}, {0.85: wrong}, {0.63: right, 0.65: wrong}
+    ece = 0.25 * abs(1 - 0.9) + 0.25 * abs(0 - 0.85) + 0.5 * abs(0.5 - 0.64)
+    assert out["ece"] == pytest.approx(ece)
+    # binary Brier score: squared error of the class-1 probability
+    brier = np.mean([(0.1 - 0) ** 2, (0.15 - 1) ** 2, (0.63 - 1) ** 2, (0.65 - 0) ** 2])
+    assert out["brier"] == pytest.approx(brier)
+    # three classes: the summed squared error (not halved)
+    probs = np.array([[0.2, 0.5, 0.3], [0.1, 0.1, 0.8]])
+    three = multiclass_calibration(probs, np.array([1, 2]))
+    assert three["brier"] == pytest.approx(((0.04 + 0.25 + 0.09) + (0.01 + 0.01 + 0.04)) / 2)
+    # perfectly confident and right: calibrated
+    sure = multiclass_calibration(np.eye(3), np.arange(3))
+    assert sure["ece"] == 0 and sure["brier"] == 0
+
+
+def test_ece_uses_the_bins_of_sklearn_calibration_curve() -> None:
+    rng = np.random.default_rng(0)
+    conf = rng.random(500)
+    outcome = (rng.random(500) < conf**2).astype(int)
+    rate, mean_conf = calibration_curve(outcome, conf, n_bins=15, strategy="uniform")
+    counts = np.histogram(conf, bins=np.linspace(0, 1, 16))[0]
+    counts = counts[counts > 0]
+    assert expected_calibration_error(conf, outcome) == pytest.approx(
+        float(np.sum(counts / 500 * np.abs(rate - mean_conf)))
+    )
+    rate10, conf10, n10 = reliability_points(np.stack([1 - conf, conf], 1), outcome, n_bins=10)
+    assert n10.sum() == 500 and len(rate10) == len(conf10) == len(n10)
+
+
+def test_multilabel_calibration_ignores_unknown_targets() -> None:
+    probs = np.array([[0.8, 0.3], [0.2, 0.9], [0.6, 0.1]])
+    targets = np.array([[1.0, np.nan], [0.0, 1.0], [np.nan, 0.0]])
+    out = multilabel_calibration(probs, targets, ["a", "b"])
+    assert out["brier_per_finding"]["a"] == pytest.approx((0.2**2 + 0.2**2) / 2)
+    assert out["brier_per_finding"]["b"] == pytest.approx((0.1**2 + 0.1**2) / 2)
+    # a: 0.8 (present) and 0.2 (absent) in separate bins: |1 - .8| and |0 - .2|, halved
+    assert out["ece_per_finding"]["a"] == pytest.approx(0.2)
+    assert out["ece"] == pytest.approx(np.mean([0.2, 0.1]))
+
+
+# --------------------------------------------------------------------------- operating point
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("target", [0.5, 0.8, 0.95, 1.0])
+def test_threshold_is_the_largest_reaching_the_target_sensitivity(seed: int, target: float):
+    rng = np.random.default_rng(seed)
+    y = rng.random(60) < 0.4
+    scores = np.round(rng.random(60) * 0.6 + 0.4 * y, 2)  # ties included
+    t = threshold_for_sensitivity(scores, y, target)
+    fpr, tpr, thresholds = roc_curve(y, scores, drop_intermediate=False)
+    assert t == pytest.approx(thresholds[np.flatnonzero(tpr >= target)[0]])
+    got = sensitivity_specificity(scores, y, ~y, t)
+    assert got["sensitivity"] >= target
+    assert got["specificity"] == pytest.approx(np.mean(scores[~y] < t))
+    with pytest.raises(MedsslError, match="target-sensitivity"):
+        threshold_for_sensitivity(scores, y, 1.5)
+
+
+def test_operating_point_in_evaluate_predictions() -> None:
+    probs, labels = _multiclass_data(3, n=80, n_classes=2, signal=2.0)
+    names = ["benign", "malignant"]
+    out = evaluate_predictions(probs, labels, "multiclass", names, np.arange(80) // 2,
+                               n_boot=20, positive_class="malignant", threshold=0.3)  # fmt: skip
+    pos = labels == 1
+    assert out["sensitivity"] == pytest.approx(np.mean(probs[pos, 1] >= 0.3))
+    assert out["specificity"] == pytest.approx(np.mean(probs[~pos, 1] < 0.3))
+    assert out["operating_point"]["auc"] == pytest.approx(roc_auc_score(pos, probs[:, 1]))
+    assert out["ci"]["sensitivity"][0] <= out["sensitivity"] <= out["ci"]["sensitivity"][1]
+    with pytest.raises(MedsslError, match="positive-class 'mel'"):
+        evaluate_predictions(probs, labels, "multiclass", names, np.arange(80),
+                             positive_class="mel", threshold=0.5)  # fmt: skip
+
+
+# --------------------------------------------------------------------------- cases
+
+
+def test_case_level_prediction_is_the_mean_of_the_case_images() -> None:
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), size=9)
+    labels = np.array([0, 0, 1, 2, 2, 2, 1, 0, 1])
+    cases = np.array(["b", "b", "a", "c", "c", "c", "d", "d", "e"])  # d disagrees
+    p, y, ids, conflicting = case_level(probs, labels, cases, "multiclass")
+    assert list(ids) == ["a", "b", "c", "e"] and conflicting == 1
+    np.testing.assert_allclose(p[1], probs[:2].mean(0))
+    np.testing.assert_allclose(p[2], probs[3:6].mean(0))
+    assert list(y) == [1, 0, 2, 1]
+    targets = np.array([[1, 0], [1, np.nan], [0, 1], [np.nan, np.nan]], dtype=float)
+    p, y, ids, conflicting = case_level(np.full((4, 2), 0.5), targets, np.array([0, 0, 1, 1]),
+                                        "multilabel")  # fmt: skip
+    assert conflicting == 0
+    np.testing.assert_array_equal(y, [[1, 0], [0, 1]])
+    targets[1, 1] = 1.0  # case 0: finding 1 absent on one image, present on the other
+    _, y, _, conflicting = case_level(np.full((4, 2), 0.5), targets, np.array([0, 0, 1, 1]),
+                                      "multilabel")  # fmt: skip
+    assert conflicting == 1 and np.isnan(y[0, 1]) and y[0, 0] == 1

@@ -22,23 +22,37 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    brier_score_loss,
+    roc_auc_score,
+)
 
 from medssl.errors import MedsslError
 
 __all__ = [
     "CHEXPERT_FIVE",
     "bootstrap_ci",
+    "ECE_BINS",
     "bootstrap_cis",
+    "case_level",
     "ClassMap",
     "class_map_from_dict",
     "evaluate_predictions",
+    "expected_calibration_error",
     "load_class_map",
     "load_class_mapping",
     "map_classes",
     "merge_model_classes",
+    "multiclass_calibration",
     "multiclass_metrics",
+    "multilabel_calibration",
     "multilabel_metrics",
+    "positive_rows",
+    "reliability_points",
+    "sensitivity_specificity",
+    "threshold_for_sensitivity",
 ]
 
 #: The five CheXpert competition findings, with NIH ChestX-ray14-style names. Their mean AUC
@@ -223,6 +237,208 @@ def multilabel_metrics(
     }
 
 
+# --------------------------------------------------------------------------- calibration
+
+#: Equal-width confidence bins of the expected calibration error (Guo et al. 2017 use 15).
+ECE_BINS = 15
+
+
+def _bin_ids(confidence: np.ndarray, n_bins: int = ECE_BINS) -> np.ndarray:
+    """Bin of each confidence among ``n_bins`` equal-width bins ``(lo, hi]`` (0 in the first),
+    exactly as ``sklearn.calibration.calibration_curve(strategy="uniform")`` bins them."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    return np.searchsorted(edges[1:-1], np.asarray(confidence, dtype=np.float64))
+
+
+def expected_calibration_error(
+    confidence: np.ndarray,
+    outcome: np.ndarray,
+    n_bins: int = ECE_BINS,
+    sample_weight: np.ndarray | None = None,
+) -> float | None:
+    """ECE = sum over bins of (share of rows in the bin) x |observed rate - mean confidence|.
+
+    ``outcome`` is 1 where the predicted event happened (the top class was right, the
+    finding is present). scikit-learn has no ECE: ``calibration_curve`` returns the per-bin
+    means but not the bin sizes that weight them, so it is computed here, on the bins
+    ``calibration_curve`` uses, so that a reliability diagram and its ECE describe the same
+    bins. Per bin, share x |rate - confidence| = |sum of (outcome - confidence)| / total
+    weight, which is what the code sums. None without rows.
+    """
+    conf = np.asarray(confidence, dtype=np.float64)
+    gap = np.asarray(outcome, dtype=np.float64) - conf
+    w = np.ones_like(conf) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    total = float(w.sum())
+    if conf.size == 0 or total <= 0:
+        return None
+    per_bin = np.bincount(_bin_ids(conf, n_bins), weights=w * gap, minlength=n_bins)
+    return float(np.abs(per_bin).sum() / total)
+
+
+def _brier(labels: np.ndarray, probs: np.ndarray) -> float:
+    """scikit-learn's (multiclass) Brier score: mean over rows of the summed squared error,
+    halved for two classes so that it is the usual binary Brier score."""
+    with warnings.catch_warnings():
+        # merged model classes leave rows summing to less than 1: still a valid score
+        warnings.simplefilter("ignore")
+        return float(brier_score_loss(labels, probs, labels=list(range(probs.shape[1]))))
+
+
+def multiclass_calibration(probs: np.ndarray, labels: np.ndarray) -> dict[str, float | None]:
+    """Top-label ECE (confidence = the largest probability, outcome = that class is right;
+    :data:`ECE_BINS` bins) and the Brier score (scikit-learn; 0 to 2, binary 0 to 1)."""
+    probs = _check_probs(probs)
+    labels = _check_labels(labels, probs.shape[0], probs.shape[1])
+    correct = probs.argmax(axis=1) == labels
+    brier = _brier(labels, probs) if probs.shape[1] >= 2 else None
+    return {"ece": expected_calibration_error(probs.max(axis=1), correct), "brier": brier}
+
+
+def multilabel_calibration(
+    probs: np.ndarray, targets: np.ndarray, finding_names: Sequence[str]
+) -> dict[str, Any]:
+    """Per-finding ECE and Brier score of each finding's probability over its known rows,
+    and their means over the findings with known rows (``ece``, ``brier``)."""
+    probs = _check_probs(probs)
+    names = _check_names(finding_names, probs.shape[1], "finding")
+    targets = _check_targets(targets, probs.shape)
+    ece: dict[str, float | None] = {}
+    brier: dict[str, float | None] = {}
+    for j, name in enumerate(names):
+        known = ~np.isnan(targets[:, j])
+        y, p = targets[known, j], probs[known, j]
+        ece[name] = expected_calibration_error(p, y)
+        brier[name] = float(brier_score_loss(y, p, pos_label=1.0)) if known.any() else None
+    mean = {
+        key: float(np.mean(vals)) if (vals := [v for v in d.values() if v is not None]) else None
+        for key, d in (("ece", ece), ("brier", brier))
+    }
+    return {**mean, "ece_per_finding": ece, "brier_per_finding": brier}
+
+
+def reliability_points(
+    probs: np.ndarray, targets: np.ndarray, n_bins: int = 10
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(observed rate, mean confidence, rows) per non-empty bin, for a reliability diagram.
+
+    Multiclass (``targets`` (N,)): top-label confidence against top-label accuracy.
+    Multilabel (``targets`` (N, K)): every known (row, finding) pooled. The rates come from
+    scikit-learn's ``calibration_curve``; the row counts (for marker sizes) from the same bins.
+    """
+    from sklearn.calibration import calibration_curve
+
+    probs = _check_probs(probs)
+    targets = np.asarray(targets)
+    if targets.ndim == 1:
+        labels = _check_labels(targets, probs.shape[0], probs.shape[1])
+        conf, outcome = probs.max(axis=1), (probs.argmax(axis=1) == labels).astype(np.int64)
+    else:
+        t = _check_targets(targets, probs.shape)
+        known = ~np.isnan(t)
+        conf, outcome = probs[known], t[known].astype(np.int64)
+    if conf.size == 0:
+        raise MedsslError("no known targets: no reliability diagram")
+    conf = np.clip(conf, 0.0, 1.0)
+    rate, mean_conf = calibration_curve(outcome, conf, n_bins=n_bins, strategy="uniform",
+                                        pos_label=1)  # fmt: skip
+    counts = np.bincount(_bin_ids(conf, n_bins), minlength=n_bins)
+    return rate, mean_conf, counts[counts > 0]
+
+
+# ------------------------------------------------------------------ operating point
+
+
+def threshold_for_sensitivity(scores: np.ndarray, positive: np.ndarray, target: float) -> float:
+    """The largest threshold ``t`` at which "positive if score >= t" reaches ``target``
+    sensitivity on these rows: the ceil(target x positives)-th largest positive score.
+
+    Computed directly rather than read off ``sklearn.metrics.roc_curve`` because it needs
+    positives only (a validation split may lack negatives) and is exact at ties.
+    """
+    if not 0.0 < float(target) <= 1.0:
+        raise MedsslError(f"--target-sensitivity must be in (0, 1], got {target}")
+    pos = np.sort(np.asarray(scores, dtype=np.float64)[np.asarray(positive, bool)])[::-1]
+    if pos.size == 0:
+        raise MedsslError("no positive case to set the operating point on")
+    k = max(1, math.ceil(float(target) * pos.size - 1e-9))
+    return float(pos[k - 1])
+
+
+def sensitivity_specificity(
+    scores: np.ndarray,
+    positive: np.ndarray,
+    negative: np.ndarray,
+    threshold: float,
+    sample_weight: np.ndarray | None = None,
+) -> dict[str, float | None]:
+    """Sensitivity and specificity of "positive if score >= threshold" (None where the rows
+    hold no positive / no negative). Rows neither positive nor negative do not count."""
+    s = np.asarray(scores, dtype=np.float64)
+    w = np.ones_like(s) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    called = s >= threshold
+    pos, neg = np.asarray(positive, bool), np.asarray(negative, bool)
+    wp, wn = float(w[pos].sum()), float(w[neg].sum())
+    return {
+        "sensitivity": float(w[pos & called].sum() / wp) if wp > 0 else None,
+        "specificity": float(w[neg & ~called].sum() / wn) if wn > 0 else None,
+    }
+
+
+def positive_rows(targets: np.ndarray, task: str, column: int) -> tuple[np.ndarray, np.ndarray]:
+    """(positive, negative) masks of one class (one-vs-rest) or finding (NaN: neither)."""
+    t = np.asarray(targets)
+    if task == "multiclass":
+        pos = t.astype(np.int64) == column
+        return pos, ~pos
+    col = t[:, column].astype(np.float64)
+    return col == 1.0, col == 0.0
+
+
+# --------------------------------------------------------------------------- cases
+
+
+def case_level(
+    probs: np.ndarray, targets: np.ndarray, case_ids: np.ndarray, task: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """One prediction per case: the mean of its images' probabilities.
+
+    Returns ``(probs, targets, case ids, conflicting)``, cases in sorted id order. A case
+    keeps its images' label when they agree. Multiclass cases whose images disagree are
+    left out; multilabel findings on which a case's known images disagree become NaN for
+    that case (e.g. a patient's follow-up images with and without an effusion).
+    ``conflicting`` counts the cases affected.
+    """
+    probs = _check_probs(probs)
+    layout = _CaseLayout(np.asarray(case_ids))
+    codes, counts = layout.case_of_row, layout.counts.astype(np.float64)
+    mean = np.stack(
+        [np.bincount(codes, weights=probs[:, j], minlength=layout.n_cases) / counts
+         for j in range(probs.shape[1])], axis=1,
+    )  # fmt: skip
+    ids = layout.ids
+    if task == "multiclass":
+        labels = _check_labels(targets, probs.shape[0], probs.shape[1])
+        low = np.full(layout.n_cases, np.iinfo(np.int64).max)
+        high = np.full(layout.n_cases, -1)
+        np.minimum.at(low, codes, labels)
+        np.maximum.at(high, codes, labels)
+        agree = low == high
+        return mean[agree], low[agree], ids[agree], int((~agree).sum())
+    t = _check_targets(targets, probs.shape)
+    known = ~np.isnan(t)
+    out = np.full(mean.shape, np.nan)
+    conflict = np.zeros(layout.n_cases, bool)
+    for j in range(t.shape[1]):
+        n_known = np.bincount(codes, weights=known[:, j], minlength=layout.n_cases)
+        n_pos = np.bincount(codes, weights=np.nan_to_num(t[:, j]) * known[:, j],
+                            minlength=layout.n_cases)  # fmt: skip
+        mixed = (n_pos > 0) & (n_pos < n_known)
+        conflict |= mixed
+        ok = (n_known > 0) & ~mixed
+        out[ok, j] = (n_pos[ok] > 0).astype(np.float64)
+    return mean, out, ids, int(conflict.sum())
+
+
 # --------------------------------------------------------------------------- bootstrap
 
 
@@ -235,7 +451,7 @@ class _CaseLayout:
             raise MedsslError(f"case_ids must be a non-empty 1-D array, got shape {ids.shape}")
         if ids.dtype == object:
             ids = ids.astype(str)
-        _, inverse = np.unique(ids, return_inverse=True)
+        self.ids, inverse = np.unique(ids, return_inverse=True)
         self.case_of_row = inverse.reshape(-1)
         self.order = np.argsort(self.case_of_row, kind="stable")
         self.counts = np.bincount(self.case_of_row)
@@ -421,15 +637,25 @@ class _FastMulticlass:
         self.correct = (probs.argmax(axis=1) == labels).astype(np.float64)
         onehot = labels[:, None] == np.arange(self.n_classes)[None, :]
         self.auc = _WeightedAUC(probs, onehot, ~onehot)
+        # calibration as multiclass_calibration computes it
+        confidence = probs.max(axis=1)
+        self.bins = _bin_ids(confidence)
+        self.gap = self.correct - confidence
+        scale = 0.5 if self.n_classes == 2 else 1.0  # scikit-learn's binary Brier score
+        self.squared = scale * ((probs - onehot) ** 2).sum(axis=1)
 
     def __call__(self, w: np.ndarray) -> dict[str, float | None]:
         counts = np.bincount(self.labels, weights=w, minlength=self.n_classes)
         hits = np.bincount(self.labels, weights=w * self.correct, minlength=self.n_classes)
         present = counts > 0
+        total = counts.sum()
+        per_bin = np.bincount(self.bins, weights=w * self.gap, minlength=ECE_BINS)
         return {
-            "accuracy": float(hits.sum() / counts.sum()),
+            "accuracy": float(hits.sum() / total),
             "balanced_accuracy": float(np.mean(hits[present] / counts[present])),
             "auc_macro": _nanmean_or_none(self.auc(w)),
+            "ece": float(np.abs(per_bin).sum() / total),
+            "brier": float((w * self.squared).sum() / total) if self.n_classes >= 2 else None,
         }
 
 
@@ -437,13 +663,47 @@ class _FastMultilabel:
     def __init__(self, probs: np.ndarray, targets: np.ndarray, selected: list[int] | None) -> None:
         self.selected = selected
         self.auc = _WeightedAUC(probs, targets == 1.0, targets == 0.0)
+        # calibration per finding over its known entries, as multilabel_calibration
+        self.n_cols = probs.shape[1]
+        known = ~np.isnan(targets)
+        self.row, self.col = np.nonzero(known)
+        p, t = probs[known], targets[known]
+        self.cell = self.col * ECE_BINS + _bin_ids(p)
+        self.gap, self.squared = t - p, (p - t) ** 2
 
     def __call__(self, w: np.ndarray) -> dict[str, float | None]:
         aucs = self.auc(w)
         mean_sel: float | None = None
         if self.selected is not None and not np.isnan(aucs[self.selected]).any():
             mean_sel = float(aucs[self.selected].mean())
-        return {"auc_macro": _nanmean_or_none(aucs), "auc_mean_selected": mean_sel}
+        wr = w[self.row]
+        total = np.bincount(self.col, weights=wr, minlength=self.n_cols)
+        per_bin = np.bincount(self.cell, weights=wr * self.gap, minlength=self.n_cols * ECE_BINS)
+        gaps = np.abs(per_bin).reshape(self.n_cols, ECE_BINS).sum(axis=1)
+        sq = np.bincount(self.col, weights=wr * self.squared, minlength=self.n_cols)
+        ok = total > 0
+        return {
+            "auc_macro": _nanmean_or_none(aucs),
+            "auc_mean_selected": mean_sel,
+            "ece": float(np.mean(gaps[ok] / total[ok])) if ok.any() else None,
+            "brier": float(np.mean(sq[ok] / total[ok])) if ok.any() else None,
+        }
+
+
+class _FastOperatingPoint:
+    """Sensitivity and specificity at a fixed threshold under row weights."""
+
+    def __init__(self, scores: np.ndarray, pos: np.ndarray, neg: np.ndarray, threshold: float):
+        called = np.asarray(scores) >= threshold
+        self.pos, self.neg = pos.astype(np.float64), neg.astype(np.float64)
+        self.tp, self.tn = self.pos * called, self.neg * ~called
+
+    def __call__(self, w: np.ndarray) -> dict[str, float | None]:
+        wp, wn = float(w @ self.pos), float(w @ self.neg)
+        return {
+            "sensitivity": float(w @ self.tp) / wp if wp > 0 else None,
+            "specificity": float(w @ self.tn) / wn if wn > 0 else None,
+        }
 
 
 def _jsonable(v: Any) -> Any:
@@ -472,13 +732,21 @@ def evaluate_predictions(
     seed: int = 0,
     mean_over: Sequence[str] | None = None,
     alpha: float = 0.05,
+    positive_class: str | None = None,
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """Point metrics plus case-level bootstrap CIs, as a JSON-serialisable dict.
 
     ``targets`` are integer labels (N,) for ``multiclass`` and a float (N, K) matrix with
     NaN for missing for ``multilabel``. ``ci`` maps metric name to ``[lo, hi]`` (None where
-    undefined) for accuracy, balanced_accuracy and auc_macro (multiclass) or auc_macro and
-    auc_mean_selected (multilabel). All metrics share the same resamples.
+    undefined) for accuracy, balanced_accuracy, auc_macro (multiclass) or auc_macro and
+    auc_mean_selected (multilabel), and for the calibration metrics ``ece`` and ``brier``
+    (:func:`multiclass_calibration`, :func:`multilabel_calibration`). All metrics share the
+    same resamples.
+
+    ``positive_class`` (a class, one-vs-rest, or a finding) with ``threshold`` adds
+    ``sensitivity`` and ``specificity`` of "positive if its probability >= threshold", with
+    intervals, and an ``operating_point`` block (the positive class's AUC, counts).
     """
     probs = _check_probs(probs)
     n = probs.shape[0]
@@ -490,17 +758,29 @@ def evaluate_predictions(
     fast: Callable[[np.ndarray], Mapping[str, object]]
     if task == "multiclass":
         point = multiclass_metrics(probs, targets, class_names)
-        fast = _FastMulticlass(probs, _check_labels(targets, n, probs.shape[1]))
-        ci_names = ["accuracy", "balanced_accuracy", "auc_macro"]
+        labels = _check_labels(targets, n, probs.shape[1])
+        point.update(multiclass_calibration(probs, labels))
+        fast = _FastMulticlass(probs, labels)
+        ci_names = ["accuracy", "balanced_accuracy", "auc_macro", "ece", "brier"]
     elif task == "multilabel":
         point = multilabel_metrics(probs, targets, class_names, mean_over)
         names = [str(x) for x in class_names]
         selected = point["mean_over"]
         sel_idx = None if selected is None else [names.index(x) for x in selected]
-        fast = _FastMultilabel(probs, _check_targets(targets, probs.shape), sel_idx)
-        ci_names = ["auc_macro", "auc_mean_selected"]
+        checked = _check_targets(targets, probs.shape)
+        point.update(multilabel_calibration(probs, checked, names))
+        fast = _FastMultilabel(probs, checked, sel_idx)
+        ci_names = ["auc_macro", "auc_mean_selected", "ece", "brier"]
     else:
         raise MedsslError(f"task must be 'multiclass' or 'multilabel', got {task!r}")
+    if positive_class is not None and threshold is not None:
+        block, op_fast = _operating_point(probs, targets, task, class_names, positive_class,
+                                          threshold)  # fmt: skip
+        point.update(sensitivity=block["sensitivity"], specificity=block["specificity"])
+        point["operating_point"] = block
+        ci_names += ["sensitivity", "specificity"]
+        base = fast
+        fast = lambda w: {**base(w), **op_fast(w)}  # noqa: E731
 
     layout = _CaseLayout(case_arr)
     ci = _bootstrap_many(
@@ -514,10 +794,43 @@ def evaluate_predictions(
             "n_boot": int(n_boot),
             "seed": int(seed),
             "alpha": float(alpha),
+            "ece_bins": ECE_BINS,
             "ci": {name: list(ci[name]) for name in ci_names},
         }
     )
     return _jsonable(out)
+
+
+def _operating_point(
+    probs: np.ndarray,
+    targets: np.ndarray,
+    task: str,
+    class_names: Sequence[str],
+    positive_class: str,
+    threshold: float,
+) -> tuple[dict[str, Any], _FastOperatingPoint]:
+    """The operating point block of :func:`evaluate_predictions` and its bootstrap path."""
+    names = [str(c) for c in class_names]
+    if positive_class not in names:
+        raise MedsslError(
+            f"--positive-class {positive_class!r} is not one of the evaluated classes "
+            f"({', '.join(names)})"
+        )
+    k = names.index(positive_class)
+    pos, neg = positive_rows(targets, task, k)
+    scores = probs[:, k]
+    auc = (
+        float(roc_auc_score(pos[pos | neg], scores[pos | neg])) if pos.any() and neg.any() else None
+    )
+    block = {
+        "positive_class": positive_class,
+        "threshold": float(threshold),
+        "auc": auc,
+        "n_positive": int(pos.sum()),
+        "n_negative": int(neg.sum()),
+        **sensitivity_specificity(scores, pos, neg, threshold),
+    }
+    return block, _FastOperatingPoint(scores, pos, neg, threshold)
 
 
 # --------------------------------------------------------------------------- class mapping
