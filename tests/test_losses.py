@@ -11,8 +11,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import Tensor, nn
 
+from medssl import dist as mdist
 from medssl.losses import NTXentLoss
-from medssl.train import distributed as mdist
 
 
 def reference_ntxent(z_a: Tensor, z_b: Tensor, temperature: float) -> Tensor:
@@ -224,3 +224,16 @@ def test_two_processes_match_one_process_on_combined_batch(tmp_path: Path) -> No
         torch.testing.assert_close(got["gathered"], expected_gathered)
         # each rank's weights are weights * (rank + 1): the sum over ranks is weights * 3
         torch.testing.assert_close(got["gather_grad"], 3 * weights[r * 3 : (r + 1) * 3])
+
+
+def test_losses_import_nothing_from_the_training_layer() -> None:
+    """losses.py sits below train/: its distributed helpers come from medssl.dist."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, medssl.losses; "
+        "print(sorted(m for m in sys.modules if m.startswith('medssl.train')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from medssl.train.distributed import gather_with_grad, is_distributed, rank, world_size
+from medssl.dist import gather_with_grad, is_distributed, rank, world_size
 
 __all__ = ["NTXentLoss"]
 
