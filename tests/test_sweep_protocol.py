@@ -336,6 +336,19 @@ def test_paired_bootstrap_of_a_model_with_itself_is_exactly_zero() -> None:
         paired_bootstrap(pred, _predictions(0, n=38), ["accuracy"], n_boot=5)
 
 
+def test_paired_bootstrap_matches_runs_by_case_grouping_not_by_hashed_ids() -> None:
+    """Each run hashes case ids with its own salt: the same images still pair up, and the
+    interval is what the clear ids give; another grouping of the rows is refused."""
+    a, b = _predictions(0), _predictions(1)
+    b["targets"] = a["targets"]
+    clear = paired_bootstrap(a, {**b, "case_ids": a["case_ids"]}, ["auc_macro", "ece"], 50)
+    hashed = {**b, "case_ids": np.array([f"h{hash(c) % 10**9}" for c in a["case_ids"]])}
+    assert paired_bootstrap(a, hashed, ["auc_macro", "ece"], 50) == clear
+    regrouped = {**b, "case_ids": np.array([f"c{i // 4}" for i in range(40)])}
+    with pytest.raises(MedsslError, match="different images"):
+        paired_bootstrap(a, regrouped, ["auc_macro"], n_boot=5)
+
+
 def test_paired_differences_on_made_up_results(tmp_path: Path) -> None:
     """Per-seed rows are a - b; the mean row is the hand-computed t interval; identical
     prediction files give a bootstrap interval of exactly [0, 0]."""

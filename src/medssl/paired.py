@@ -43,7 +43,9 @@ PAIRED_COLUMNS = [
     "mode", "label_fraction", "split", "metric", "a", "b", "seed", "diff", "ci_low", "ci_high",
     "ci_kind",
 ]  # fmt: skip
-PAIRED_METRICS = ["auc_mean_selected", "auc_macro", "balanced_accuracy", "accuracy"]
+PAIRED_METRICS = [
+    "auc_mean_selected", "auc_macro", "balanced_accuracy", "accuracy", "ece", "brier",
+]  # fmt: skip
 T_OVER_SEEDS = "t-over-seeds"
 PAIRED_BOOTSTRAP = "paired-case-bootstrap"
 
@@ -133,9 +135,13 @@ def paired_bootstrap(
     the same images in the same order; each draw resamples cases once and scores both on
     it. Draws where a metric is undefined are dropped (past half: NaN), as in
     :func:`medssl.evaluate.bootstrap_ci`.
+
+    Stored case ids are salted hashes with a salt per run (:mod:`medssl.predict`), so the
+    two files are matched by their targets and their grouping of rows into cases (rows
+    i and j share a case in ``a`` exactly when they do in ``b``), not by the ids.
     """
     same = (
-        np.array_equal(np.asarray(a["case_ids"]), np.asarray(b["case_ids"]))
+        same_case_grouping(np.asarray(a["case_ids"]), np.asarray(b["case_ids"]))
         and np.array_equal(np.asarray(a["targets"]), np.asarray(b["targets"]), equal_nan=True)
     )  # fmt: skip
     if not same:
@@ -152,6 +158,15 @@ def paired_bootstrap(
             if va is not None and vb is not None:
                 diffs[i, k] = float(va) - float(vb)
     return {m: _interval(diffs[i], alpha) for i, m in enumerate(metrics)}
+
+
+def same_case_grouping(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two id arrays group the same rows into cases (whatever the ids are)."""
+    if a.shape != b.shape:
+        return False
+    codes_a, _ = pd.factorize(a.astype(str))
+    codes_b, _ = pd.factorize(b.astype(str))
+    return bool(np.array_equal(codes_a, codes_b))
 
 
 # --------------------------------------------------------------------------- the table
