@@ -266,6 +266,87 @@ def add_evaluate_parser(commands) -> None:  # noqa: ANN001 - argparse's private 
     p.add_argument("--json", action="store_true")
 
 
+def predict_command(args: argparse.Namespace) -> int:
+    from medssl.inference import predict_images
+
+    result = predict_images(
+        args.model, args.images, image_column=args.image_column, case_column=args.case_column,
+        skip_unreadable=args.skip_unreadable, batch_size=args.batch_size, device=args.device,
+        progress=not args.quiet,
+    )  # fmt: skip
+    written = result.write(args.out, args.case_out)
+    summary = {
+        "images": len(result.images),
+        "cases": None if result.cases is None else len(result.cases),
+        "skipped": len(result.skipped),
+        "files": {k: str(v) for k, v in written.items()},
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"{summary['images']} image predictions -> {written['images']}")
+        if result.cases is not None:
+            print(f"{summary['cases']} case predictions -> {written['cases']}")
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} unreadable image(s), listed in "
+              f"{written['skipped']}:", file=sys.stderr)  # fmt: skip
+        for image, reason in result.skipped[:20]:
+            print(f"  {image}: {reason}", file=sys.stderr)
+        if len(result.skipped) > 20:
+            print(f"  ... and {len(result.skipped) - 20} more", file=sys.stderr)
+    return 0
+
+
+def add_predict_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
+    p = commands.add_parser(
+        "predict", help="class probabilities for unlabeled images from a fine-tuned run"
+    )
+    p.set_defaults(func=predict_command)
+    p.add_argument("--config", help="YAML file of options (command-line flags win)")
+    p.add_argument("--model", required=True, help="a finished finetune run directory")
+    p.add_argument("--images", required=True,
+                   help="a folder (every image below it) or a CSV listing image paths")  # fmt: skip
+    p.add_argument("--out", required=True,
+                   help="predictions CSV: image, [case_id], prob_<class>..., prediction; it "
+                   "names your images and cases as you gave them (nothing is hashed)")  # fmt: skip
+    p.add_argument("--image-column", default="image", help="CSV: image path column")
+    p.add_argument("--case-column", help="CSV: case column; adds per-case rows (mean of images)")
+    p.add_argument("--case-out", help="per-case CSV (default: OUT's name + .cases.csv)")
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="leave out missing or undecodable images and list them "
+                   "(OUT's name + .skipped.csv) instead of stopping")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from medssl.export import export_model
+
+    meta = export_model(args.model, args.format, args.out, opset=args.opset)
+    if args.json:
+        print(json.dumps(meta, indent=2))
+        return 0
+    print(f"{args.format} -> {args.out}")
+    for key in ("input", "preprocessing", "normalisation", "output"):
+        print(f"  {key:<14} {meta[key]}")
+    print(f"  {'classes':<14} {', '.join(meta['class_names'])}")
+    return 0
+
+
+def add_export_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
+    p = commands.add_parser(
+        "export", help="a fine-tuned classifier as a TorchScript or ONNX file (probabilities out)"
+    )
+    p.set_defaults(func=export_command)
+    p.add_argument("--model", required=True, help="a finished finetune run directory")
+    p.add_argument("--format", choices=["torchscript", "onnx"], required=True)
+    p.add_argument("--out", required=True, help="the file to write (.pt or .onnx)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    p.add_argument("--json", action="store_true", help="print the stored metadata as JSON")
+
+
 def knn_command(args: argparse.Namespace) -> int:
     from medssl.knn import compare_backbones, format_comparison
 
@@ -357,6 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_pretrain_parser(commands)
     add_finetune_parser(commands)
     add_evaluate_parser(commands)
+    add_predict_parser(commands)
+    add_export_parser(commands)
     add_knn_parser(commands)
     add_sweep_parser(commands)
     add_demo_parser(commands)

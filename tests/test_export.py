@@ -1,0 +1,88 @@
+"""``medssl export``: the exported TorchScript and ONNX models predict what medssl predicts."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_ham_layout
+from medssl.cli import main
+from medssl.data.imageio import read_image, resize_square
+from medssl.data.spec import DataSpec
+from medssl.errors import MedsslError
+from medssl.export import export_model, read_metadata
+from medssl.inference import predict_images
+from medssl.train.finetune import FinetuneConfig, finetune
+
+#: exported vs medssl's own probabilities: the same float32 operations, but in other kernels
+#: (contiguous instead of channels-last memory, onnxruntime's convolutions), so they agree to
+#: float32 rounding, not bit for bit (measured: at most 1e-7 apart at 16 px)
+TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    root = write_ham_layout(tmp_path_factory.mktemp("ham"), n_lesions=24)
+    out = tmp_path_factory.mktemp("runs") / "ft"
+    finetune(
+        FinetuneConfig(
+            data=DataSpec("ham10000", str(root)).to_dict(), out=str(out), image_size=16,
+            epochs=1, batch_size=8, num_workers=0, progress=False, precision="fp32",
+            cache_dir=str(root / "cache"),
+        )  # fmt: skip
+    )
+    files = sorted((root / "HAM10000_images_part_1").glob("*.png"))[:6]
+    expected = predict_images(out, files, progress=False).probs
+    # the images as the exported model takes them: medssl's decoding and resizing, NCHW uint8
+    pixels = np.stack([resize_square(read_image(f, min_side=16), 16) for f in files])
+    return out, torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous(), expected
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated")
+def test_torchscript_matches_medssl_for_uint8_and_unit_float(finetuned, tmp_path):
+    run, images, expected = finetuned
+    path = tmp_path / "model.pt"
+    meta = export_model(run, "torchscript", path)
+    model = torch.jit.load(str(path))
+    with torch.no_grad():
+        from_uint8 = model(images)
+        from_float = model(images.float() / 255)
+    torch.testing.assert_close(from_uint8, torch.from_numpy(expected), **TOLERANCE)
+    torch.testing.assert_close(from_float, torch.from_numpy(expected), **TOLERANCE)
+    assert read_metadata(path) == meta
+    assert meta["image_size"] == 16 and len(meta["class_names"]) == expected.shape[1]
+    with pytest.raises(Exception, match=r"expected RGB images of shape \(N, 3, 16, 16\)"):
+        model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+
+
+def test_onnx_matches_medssl_with_onnxruntime(finetuned, tmp_path):
+    import onnxruntime
+
+    run, images, expected = finetuned
+    path = tmp_path / "model.onnx"
+    meta = export_model(run, "onnx", path)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (probs,) = session.run(None, {meta["input_name"]: images.float().numpy() / 255})
+    torch.testing.assert_close(torch.from_numpy(probs), torch.from_numpy(expected), **TOLERANCE)
+    stored = session.get_modelmeta().custom_metadata_map
+    assert json.loads(stored["medssl"]) == meta == read_metadata(path)
+    assert json.loads(stored["class_names"]) == meta["class_names"]
+
+
+def test_cli_export_and_user_errors(finetuned, tmp_path, capsys, monkeypatch):
+    run, _, _ = finetuned
+    out = tmp_path / "m.pt"
+    assert main(["export", "--model", str(run), "--format", "torchscript", "--out", str(out)]) == 0
+    assert "uint8 in [0, 255] or float in [0, 1]" in capsys.readouterr().out and out.is_file()
+    code = main(["export", "--model", str(tmp_path), "--format", "torchscript",
+                 "--out", str(tmp_path / "x.pt")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "is not a medssl run directory" in err and "Traceback" not in err
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if onnx were not installed
+    with pytest.raises(MedsslError, match="--format onnx needs the onnx package: pip install"):
+        export_model(run, "onnx", tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()

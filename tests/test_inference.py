@@ -1,0 +1,152 @@
+"""``medssl predict``: unlabeled images scored exactly as evaluation scores them."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from conftest import write_ham_layout
+from medssl.cli import main
+from medssl.data.spec import DataSpec
+from medssl.errors import MedsslError
+from medssl.inference import predict_images
+from medssl.predict import evaluate_run
+from medssl.train.finetune import FinetuneConfig, finetune
+
+
+@pytest.fixture(scope="module")
+def finetuned(tmp_path_factory):
+    root = write_ham_layout(tmp_path_factory.mktemp("ham"), n_lesions=24)
+    out = tmp_path_factory.mktemp("runs") / "ft"
+    finetune(
+        FinetuneConfig(
+            data=DataSpec("ham10000", str(root)).to_dict(), out=str(out), image_size=16,
+            epochs=1, batch_size=8, num_workers=0, progress=False, precision="fp32",
+            cache_dir=str(root / "cache"),
+        )  # fmt: skip
+    )
+    return root, out
+
+
+def image_csv(root, tmp_path, n=12):
+    """A CSV of the first ``n`` HAM images (absolute paths), with labels and two per case."""
+    files = sorted((root / "HAM10000_images_part_1").glob("*.png"))[:n]
+    labels = ["nv", "mel", "bkl"]
+    frame = pd.DataFrame(
+        {
+            "image": [str(f) for f in files],
+            "label": [labels[i % 3] for i in range(len(files))],
+            "patient": [f"p{i // 2}" for i in range(len(files))],
+        }
+    )
+    path = tmp_path / "images.csv"
+    frame.to_csv(path, index=False)
+    return path, frame
+
+
+def test_predictions_equal_evaluation_on_the_same_images(finetuned, tmp_path):
+    root, run = finetuned
+    csv, frame = image_csv(root, tmp_path)
+    spec = DataSpec("csv", str(csv), {"csv_case": "patient"}).to_dict()
+    evaluate_run(run, "all", spec, n_boot=5, name="same-images")
+    with np.load(run / "predictions_same-images.npz") as npz:
+        expected = npz["probs"]
+    result = predict_images(run, csv, case_column="patient", progress=False)
+    assert result.images["image"].tolist() == frame["image"].tolist()
+    # the same decoding, resizing, normalisation and forward pass: equal up to float noise
+    torch.testing.assert_close(torch.from_numpy(result.probs), torch.from_numpy(expected),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+    names = result.class_names
+    assert [c for c in result.images.columns if c.startswith("prob_")] == [
+        f"prob_{n}" for n in names
+    ]
+    assert result.images["prediction"].tolist() == [names[k] for k in expected.argmax(1)]
+    # a case's prediction is the mean of its images' probabilities
+    cases = result.cases.set_index("case_id")
+    assert cases["n_images"].tolist() == [2] * 6
+    np.testing.assert_allclose(
+        cases.loc["p1", [f"prob_{n}" for n in names]].to_numpy(float),
+        expected[2:4].mean(0), rtol=1e-6,
+    )  # fmt: skip
+
+
+def test_cli_writes_csvs_atomically_and_reads_a_folder(finetuned, tmp_path, capsys):
+    root, run = finetuned
+    csv, _ = image_csv(root, tmp_path)
+    out = tmp_path / "out" / "predictions.csv"
+    args = ["predict", "--model", str(run), "--images", str(csv), "--out", str(out)]
+    assert main([*args, "--case-column", "patient", "--quiet"]) == 0
+    written = pd.read_csv(out)
+    cases = pd.read_csv(tmp_path / "out" / "predictions.cases.csv")
+    assert len(written) == 12 and len(cases) == 6
+    assert not list((tmp_path / "out").glob(".*.tmp"))  # no temporary files left
+    probs = written.filter(like="prob_").to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
+
+    folder = tmp_path / "folder"
+    (folder / "sub").mkdir(parents=True)
+    for i, f in enumerate(sorted((root / "HAM10000_images_part_1").glob("*.png"))[:3]):
+        (folder / ("sub" if i else ".") / f.name).write_bytes(f.read_bytes())
+    (folder / ".hidden.png").write_bytes(b"not an image")
+    (folder / "notes.txt").write_text("ignored: not an image extension")
+    capsys.readouterr()
+    code = main(["predict", "--model", str(run), "--images", str(folder),
+                 "--out", str(tmp_path / "folder.csv"), "--quiet", "--json"])  # fmt: skip
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 3
+    names = pd.read_csv(tmp_path / "folder.csv")["image"].tolist()
+    assert len(names) == 3 and sum(n.startswith("sub/") for n in names) == 2
+
+
+def test_bad_images_name_the_file_or_are_skipped_and_listed(finetuned, tmp_path, capsys):
+    root, run = finetuned
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("RGB", (20, 20), (10, 200, 30)).save(folder / "good.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    out = tmp_path / "p.csv"
+    capsys.readouterr()
+    code = main(["predict", "--model", str(run), "--images", str(folder), "--out", str(out),
+                 "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "broken.jpg" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+    code = main(["predict", "--model", str(run), "--images", str(folder), "--out", str(out),
+                 "--quiet", "--skip-unreadable"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0 and "skipped 1 unreadable image(s)" in err and "broken.jpg" in err
+    assert pd.read_csv(out)["image"].tolist() == ["good.png"]
+    assert pd.read_csv(tmp_path / "p.skipped.csv")["image"].tolist() == ["broken.jpg"]
+
+    listing = tmp_path / "list.csv"
+    pd.DataFrame({"path": ["imgs/good.png", "imgs/gone.png"]}).to_csv(listing, index=False)
+    with pytest.raises(MedsslError, match=r"list\.csv row 3: image imgs/gone\.png not found"):
+        predict_images(run, listing, image_column="path", progress=False)
+    result = predict_images(run, listing, image_column="path", skip_unreadable=True,
+                            progress=False)  # fmt: skip
+    assert result.images["image"].tolist() == ["imgs/good.png"]
+    assert [name for name, _ in result.skipped] == ["imgs/gone.png"]
+    with pytest.raises(MedsslError, match="no column 'image'.*--image-column"):
+        predict_images(run, listing, progress=False)
+    with pytest.raises(MedsslError, match="--case-column needs a CSV"):
+        predict_images(run, folder, case_column="patient", progress=False)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MedsslError, match="no image files"):
+        predict_images(run, tmp_path / "empty", progress=False)
+
+
+def test_refuses_runs_that_are_not_finished_finetunes(finetuned, tmp_path):
+    root, run = finetuned
+    with pytest.raises(MedsslError, match="no such run directory"):
+        predict_images(tmp_path / "nope", root, progress=False)
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    (unfinished / "config.yaml").write_text((run / "config.yaml").read_text())
+    with pytest.raises(MedsslError, match="not a finished"):
+        predict_images(unfinished, root, progress=False)
