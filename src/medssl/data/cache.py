@@ -120,6 +120,7 @@ def decoded_images(
     if bad:
         keep = np.setdiff1d(np.arange(len(manifest)), bad)
         reduced = manifest.subset(keep)
-        reduced.warnings.append(f"skipped {len(bad)} unreadable image(s)")
+        reduced.warnings.append(f"{manifest.name}: skipped {len(bad)} unreadable image(s)")
+        reduced.unreadable_dropped = len(bad)
         return reduced, np.asarray(pixels[keep])
     return manifest, np.asarray(pixels)

@@ -13,6 +13,10 @@ Columns of ``table``:
 - ``view``: optional acquisition view (PA/AP, ...), empty string when unknown.
 - ``official_split``: the publisher's split when there is one (train/test/valid), else "".
 
+Optional metadata columns (:data:`METADATA`), kept by adapters whose publishers give them,
+feed the subgroup metrics of ``medssl evaluate`` (:mod:`medssl.subgroups`): ``sex``,
+``age`` (years, as published) and ``localization`` (body site).
+
 Labels live beside the table in :attr:`Manifest.targets` so that the table stays light:
 ``(N,)`` int64 class indices for ``multiclass``, ``(N, K)`` float32 multi-hot with NaN for
 uncertain or missing findings for ``multilabel``.
@@ -31,6 +35,7 @@ from medssl.errors import MedsslError
 
 Task = Literal["multiclass", "multilabel"]
 COLUMNS = ("image", "case_id", "source", "view", "official_split")
+METADATA = ("sex", "age", "localization")
 
 
 @dataclass
@@ -44,6 +49,8 @@ class Manifest:
     task: Task
     pixels: np.ndarray | None = None
     warnings: list[str] = field(default_factory=list)
+    #: images dropped as unreadable (``--skip-unreadable``) before this manifest was made
+    unreadable_dropped: int = 0
 
     def __post_init__(self) -> None:
         missing = [c for c in COLUMNS if c not in self.table.columns]
@@ -56,6 +63,9 @@ class Manifest:
         self.table = self.table.reset_index(drop=True)
         for col in ("case_id", "source", "view", "official_split"):
             self.table[col] = self.table[col].fillna("").astype(str)
+        for col in METADATA:
+            if col in self.table.columns:
+                self.table[col] = self.table[col].fillna("").astype(str)
         if self.task == "multiclass":
             self.targets = np.asarray(self.targets, dtype=np.int64)
             bad = np.flatnonzero((self.targets < 0) | (self.targets >= len(self.class_names)))
@@ -94,6 +104,7 @@ class Manifest:
             task=self.task,
             pixels=pixels,
             warnings=list(self.warnings),
+            unreadable_dropped=self.unreadable_dropped,
         )
 
     def case_codes(self) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ from typing import Any
 
 from medssl.data.adapters import ADAPTERS, NO_ROOT, load_manifest
 from medssl.data.manifest import Manifest
-from medssl.data.splits import Splits, canonical_splits
+from medssl.data.splits import SPLIT_SCHEMES, Splits, make_splits
 from medssl.errors import MedsslError
 
 _OPTION_KEYS = (
@@ -30,6 +30,7 @@ class DataSpec:
     options: dict[str, Any] = field(default_factory=dict)
     shift_sources: list[str] | None = None
     split_seed: int = 0
+    split_scheme: str = "canonical"  # or "official": the publisher's split (splits.py)
 
     def __post_init__(self) -> None:
         # The synthetic dataset's canonical protocol holds out one acquisition site. The
@@ -42,10 +43,17 @@ class DataSpec:
 
     def load(self) -> tuple[Manifest, Splits]:
         manifest = load_manifest(self.dataset, self.root, **self.options)
-        return manifest, canonical_splits(manifest, self.split_seed, self.shift_sources)
+        return manifest, self.splits(manifest)
+
+    def splits(self, manifest: Manifest) -> Splits:
+        """This spec's splits of ``manifest`` (also of one reduced by unreadable images)."""
+        return make_splits(manifest, self.split_scheme, self.split_seed, self.shift_sources)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if out["split_scheme"] == "canonical":  # runs made before the option compare equal
+            del out["split_scheme"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataSpec:
@@ -64,6 +72,7 @@ class DataSpec:
             options=options,
             shift_sources=args.shift_source or None,
             split_seed=args.split_seed,
+            split_scheme=getattr(args, "split_scheme", None) or "canonical",
         )
 
 
@@ -77,6 +86,11 @@ def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -
         help="hold out this source as the shift split (repeatable; HAM10000: rosendahl)",
     )  # fmt: skip
     group.add_argument("--split-seed", type=int, default=0, help="seed of the case split")
+    group.add_argument(
+        "--split-scheme", choices=SPLIT_SCHEMES, default="canonical",
+        help="canonical: medssl's 70/10/20 re-split by case; official: the publisher's split "
+        "(CheXpert, NIH lists, MedMNIST, pneumonia folders; docs/PROTOCOLS.md)",
+    )  # fmt: skip
     group.add_argument("--subtypes", action="store_true", help="pneumonia: bacteria/virus")
     group.add_argument(
         "--uncertain", choices=["ignore", "positive", "negative"],

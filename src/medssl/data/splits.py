@@ -27,9 +27,16 @@ HAM10000_SHIFT = ("rosendahl",)
 
 @dataclass(frozen=True)
 class Splits:
-    """Row indices of a manifest per split name (train, val, test and optionally shift)."""
+    """Row indices of a manifest per split name (train, val, test and optionally shift).
+
+    ``scheme`` says how they were made (:data:`SPLIT_SCHEMES`); ``warnings`` are problems of
+    the split itself (a publisher's split that leaks patients), shown with the data's own
+    warnings by every command that loads data.
+    """
 
     indices: dict[str, np.ndarray]
+    scheme: str = "canonical"
+    warnings: tuple[str, ...] = ()
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self.indices:
@@ -128,8 +135,107 @@ def canonical_splits(
     return Splits(parts)
 
 
+#: How splits are made: medssl's canonical re-split by case, or the publisher's own split.
+SPLIT_SCHEMES = ("canonical", "official")
+
+#: What each publisher's ``official_split`` values are, as medssl split roles. CheXpert's
+#: test set is hidden, so its public ``valid`` set is the test set everyone reports on.
+OFFICIAL_ROLES: dict[str, dict[str, str]] = {
+    "chexpert": {"train": "train", "valid": "test"},
+}
+_GENERIC_ROLES = {
+    "train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",
+    "test": "test", "testing": "test",
+}  # fmt: skip
+#: Share of the official training cases held out for validation when the publisher
+#: defines no validation split (10/80: the canonical protocol's 70/10 train/val ratio).
+OFFICIAL_VAL_FRACTION = 0.125
+#: An official validation split this small makes model selection noisy (Kermany's pediatric
+#: pneumonia val folder has 16 images); a warning says so.
+SMALL_VAL_IMAGES = 50
+
+
+def official_splits(
+    manifest: Manifest, seed: int = 0, shift_sources: list[str] | None = None
+) -> Splits:
+    """The publisher's split (``official_split``), mapped to train / val / test.
+
+    Without an official validation split, :data:`OFFICIAL_VAL_FRACTION` of the official
+    training cases are held out for it (by case, stratified, ``seed``). Images in no
+    official split are left out; ``shift_sources`` are held out as the shift split. Cases
+    that the publisher puts in more than one split stay where the publisher put them: that
+    is the official protocol, but a warning gives their number, since it inflates scores.
+    """
+    column = manifest.table["official_split"].to_numpy(dtype=str)
+    if not (column != "").any():
+        raise MedsslError(
+            f"{manifest.name}: --split-scheme official: this dataset has no publisher split "
+            "(use --split-scheme canonical)"
+        )
+    roles = OFFICIAL_ROLES.get(manifest.name, _GENERIC_ROLES)
+    unknown = sorted({v for v in column if v and v not in roles})
+    if unknown:
+        raise MedsslError(
+            f"{manifest.name}: --split-scheme official: official split '{unknown[0]}' is not "
+            f"one of {', '.join(roles)}"
+        )
+    role = np.array([roles.get(v, "") for v in column])
+    warnings: list[str] = []
+    if (role == "").any():
+        warnings.append(
+            f"{manifest.name}: {int((role == '').sum())} image(s) in no official split are left out"
+        )
+    all_rows = np.arange(len(manifest))
+    held_out = np.zeros(len(manifest), dtype=bool)
+    if shift_sources:
+        codes, _ = manifest.case_codes()
+        shift = source_mask(manifest, shift_sources)
+        held_out = np.isin(codes, np.unique(codes[shift]))
+    parts = {name: all_rows[(role == name) & ~held_out] for name in ("train", "val", "test")}
+    if parts["test"].size == 0 or parts["train"].size == 0:
+        missing = "test" if parts["test"].size == 0 else "train"
+        raise MedsslError(
+            f"{manifest.name}: --split-scheme official: the publisher's split has no {missing} "
+            "images here"
+        )
+    if parts["val"].size == 0:
+        fractions = {"train": 1 - OFFICIAL_VAL_FRACTION, "val": OFFICIAL_VAL_FRACTION}
+        parts.update(split_cases(manifest, parts["train"], fractions, seed=seed))
+    elif parts["val"].size < SMALL_VAL_IMAGES:
+        warnings.append(
+            f"{manifest.name}: the official validation split has only {parts['val'].size} "
+            "images: choosing the best epoch on it is noisy"
+        )
+    if shift_sources:
+        parts["shift"] = all_rows[held_out]
+    splits = Splits(parts, "official")
+    shared = cases_shared_between_splits(manifest, splits)
+    if shared:
+        warnings.append(
+            f"{manifest.name}: {shared} case(s) are in more than one official split (the "
+            "publisher's split leaks patients): scores on its test split are optimistic"
+        )
+    return Splits(parts, "official", tuple(warnings))
+
+
+def make_splits(
+    manifest: Manifest,
+    scheme: str = "canonical",
+    seed: int = 0,
+    shift_sources: list[str] | None = None,
+) -> Splits:
+    """The splits of ``scheme``: :func:`canonical_splits` or :func:`official_splits`."""
+    if scheme == "canonical":
+        return canonical_splits(manifest, seed, shift_sources)
+    if scheme == "official":
+        return official_splits(manifest, seed, shift_sources)
+    raise MedsslError(f"--split-scheme {scheme!r} is not one of {', '.join(SPLIT_SCHEMES)}")
+
+
 def cases_shared_between_splits(manifest: Manifest, splits: Splits) -> int:
     """How many cases appear in more than one split (0 for a leak-free split)."""
+    if not splits.indices:
+        return 0
     codes, _ = manifest.case_codes()
     seen = np.zeros(codes.max() + 1, dtype=np.int64)
     for rows in splits.indices.values():

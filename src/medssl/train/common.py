@@ -12,8 +12,9 @@ import torch
 
 from medssl.data.cache import decoded_images
 from medssl.data.manifest import Manifest
+from medssl.data.notices import announce
 from medssl.data.spec import DataSpec
-from medssl.data.splits import Splits, canonical_splits
+from medssl.data.splits import Splits
 from medssl.errors import MedsslError
 from medssl.models.checkpoint import load_backbone_state, load_into_backbone
 from medssl.train import distributed as dist
@@ -97,7 +98,12 @@ def load_data(
     skip_unreadable: bool = False,
     progress: bool = True,
 ) -> tuple[Manifest, Splits, np.ndarray]:
-    """Manifest, canonical splits and decoded pixels for a run's data spec."""
+    """Manifest, splits and decoded pixels for a run's data spec.
+
+    The one place every command loads data through, so it is also where the data layer's
+    warnings (the manifest's and the split's) are shown: once per process, on stderr, by
+    the main process (:mod:`medssl.data.notices`).
+    """
     data = DataSpec.from_dict(spec)
     manifest, splits = data.load()
     reduced, pixels = decoded_images(
@@ -108,7 +114,9 @@ def load_data(
         progress=progress and dist.is_main_process(),
     )
     if len(reduced) != len(manifest):  # unreadable rows dropped: split the remaining cases
-        splits = canonical_splits(reduced, data.split_seed, data.shift_sources)
+        splits = data.splits(reduced)
+    if dist.is_main_process():
+        announce([*reduced.warnings, *splits.warnings])
     return reduced, splits, pixels
 
 

@@ -191,6 +191,8 @@ def load_chexpert(
                     "source": "chexpert",
                     "view": views,
                     "official_split": split,
+                    "sex": frame.get("Sex", empty).to_numpy(),
+                    "age": frame.get("Age", empty).to_numpy(),
                 }
             )
         )

@@ -41,6 +41,10 @@ def load_ham10000(root: str | Path) -> Manifest:
             "source": frame.get("dataset", ""),
             "view": "",
             "official_split": "",
+            # optional metadata (subgroup analysis, medssl.subgroups)
+            "sex": frame.get("sex", ""),
+            "age": frame.get("age", ""),
+            "localization": frame.get("localization", ""),
         }
     )
     targets = frame["dx"].map(lookup).to_numpy()

@@ -27,8 +27,28 @@ def _label_file(root: Path) -> Path:
     return candidates[-1]
 
 
+#: The official split lists of the NIH release (image names, one per line).
+OFFICIAL_LISTS = {"test": "test_list.txt", "train": "train_val_list.txt"}
+
+
+def _official_split(root: Path, names: pd.Series) -> list[str] | str:
+    """``test``/``train`` from the release's list files beside the CSV ("" without them)."""
+    members = {
+        split: set((root / name).read_text().split())
+        for split, name in OFFICIAL_LISTS.items()
+        if (root / name).is_file()
+    }
+    if not members:
+        return ""
+    return [next((s for s, m in members.items() if n in m), "") for n in names]
+
+
 def load_nih(root: str | Path) -> Manifest:
-    """Case = ``Patient ID``; view = ``View Position``; 14 findings, multi-hot."""
+    """Case = ``Patient ID``; view = ``View Position``; 14 findings, multi-hot.
+
+    ``official_split`` comes from ``test_list.txt`` / ``train_val_list.txt`` when the root
+    holds them (``--split-scheme official``); sex and age are kept for subgroup metrics.
+    """
     root = require_dir(root, "nih")
     csv_path = _label_file(root)
     frame = read_csv(csv_path, ["Image Index", "Finding Labels", "Patient ID"], "nih")
@@ -51,7 +71,9 @@ def load_nih(root: str | Path) -> Manifest:
             "case_id": frame["Patient ID"],
             "source": "nih",
             "view": frame.get("View Position", ""),
-            "official_split": "",
+            "official_split": _official_split(root, frame["Image Index"]),
+            "sex": frame.get("Patient Gender", ""),
+            "age": frame.get("Patient Age", ""),
         }
     )
     return Manifest("nih", table, targets, list(FINDINGS), "multilabel")

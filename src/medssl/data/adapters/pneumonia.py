@@ -76,6 +76,6 @@ def load_pneumonia(root: str | Path, subtypes: bool = False) -> Manifest:
         manifest.warnings.append(
             f"{shared} patient numbers appear in both official split folders "
             f"({', '.join(sorted(set(table['official_split'])))}): the official split leaks "
-            "patients, so medssl pools the folders and re-splits by case"
+            "patients (the canonical split scheme pools the folders and re-splits by case)"
         )
     return manifest
