@@ -1,0 +1,153 @@
+"""The Python API: what the ``medssl`` commands do, as functions with keyword options.
+
+Reached as ``medssl.pretrain``, ``medssl.finetune``, ``medssl.evaluate`` and
+``medssl.predict`` (see :mod:`medssl`); ``medssl.data.load`` reads a dataset. Options are the
+command line's, with underscores (``image_size=32`` for ``--image-size 32``), and the same
+defaults; a run directory made here is the same as one made by the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from medssl.errors import MedsslError
+
+if TYPE_CHECKING:
+    from medssl.data import LoadedData
+    from medssl.data.spec import DataSpec
+    from medssl.evaluate import ClassMap
+    from medssl.inference import Predictions
+
+    DataLike = LoadedData | DataSpec | Mapping[str, Any]
+
+__all__ = ["evaluate", "finetune", "predict", "pretrain"]
+
+Config = TypeVar("Config")
+
+
+def _spec_dict(data: Any, what: str) -> dict[str, Any]:
+    """A run's ``data`` entry from :class:`~medssl.data.LoadedData`, a DataSpec or its dict."""
+    from medssl.data import LoadedData
+    from medssl.data.spec import DataSpec
+
+    if isinstance(data, LoadedData):
+        return data.spec.to_dict()
+    if isinstance(data, DataSpec):
+        return data.to_dict()
+    if isinstance(data, Mapping):
+        return DataSpec.from_dict(dict(data)).to_dict()
+    raise MedsslError(
+        f"{what}: data must come from medssl.data.load (or be a DataSpec), "
+        f"got {type(data).__name__}"
+    )
+
+
+def _config(
+    config_class: type[Config], what: str, data: Any, out: Any, options: dict[str, Any]
+) -> Config:
+    """``config_class`` from ``data``/``out``/options, or a given config with options replaced."""
+    names = {f.name for f in dataclasses.fields(config_class)}  # type: ignore[arg-type]
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise MedsslError(
+            f"{what}: unknown option(s) {', '.join(unknown)} (valid: {', '.join(sorted(names))})"
+        )
+    if "init" in options and isinstance(options["init"], os.PathLike):
+        options["init"] = str(Path(options["init"]).expanduser().resolve())
+    if out is not None:
+        out = str(Path(out).expanduser().resolve())
+    if isinstance(data, config_class):
+        replaced = {**options, "out": out} if out else options
+        return dataclasses.replace(data, **replaced)  # type: ignore[type-var]
+    if out is None:
+        raise MedsslError(f"{what}: give out, the run directory to write")
+    return config_class(data=_spec_dict(data, what), out=out, **options)
+
+
+def pretrain(data: Any, out: str | os.PathLike[str] | None = None, **options: Any) -> dict:
+    """SimCLR or MICLe pretraining into the run directory ``out``; returns its metrics.
+
+    ``data`` is what :func:`medssl.data.load` returned (or a :class:`~medssl.PretrainConfig`,
+    then ``options`` replace its fields). ``options`` are :class:`~medssl.PretrainConfig`'s
+    fields: ``method`` (``micle``/``simclr``), ``backbone``, ``image_size``, ``epochs``,
+    ``batch_size``, ``lr``, ``init``, ``resume``, ``progress``, ... An existing finished run
+    is refused, an unfinished one continues with ``resume=True``.
+    """
+    from medssl.train.pretrain import PretrainConfig
+    from medssl.train.pretrain import pretrain as run_pretrain
+
+    return run_pretrain(_config(PretrainConfig, "pretrain", data, out, options))
+
+
+def finetune(data: Any, out: str | os.PathLike[str] | None = None, **options: Any) -> dict:
+    """Supervised fine-tuning (or a linear probe) into ``out``; returns its metrics.
+
+    ``data`` as for :func:`pretrain` (or a :class:`~medssl.FinetuneConfig`). ``options`` are
+    :class:`~medssl.FinetuneConfig`'s fields: ``init`` (``random``, a pretraining run or a
+    checkpoint), ``label_fraction``, ``seed``, ``epochs``, ``linear_probe``, ... Backbone and
+    image size default to the ``init`` run's.
+    """
+    from medssl.train.finetune import FinetuneConfig
+    from medssl.train.finetune import finetune as run_finetune
+
+    return run_finetune(_config(FinetuneConfig, "finetune", data, out, options))
+
+
+def evaluate(
+    run: str | os.PathLike[str],
+    split: str = "test",
+    data: Any = None,
+    *,
+    class_map: str | os.PathLike[str] | Mapping[str, Any] | ClassMap | None = None,
+    n_boot: int = 1000,
+    mean_over: Sequence[str] | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Score a finished finetune ``run`` on ``split`` (``medssl evaluate``); returns metrics.
+
+    ``split`` is a split of the run's own data (``test``, ``shift``, ``val``), or ``all`` with
+    ``data`` from :func:`medssl.data.load` for an external dataset; ``class_map`` maps its
+    classes to the model's. Metrics carry case-level bootstrap CIs (``n_boot`` resamples) and
+    are also written into the run (``eval_<split>.json``, ``predictions_<split>.npz``).
+    """
+    from medssl.predict import evaluate_run
+
+    spec = _spec_dict(data, "evaluate") if data is not None else None
+    return evaluate_run(
+        run, split, spec, class_map, n_boot, list(mean_over) if mean_over else None, device
+    )
+
+
+def predict(
+    run: str | os.PathLike[str],
+    images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    image_column: str = "image",
+    case_column: str | None = None,
+    case_out: str | os.PathLike[str] | None = None,
+    skip_unreadable: bool = False,
+    batch_size: int = 64,
+    device: str = "auto",
+    progress: bool = True,
+) -> Predictions:
+    """Class probabilities for unlabeled ``images`` from a finished finetune ``run``.
+
+    ``images`` is a folder, a CSV (paths in ``image_column``; ``case_column`` adds per-case
+    means) or a list of paths. Returns :class:`~medssl.inference.Predictions` (``.images``
+    and ``.cases`` are DataFrames); with ``out`` the CSVs are written as by ``medssl predict``.
+    """
+    from medssl.inference import predict_images
+
+    result = predict_images(
+        run, images, image_column=image_column, case_column=case_column,
+        skip_unreadable=skip_unreadable, batch_size=batch_size, device=device,
+        progress=progress,
+    )  # fmt: skip
+    if out is not None:
+        result.write(out, case_out)
+    return result
