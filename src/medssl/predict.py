@@ -28,6 +28,7 @@ from medssl.evaluate import (
     merge_model_classes,
 )
 from medssl.models.backbones import build_backbone
+from medssl.models.checkpoint import read_checkpoint
 from medssl.models.heads import Classifier
 from medssl.train.common import load_data, resolve_device
 from medssl.train.finetune import BEST, probabilities
@@ -41,8 +42,14 @@ def load_classifier(run: Path, num_classes: int, device: torch.device) -> Classi
         raise MedsslError(f"--model {run} has no {BEST}: is it a finished finetune run?")
     backbone, feat_dim = build_backbone(cfg["backbone"], small_images=bool(cfg["small_stem"]))
     model = Classifier(backbone, feat_dim, num_classes)
-    state = torch.load(run / BEST, map_location="cpu", weights_only=True)["model"]
-    model.load_state_dict(state)
+    state = read_checkpoint(run / BEST)
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        raise MedsslError(f"{run / BEST} is damaged: it holds no model state")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise MedsslError(f"{run / BEST} does not fit the run's model: {first}") from None
     return model.to(device).to(memory_format=torch.channels_last)
 
 

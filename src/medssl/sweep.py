@@ -83,6 +83,7 @@ from medssl.errors import MedsslError
 from medssl.train.run import (
     CONFIG,
     RESUMABLE_CHANGES,
+    check_out,
     field_default,
     field_defaults,
     is_complete,
@@ -855,6 +856,7 @@ def run_sweep(
     splits, class_names = _check_splits(p)
     _check_external(p, class_names)
     jobs = plan(p, out_dir, progress)
+    check_out(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / CONFIG).is_file() or (out_dir / "checkpoints").is_dir():
         raise MedsslError(f"--out {out_dir} is a run directory, not a sweep folder")

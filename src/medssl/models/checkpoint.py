@@ -37,6 +37,7 @@ __all__ = [
     "export_backbone",
     "load_backbone_state",
     "load_into_backbone",
+    "read_checkpoint",
     "save_safetensors_atomic",
     "save_state_dict_atomic",
 ]
@@ -108,20 +109,35 @@ def _read_file(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # Only "Unsupported global" means a real pickled class; random or damaged bytes also
+        # fail in the weights-only unpickler ("Unsupported operand"), and are no such thing.
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if found is None and "weights only" not in str(exc).lower():
-            raise MedsslError(f"cannot read checkpoint {path}: {_short(exc)}") from exc
-        what = f" ({found.group(1)})" if found else ""
+        if found is None:
+            raise MedsslError(
+                f"cannot read checkpoint {path} (not a torch.save or safetensors file, or "
+                "damaged)"
+            ) from exc
         raise MedsslError(
-            f"refusing to load {path}: it holds a pickled object{what} other than tensors and "
-            f"plain containers, and checkpoints are only loaded with weights_only=True; "
-            f"re-save just its state dict"
+            f"refusing to load {path}: it holds a pickled object ({found.group(1)}) other than "
+            f"tensors and plain containers, and checkpoints are only loaded with "
+            f"weights_only=True; re-save just its state dict"
         ) from exc
     except Exception as exc:
         raise MedsslError(
             f"cannot read checkpoint {path} (not a torch.save or safetensors file, or "
             f"truncated): {_short(exc)}"
         ) from exc
+
+
+def read_checkpoint(path: str | os.PathLike[str]) -> Any:
+    """A checkpoint file's contents (safetensors, or ``torch.load(weights_only=True)``).
+
+    A missing, truncated or foreign file is one :class:`MedsslError` line naming it.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise MedsslError(f"checkpoint {p} does not exist")
+    return _read_file(p)
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -162,7 +178,10 @@ def load_backbone_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]
     p = Path(path)
     if p.is_dir():
         if not (p / BACKBONE_FILE).is_file():
-            raise MedsslError(f"{p} is a directory without {BACKBONE_FILE}: not a medssl run")
+            raise MedsslError(
+                f"{p} is a directory without {BACKBONE_FILE}: not a finished medssl "
+                "pretraining run (a finetune run's weights are its best.pt file)"
+            )
         p = p / BACKBONE_FILE
     elif not p.is_file():
         raise MedsslError(f"checkpoint {p} does not exist")

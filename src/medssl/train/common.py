@@ -18,7 +18,7 @@ from medssl.data.splits import Splits
 from medssl.errors import MedsslError
 from medssl.models.checkpoint import load_backbone_state, load_into_backbone
 from medssl.train import distributed as dist
-from medssl.train.run import CONFIG, checkpoint_epoch, is_complete, read_config
+from medssl.train.run import CONFIG, LOCK, METRICS, checkpoint_epoch, is_complete, read_config
 
 
 def resolve_device(name: str) -> torch.device:
@@ -136,7 +136,17 @@ def _init_path(init: str) -> Path | None:
         raise MedsslError(
             f"--init {init} is an unfinished run (epoch {done} of {total}); finish it with --resume"
         )
+    if path.is_dir() and not (path / CONFIG).is_file() and _started_run(path):
+        raise MedsslError(
+            f"--init {init} is an unfinished run (starting, or stopped before it saved its "
+            f"{CONFIG}); wait for it or start it again"
+        )
     return path
+
+
+def _started_run(path: Path) -> bool:
+    """Whether a folder without config.yaml holds what only a starting medssl run leaves."""
+    return any((path / name).exists() for name in (LOCK, "checkpoints", "log.csv", METRICS))
 
 
 def resolve_init(init: str) -> str:

@@ -47,7 +47,7 @@ from medssl.train.common import (
 )
 from medssl.train.monitor import model_outputs
 from medssl.train.optim import build_optimizer, epoch_scheduler
-from medssl.train.run import RunDir, adopt_resumed_choices, field_defaults
+from medssl.train.run import RunDir, adopt_resumed_choices, check_out, field_defaults
 
 BEST = "best.pt"
 
@@ -83,6 +83,7 @@ class FinetuneConfig:
 
     def resolved(self) -> FinetuneConfig:
         cfg = FinetuneConfig(**asdict(self))
+        check_out(cfg.out)
         cfg.init = resolve_init(cfg.init)
         source = init_source(cfg.init) or {}
         cfg.backbone = cfg.backbone or source.get("backbone", "resnet18")

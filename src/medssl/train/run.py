@@ -94,10 +94,20 @@ def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def read_config(run: str | Path) -> dict[str, Any]:
+    """A run's ``config.yaml`` (upgraded to today's names); a damaged file is one error line."""
     path = Path(run) / CONFIG
     if not path.is_file():
         raise MedsslError(f"{run} is not a medssl run directory (no {CONFIG})")
-    return upgrade_config(yaml.safe_load(path.read_text()))
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MedsslError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    except yaml.YAMLError as exc:
+        first = str(exc).splitlines()[0]
+        raise MedsslError(f"{path} is damaged: not valid YAML ({first})") from None
+    if not isinstance(config, dict):
+        raise MedsslError(f"{path} is damaged: expected a mapping of settings")
+    return upgrade_config(config)
 
 
 def adopt_resumed_choices(config: Any, keys: tuple[str, ...]) -> None:
@@ -229,6 +239,17 @@ def _release_locks() -> None:
         lock.release()
 
 
+def check_out(path: str | Path, what: str = "--out") -> None:
+    """Refuse an output folder that is a file, or lies below one, before any work starts."""
+    path = Path(path)
+    for folder in (path, *path.parents):
+        if folder.is_dir():
+            return
+        if folder.exists() or folder.is_symlink():
+            where = "" if folder == path else f": {folder} is a file"
+            raise MedsslError(f"{what} {path} is not a folder{where}")
+
+
 def _missing_dirs(path: Path) -> list[Path]:
     """``path`` and its ancestors that do not exist yet, innermost first."""
     missing = []
@@ -275,6 +296,7 @@ class RunDir:
         self._created: list[Path] = []
         self.extending = False
         if self.writes:  # one process locks and checks; the others wait for it
+            check_out(self.path)
             self._created = _missing_dirs(self.path)
             self._lock = RunLock(self.path)
             try:
