@@ -84,6 +84,9 @@ def test_cli_writes_csvs_atomically_and_reads_a_folder(finetuned, tmp_path, caps
     written = pd.read_csv(out)
     cases = pd.read_csv(tmp_path / "out" / "predictions.cases.csv")
     assert len(written) == 12 and len(cases) == 6
+    capsys.readouterr()
+    assert main([*args[:-1], str(tmp_path), "--quiet"]) == 2  # --out is a folder
+    assert "is a folder; give a file name" in capsys.readouterr().err
     assert not list((tmp_path / "out").glob(".*.tmp"))  # no temporary files left
     probs = written.filter(like="prob_").to_numpy()
     np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)

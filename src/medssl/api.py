@@ -99,27 +99,33 @@ def finetune(data: Any, out: str | os.PathLike[str] | None = None, **options: An
 
 def evaluate(
     run: str | os.PathLike[str],
-    split: str = "test",
+    split: str | None = None,
     data: Any = None,
     *,
     class_map: str | os.PathLike[str] | Mapping[str, Any] | ClassMap | None = None,
     n_boot: int = 1000,
     mean_over: Sequence[str] | None = None,
     device: str = "auto",
+    **options: Any,
 ) -> dict[str, Any]:
-    """Score a finished finetune ``run`` on ``split`` (``medssl evaluate``); returns metrics.
+    """Score a finished finetune ``run`` (``medssl evaluate``); returns the metrics.
 
-    ``split`` is a split of the run's own data (``test``, ``shift``, ``val``), or ``all`` with
-    ``data`` from :func:`medssl.data.load` for an external dataset; ``class_map`` maps its
-    classes to the model's. Metrics carry case-level bootstrap CIs (``n_boot`` resamples) and
-    are also written into the run (``eval_<split>.json``, ``predictions_<split>.npz``).
+    ``split`` is a split of the run's own data (``test`` by default, ``shift``, ``val``), or
+    ``all`` (the default with ``data``, another dataset from :func:`medssl.data.load`, scored
+    whole); ``class_map`` maps that dataset's classes to the model's. Metrics carry case-level
+    bootstrap CIs (``n_boot`` resamples) and are also written into the run
+    (``eval_<split>.json``, ``predictions_<split>.npz``). ``options`` are ``medssl
+    evaluate``'s other options as keywords (see :func:`medssl.predict.evaluate_run`).
     """
     from medssl.predict import evaluate_run
 
     spec = _spec_dict(data, "evaluate") if data is not None else None
+    if split is not None:
+        options["split"] = split
     return evaluate_run(
-        run, split, spec, class_map, n_boot, list(mean_over) if mean_over else None, device
-    )
+        run, data=spec, class_map=class_map, n_boot=n_boot,
+        mean_over=list(mean_over) if mean_over else None, device=device, **options,
+    )  # fmt: skip
 
 
 def predict(

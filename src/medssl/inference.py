@@ -79,6 +79,9 @@ class Predictions:
         list from an earlier run of the same ``out`` is removed when nothing was skipped).
         """
         out = Path(out).expanduser()
+        for path in (out, case_out):
+            if path is not None and Path(path).expanduser().is_dir():
+                raise MedsslError(f"--out {path} is a folder; give a file name")
         written = {"images": _write_csv(self.images, out)}
         if self.cases is not None:
             target = Path(case_out).expanduser() if case_out else sibling(out, "cases")
