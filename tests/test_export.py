@@ -30,8 +30,14 @@ def finetuned(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "ft"
     finetune(
         FinetuneConfig(
-            data=DataSpec("ham10000", str(root)).to_dict(), out=str(out), image_size=16,
-            epochs=1, batch_size=8, num_workers=0, progress=False, precision="fp32",
+            data=DataSpec("ham10000", str(root)).to_dict(),
+            out=str(out),
+            image_size=16,
+            epochs=1,
+            batch_size=8,
+            num_workers=0,
+            progress=False,
+            precision="fp32",
             cache_dir=str(root / "cache"),
         )  # fmt: skip
     )
@@ -86,3 +92,23 @@ def test_cli_export_and_user_errors(finetuned, tmp_path, capsys, monkeypatch):
     with pytest.raises(MedsslError, match="--format onnx needs the onnx package: pip install"):
         export_model(run, "onnx", tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_multilabel_models_export_a_sigmoid_per_finding():
+    from medssl.export import ExportedClassifier
+    from medssl.models.backbones import build_backbone
+    from medssl.models.heads import Classifier
+    from medssl.train.finetune import probabilities
+    from medssl.train.monitor import normalize_batch
+
+    torch.manual_seed(0)
+    backbone, dim = build_backbone("resnet18", small_images=True)
+    model = Classifier(backbone, dim, 5).eval()
+    images = torch.randint(0, 256, (3, 16, 16, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        expected = probabilities("multilabel", model(normalize_batch(images)))
+        wrapper = ExportedClassifier(model.backbone, model.fc, "multilabel", 16, True).eval()
+        got = torch.jit.script(wrapper)(images.permute(0, 3, 1, 2))
+    torch.testing.assert_close(got, torch.from_numpy(expected), **TOLERANCE)
+    assert not torch.allclose(got.sum(1), torch.ones(3))  # not a softmax

@@ -25,8 +25,14 @@ def finetuned(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "ft"
     finetune(
         FinetuneConfig(
-            data=DataSpec("ham10000", str(root)).to_dict(), out=str(out), image_size=16,
-            epochs=1, batch_size=8, num_workers=0, progress=False, precision="fp32",
+            data=DataSpec("ham10000", str(root)).to_dict(),
+            out=str(out),
+            image_size=16,
+            epochs=1,
+            batch_size=8,
+            num_workers=0,
+            progress=False,
+            precision="fp32",
             cache_dir=str(root / "cache"),
         )  # fmt: skip
     )
