@@ -251,5 +251,6 @@ def test_shift_hue_equals_torchvision_adjust_hue() -> None:
     images[:, :, 0, :] = images[:, :1, 0, :]  # grey pixels: no hue
     images[:, 1, 1, :] = images[:, 0, 1, :]  # ties between the largest channels
     turns = torch.tensor([-0.5, -0.13, 0.0, 0.07, 0.25, 0.5])
-    expected = torch.stack([tvf.adjust_hue(im, float(t)) for im, t in zip(images, turns)])
+    pairs = zip(images, turns, strict=True)
+    expected = torch.stack([tvf.adjust_hue(im, float(t)) for im, t in pairs])
     torch.testing.assert_close(shift_hue(images, turns), expected, atol=1e-5, rtol=0)
