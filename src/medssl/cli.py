@@ -27,8 +27,9 @@ def data_summary(args: argparse.Namespace) -> int:
         for name, rows in splits.indices.items()
     }
     summary["cases_shared_between_splits"] = cases_shared_between_splits(manifest, splits)
-    summary["warnings"] = list(manifest.warnings)
-    for warning in manifest.warnings:
+    summary["split_scheme"] = splits.scheme
+    summary["warnings"] = [*manifest.warnings, *splits.warnings]
+    for warning in summary["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -231,25 +232,18 @@ def add_finetune_parser(commands) -> None:  # noqa: ANN001 - argparse's private 
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
-    from medssl.predict import evaluate_run
+    from medssl.predict import evaluate_run, format_evaluation
 
     data = DataSpec.from_args(args).to_dict() if args.dataset else None
     mean_over = [s.strip() for s in args.mean_over.split(",")] if args.mean_over else None
     metrics = evaluate_run(
-        args.model, args.split, data, args.class_map, args.n_boot, mean_over, args.device
-    )
-    if args.json:
-        print(json.dumps(metrics, indent=2))
-        return 0
-    ci = metrics.get("ci", {})
-    print(f"{metrics['split']}: {metrics['n']} images, {metrics['n_cases']} cases")
-    for key in ("accuracy", "balanced_accuracy", "auc_macro", "auc_mean_selected"):
-        if metrics.get(key) is not None:
-            lo, hi = ci.get(key, [None, None])
-            band = f" [{lo:.3f}, {hi:.3f}]" if lo is not None else ""
-            print(f"  {key:<18} {metrics[key]:.4f}{band}")
-    for name, report in metrics.get("class_mapping", {}).get("unmapped", {}).items():
-        print(f"  excluded (unmapped class {name}): {report} images")
+        args.model, args.split, data, args.class_map, args.n_boot, mean_over, args.device,
+        allow_training_images=args.allow_training_images, positive_class=args.positive_class,
+        target_sensitivity=args.target_sensitivity,
+        temperature_scaling=args.temperature_scaling, keep_case_ids=args.keep_case_ids,
+        skip_unreadable=args.skip_unreadable, subgroups=args.subgroups,
+    )  # fmt: skip
+    print(json.dumps(metrics, indent=2) if args.json else format_evaluation(metrics))
     return 0
 
 
@@ -257,11 +251,40 @@ def add_evaluate_parser(commands) -> None:  # noqa: ANN001 - argparse's private 
     p = commands.add_parser("evaluate", help="score a fine-tuned run on a split")
     p.set_defaults(func=evaluate_command)
     p.add_argument("--model", required=True, help="a finished finetune run directory")
-    p.add_argument("--split", default="test", help="test, shift, val, or all (external data)")
+    p.add_argument(
+        "--split", default=None,
+        help="test, shift, val, train or all (default: test of the model's own data; all of "
+        "another dataset, scored whole)",
+    )  # fmt: skip
     add_data_arguments(p, required=False)
     p.add_argument("--class-map", help="YAML/JSON {dataset class: model class or null}")
     p.add_argument("--mean-over", help="comma-separated findings for the mean AUC")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (by case)")
+    p.add_argument(
+        "--allow-training-images", action="store_true",
+        help="score images the model was trained on (its train split, or all of its data)",
+    )  # fmt: skip
+    p.add_argument(
+        "--positive-class", metavar="CLASS",
+        help="class (one-vs-rest) or finding of the operating point (default: the positive "
+        "class of a two-class evaluation)",
+    )  # fmt: skip
+    p.add_argument(
+        "--target-sensitivity", type=float, default=0.95,
+        help="the operating point's sensitivity on the model's val split (default 0.95)",
+    )  # fmt: skip
+    p.add_argument(
+        "--temperature-scaling", action="store_true",
+        help="divide the logits by a temperature fitted on the model's val split",
+    )  # fmt: skip
+    p.add_argument(
+        "--keep-case-ids", action="store_true",
+        help="store case ids in clear in predictions_*.npz (default: salted hashes)",
+    )  # fmt: skip
+    p.add_argument(
+        "--subgroups", action=argparse.BooleanOptionalAction, default=True,
+        help="metrics per sex, age band, site, source, view where the data has them",
+    )  # fmt: skip
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
 

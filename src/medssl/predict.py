@@ -1,17 +1,46 @@
 """``medssl evaluate``: score a fine-tuned run on a split, in-distribution or shifted.
 
-The shift split (or any external dataset) is scored with the fine-tuned weights as they
-are -- no further training. For an external dataset the model's classes and the dataset's
-are matched by name, or through a user mapping (``{dataset class: model class or null}``);
-images of unmapped classes are excluded and reported. The mapping may also merge model
-classes, ``model_classes: {malignant: [mel, bcc, akiec], benign: [nv, ...]}``: the model's
-probabilities are summed per group and the groups are the classes scored. Multi-label
-findings are matched by name; findings the dataset lacks become NaN (not evaluated).
+**What is scored.** On the model's own data the default is its ``test`` split. Any other
+dataset is *external* and is scored whole by default (``split="all"``): medssl's 70/10/20
+re-split of an external dataset would score a fifth of it. Scoring images the model was
+trained on (its ``train`` split, or ``all`` of its own data) is refused unless
+``allow_training_images`` (``--allow-training-images``) is given, and then warned about.
+Every evaluation records how many images and cases were scored and how many were left out,
+and why (``scored``, ``excluded``).
+
+**Classes.** The shift split (or any external dataset) is scored with the fine-tuned weights
+as they are -- no further training. For an external dataset the model's classes and the
+dataset's are matched by name, or through a user mapping (``{dataset class: model class or
+null}``); images of unmapped classes are excluded and reported. The mapping may also merge
+model classes, ``model_classes: {malignant: [mel, bcc, akiec], benign: [nv, ...]}``: the
+model's probabilities are summed per group and the groups are the classes scored.
+Multi-label findings are matched by name; findings the dataset lacks become NaN (not
+evaluated).
+
+**What is measured.** Discrimination (accuracy, balanced accuracy, AUCs) and calibration
+(ECE, Brier score), each with a case-level bootstrap interval; for a binary evaluation (two
+classes, e.g. merged benign/malignant) or a named ``positive_class``, sensitivity and
+specificity at the threshold that reaches ``target_sensitivity`` on the validation split of
+the model's own data. The same metrics per case (a case's prediction is the mean of its
+images' probabilities), and per subgroup where the manifest has metadata
+(:mod:`medssl.subgroups`). ``temperature_scaling`` divides the logits by one temperature
+fitted on the model's validation split (Guo et al. 2017) before anything is measured.
+
+**What is stored.** ``RUN/eval_<label>.json``, ``RUN/predictions_<label>.npz`` and a summary
+in ``RUN/metrics.json``. The predictions carry case ids as salted hashes
+(:func:`hash_case_ids`, HMAC-SHA256 with the run's ``case_id_salt`` file), so the files can be
+shared; whoever holds the salt can join them back to their cases. ``keep_case_ids`` stores
+the ids in clear.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import os
+import secrets
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +48,40 @@ import numpy as np
 import torch
 
 from medssl.data.manifest import Manifest
+from medssl.data.notices import announce
+from medssl.data.spec import DataSpec
 from medssl.errors import MedsslError
 from medssl.evaluate import (
     ClassMap,
+    case_level,
     evaluate_predictions,
     load_class_map,
     map_classes,
     merge_model_classes,
+    positive_rows,
+    sensitivity_specificity,
+    threshold_for_sensitivity,
 )
+from medssl.fileio import atomic_write
 from medssl.models.backbones import build_backbone
 from medssl.models.checkpoint import read_checkpoint
 from medssl.models.heads import Classifier
 from medssl.train.common import load_data, resolve_device
-from medssl.train.finetune import BEST, probabilities
+from medssl.train.finetune import BEST, masked_bce, probabilities
 from medssl.train.monitor import model_outputs
 from medssl.train.run import METRICS, is_complete, read_config, write_json_atomic
+
+SALT_FILE = "case_id_salt"
+#: class names read as "the negative class" when picking the positive class of a binary task
+NEGATIVE_NAMES = {
+    "benign", "normal", "negative", "healthy", "no finding", "no_finding", "nonmalignant",
+    "non-malignant", "absent", "0", "false", "no",
+}  # fmt: skip
+#: the summary of every evaluation kept in RUN/metrics.json
+SUMMARY_KEYS = (
+    "accuracy", "balanced_accuracy", "auc_macro", "auc_mean_selected", "ece", "brier",
+    "sensitivity", "specificity", "n", "n_cases", "ci",
+)  # fmt: skip
 
 
 def load_classifier(run: Path, num_classes: int, device: torch.device) -> Classifier:
@@ -74,24 +122,279 @@ def align_targets(
     return targets, np.ones(len(manifest), bool), {"findings_not_in_dataset": missing}
 
 
+# --------------------------------------------------------------------------- case ids
+
+
+def run_salt(run: Path) -> bytes:
+    """The run's salt for hashing case ids (``RUN/case_id_salt``, made on first use).
+
+    32 random bytes, hex-encoded, readable by the owner only: with it, hashed ids can be
+    joined back to the dataset, so it is as sensitive as the ids themselves.
+    """
+    path = Path(run) / SALT_FILE
+    if not path.is_file():
+        # atomic_write gives every run file the umask's permissions; the salt is then
+        # restricted to its owner
+        atomic_write(path, lambda tmp: Path(tmp).write_text(secrets.token_hex(32) + "\n"))
+        os.chmod(path, 0o600)
+    try:
+        salt = bytes.fromhex(path.read_text().strip())
+    except ValueError:
+        salt = b""
+    if len(salt) < 16:
+        raise MedsslError(f"{path} is not a salt of 32 hex bytes: delete it to make a new one")
+    return salt
+
+
+def hash_case_ids(case_ids: np.ndarray, salt: bytes) -> np.ndarray:
+    """HMAC-SHA256 of each case id under ``salt``, as 32 hex characters.
+
+    To join stored predictions back to a dataset, hash the dataset's case ids with the
+    run's salt (:func:`run_salt`) and match.
+    """
+    return np.array(
+        [hmac.new(salt, str(c).encode(), hashlib.sha256).hexdigest()[:32] for c in case_ids]
+    )
+
+
+# --------------------------------------------------------------------------- choices
+
+
+@dataclass
+class _Scope:
+    """What an evaluation scores: rows of the loaded data, and what it says about them."""
+
+    rows: np.ndarray
+    external: bool
+    excluded: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    training_images: int = 0
+
+
+def _same_data(given: dict[str, Any], own: dict[str, Any]) -> bool:
+    """Whether a data spec names the model's own dataset (dataset and root)."""
+    same_root = os.path.realpath(given.get("root") or "") == os.path.realpath(own.get("root") or "")
+    return given["dataset"] == own["dataset"] and same_root
+
+
+def _resolve_data(data: dict[str, Any] | None, own: dict[str, Any]) -> tuple[dict, bool]:
+    """(the spec to score, whether it is external). The model's own dataset named with other
+    options would split differently from training, which could score training images."""
+    own = DataSpec.from_dict(own).to_dict()
+    if data is None:
+        return own, False
+    given = DataSpec.from_dict(data).to_dict()
+    if not _same_data(given, own):
+        return given, True
+    differ = sorted(k for k in set(given) | set(own) if k != "root" and given.get(k) != own.get(k))
+    if differ:
+        raise MedsslError(
+            f"--dataset {given['dataset']} --root {given['root']} is the model's own data but "
+            f"with other settings ({', '.join(differ)}), which would split it differently from "
+            "training: leave out --dataset/--root to use the run's own data"
+        )
+    return own, False
+
+
+def _n_cases(manifest: Manifest, rows: np.ndarray) -> int:
+    return int(manifest.table["case_id"].iloc[rows].nunique())
+
+
+def _scope(
+    manifest: Manifest, splits: Any, split: str, external: bool, allow_training: bool
+) -> _Scope:
+    """The rows of ``split``, refusing the model's training images without permission."""
+    everything = np.arange(len(manifest))
+    if split == "all":
+        rows = everything
+    elif split in splits:
+        rows = np.asarray(splits[split])
+    else:
+        raise MedsslError(
+            f"--split {split}: this dataset has splits {', '.join(splits.names())}, all"
+        )
+    scope = _Scope(rows, external)
+    left = np.setdiff1d(everything, rows)
+    if left.size:
+        scheme = "medssl's re-split by case" if splits.scheme == "canonical" else "the publisher's"
+        scope.excluded.append({
+            "reason": f"not in the {split} split ({scheme})", "images": int(left.size),
+            "cases": _n_cases(manifest, left),
+        })  # fmt: skip
+        if external:
+            scope.warnings.append(
+                f"scoring the {split} split of an external dataset ({rows.size} of "
+                f"{len(manifest)} images, {scheme}); without --split it is scored whole"
+            )
+    if not external:
+        training = np.intersect1d(rows, splits["train"]) if "train" in splits else rows
+        scope.training_images = int(training.size)
+        if training.size and not allow_training:
+            raise MedsslError(
+                f"--split {split} includes {training.size} images the model was trained on "
+                "(its train split); pass --allow-training-images to score them anyway"
+            )
+        if training.size:
+            scope.warnings.append(
+                f"scoring {training.size} images of the model's train split, which it was "
+                "trained on: these scores say nothing about new data"
+            )
+        if split == "val":
+            scope.warnings.append(
+                "the val split chose the model's best epoch: its scores are optimistic"
+            )
+    if manifest.unreadable_dropped:
+        when = "" if split == "all" else " (before splitting)"
+        scope.excluded.append({
+            "reason": f"unreadable image, dropped by --skip-unreadable{when}",
+            "images": int(manifest.unreadable_dropped), "cases": None,
+        })  # fmt: skip
+    return scope
+
+
+def _positive_class(names: list[str], task: str, given: str | None) -> str | None:
+    """The class of the operating point: ``given``, or the positive class of a two-class
+    evaluation (the class that is not named like a negative one; else the second)."""
+    if given is not None:
+        if given not in names:
+            raise MedsslError(
+                f"--positive-class {given!r} is not one of the evaluated classes "
+                f"({', '.join(names)})"
+            )
+        return given
+    if task != "multiclass" or len(names) != 2:
+        return None
+    negative = [n for n in names if n.strip().lower() in NEGATIVE_NAMES]
+    if len(negative) == 1:
+        return next(n for n in names if n not in negative)
+    return names[1]
+
+
+def fit_temperature(logits: torch.Tensor, targets: np.ndarray, task: str) -> float:
+    """The temperature T minimising the negative log-likelihood of ``logits / T`` on these
+    rows (Guo et al. 2017); multi-label: masked binary cross-entropy, one T for all."""
+    x = logits.detach().double()
+    if task == "multiclass":
+        y = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+
+        def nll(z: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.cross_entropy(z, y)
+    else:
+        t = torch.as_tensor(np.asarray(targets), dtype=torch.float64)
+
+        def nll(z: torch.Tensor) -> torch.Tensor:
+            return masked_bce(z, t)
+
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = nll(x / log_t.exp())
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    temperature = float(log_t.detach().exp())
+    if not np.isfinite(temperature) or temperature <= 0:
+        raise MedsslError("temperature scaling failed on the validation split")
+    return temperature
+
+
+# --------------------------------------------------------------------------- reference
+
+
+@dataclass
+class _Reference:
+    """The model's own validation split, in the evaluation's class space."""
+
+    logits: torch.Tensor
+    targets: np.ndarray  # model class space
+    dataset: str
+
+
+def _reference(
+    cfg: dict[str, Any], loaded: tuple | None, model: Classifier, dev: torch.device
+) -> _Reference:
+    manifest, splits, pixels = loaded or load_data(
+        cfg["data"], cfg["image_size"], cfg["cache_dir"], bool(cfg.get("skip_unreadable")),
+        progress=False,
+    )  # fmt: skip
+    if "val" not in splits:
+        raise MedsslError("the model's own data has no val split to calibrate on")
+    rows = np.asarray(splits["val"])
+    return _Reference(
+        model_outputs(model, pixels, rows, dev), manifest.targets[rows], cfg["data"]["dataset"]
+    )
+
+
+def _merge_labels(labels: np.ndarray, model_names: list[str], groups: dict) -> np.ndarray:
+    """Model class labels as evaluation group indices (-1: in no group)."""
+    group_of = {m: j for j, members in enumerate(groups.values()) for m in members}
+    lookup = np.array([group_of.get(n, -1) for n in model_names], dtype=np.int64)
+    return lookup[np.asarray(labels, dtype=np.int64)]
+
+
+def _operating_point(
+    ref: _Reference, task: str, model_names: list[str], cmap: ClassMap, eval_names: list[str],
+    positive: str, target: float, temperature: float,
+) -> dict[str, Any]:  # fmt: skip
+    """The threshold reaching ``target`` sensitivity for ``positive`` on the model's val."""
+    probs = probabilities(task, ref.logits / temperature)
+    targets = ref.targets
+    if cmap.model_classes:
+        probs, _ = merge_model_classes(probs, model_names, cmap.model_classes)
+        targets = _merge_labels(targets, model_names, cmap.model_classes)
+        keep = targets >= 0
+        probs, targets = probs[keep], targets[keep]
+    k = eval_names.index(positive)
+    pos, neg = positive_rows(targets, task, k)
+    block: dict[str, Any] = {
+        "positive_class": positive, "target_sensitivity": float(target),
+        "threshold_from": f"val split of {ref.dataset} ({int(pos.sum())} positive, "
+        f"{int(neg.sum())} negative images)",
+    }  # fmt: skip
+    if not pos.any():
+        block["threshold"] = None
+        block["note"] = f"no {positive} image in the val split: no operating point"
+        return block
+    threshold = threshold_for_sensitivity(probs[:, k], pos, target)
+    val = sensitivity_specificity(probs[:, k], pos, neg, threshold)
+    block.update(threshold=threshold, val_sensitivity=val["sensitivity"],
+                 val_specificity=val["specificity"])  # fmt: skip
+    return block
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
 def evaluate_run(
     run: str | Path,
-    split: str = "test",
+    split: str | None = None,
     data: dict[str, Any] | None = None,
     class_map: str | Path | dict[str, Any] | ClassMap | None = None,
     n_boot: int = 1000,
     mean_over: list[str] | None = None,
     device: str = "auto",
     name: str | None = None,
+    *,
+    allow_training_images: bool = False,
+    positive_class: str | None = None,
+    target_sensitivity: float = 0.95,
+    temperature_scaling: bool = False,
+    keep_case_ids: bool = False,
+    skip_unreadable: bool = False,
+    subgroups: bool = True,
 ) -> dict[str, Any]:
     """Score ``run`` on ``split`` of its own data (or of ``data``); write and return metrics.
 
-    ``split`` is a split name (train, val, test, shift) or ``all`` for every image of an
-    external dataset. ``class_map`` is a class mapping file, dict or
-    :class:`~medssl.evaluate.ClassMap`; its ``model_classes`` merge model classes into
-    evaluation classes (probabilities summed) before scoring. Results go to
-    ``RUN/eval_<name>.json`` and predictions to ``RUN/predictions_<name>.npz``;
-    ``RUN/metrics.json`` gathers every evaluation.
+    ``split`` is a split name (train, val, test, shift) or ``all``; None: ``test`` of the
+    model's own data, ``all`` of an external dataset. ``class_map`` is a class mapping file,
+    dict or :class:`~medssl.evaluate.ClassMap`; its ``model_classes`` merge model classes
+    into evaluation classes (probabilities summed) before scoring. The keyword options are
+    described in the module docstring. Results go to ``RUN/eval_<name>.json`` and
+    predictions to ``RUN/predictions_<name>.npz``; ``RUN/metrics.json`` gathers every
+    evaluation.
     """
     run = Path(run).expanduser()
     if not is_complete(run):
@@ -99,55 +402,209 @@ def evaluate_run(
     cfg = read_config(run)
     if "label_fraction" not in cfg:
         raise MedsslError(f"--model {run} is a pretraining run; evaluate a finetune run")
-    external = data is not None and data != cfg["data"]
-    manifest, splits, pixels = load_data(data or cfg["data"], cfg["image_size"], cfg["cache_dir"])
-    if split == "all":
-        rows = np.arange(len(manifest))
-    elif split in splits:
-        rows = splits[split]
-    else:
-        raise MedsslError(
-            f"--split {split}: this dataset has splits {', '.join(splits.names())}, all"
-        )
-    train_manifest_names = cfg.get("class_names") or manifest.class_names
+    if not 0 < target_sensitivity <= 1:
+        raise MedsslError(f"--target-sensitivity must be in (0, 1], got {target_sensitivity}")
+    spec, external = _resolve_data(data, cfg["data"])
+    split = split or ("all" if external else "test")
+    unreadable = skip_unreadable if external else bool(cfg.get("skip_unreadable"))
+    loaded = load_data(spec, cfg["image_size"], cfg["cache_dir"], unreadable)
+    manifest, splits, pixels = loaded
+    scope = _scope(manifest, splits, split, external, allow_training_images)
+
+    model_names = list(cfg.get("class_names") or manifest.class_names)
     cmap = load_class_map(class_map) if class_map else ClassMap()
     task = cfg.get("task", manifest.task)
-    eval_names = list(train_manifest_names)
+    eval_names = list(model_names)
     if cmap.model_classes:
         if task != "multiclass":
             raise MedsslError("class mapping: model_classes needs a multiclass model")
         # checks the model class names before any image is scored
         _, eval_names = merge_model_classes(
-            np.zeros((0, len(train_manifest_names))), train_manifest_names, cmap.model_classes
+            np.zeros((0, len(model_names))), model_names, cmap.model_classes
         )
-    sub = manifest.subset(rows)
+    positive = _positive_class(eval_names, task, positive_class)
+    sub = manifest.subset(scope.rows)
     targets, keep, mapping_report = align_targets(sub, eval_names, cmap.classes)
+    _exclude_unmapped(sub, keep, mapping_report, scope)
+    if task == "multilabel":
+        keep &= _exclude_unlabelled(sub, targets, keep, scope)
+    if not keep.any():
+        raise MedsslError(
+            "no image is left to score: " + "; ".join(e["reason"] for e in scope.excluded)
+        )
+
     dev = resolve_device(device)
-    model = load_classifier(run, len(train_manifest_names), dev)
-    logits = model_outputs(model, pixels, rows[keep], dev)
-    probs = probabilities(task, logits)
+    model = load_classifier(run, len(model_names), dev)
+    logits = model_outputs(model, pixels, scope.rows[keep], dev)
+    reference = None
+    if temperature_scaling or positive is not None:
+        reference = _reference(cfg, None if external else loaded, model, dev)
+    temperature = fit_temperature(reference.logits, reference.targets, task) if (
+        temperature_scaling and reference is not None) else 1.0  # fmt: skip
+    probs = probabilities(task, logits / temperature)
     if cmap.model_classes:
-        probs, _ = merge_model_classes(probs, train_manifest_names, cmap.model_classes)
+        probs, _ = merge_model_classes(probs, model_names, cmap.model_classes)
         mapping_report["model_classes"] = cmap.model_classes
+    op = None
+    if positive is not None and reference is not None:
+        op = _operating_point(reference, task, model_names, cmap, eval_names, positive,
+                              target_sensitivity, temperature)  # fmt: skip
+    threshold = op.get("threshold") if op else None
     case_ids = sub.table["case_id"].to_numpy()[keep]
-    metrics = evaluate_predictions(
-        probs, targets[keep], task, eval_names, case_ids,
-        n_boot=n_boot, seed=0, mean_over=mean_over,
-    )  # fmt: skip
-    label = name or (f"{data['dataset']}-{split}" if external else split)
-    metrics.update({"split": label, "dataset": (data or cfg["data"])["dataset"]})
+    targets = targets[keep]
+    common = dict(n_boot=n_boot, seed=0, mean_over=mean_over, positive_class=positive,
+                  threshold=threshold)  # fmt: skip
+    metrics = evaluate_predictions(probs, targets, task, eval_names, case_ids, **common)
+    if op is not None:
+        metrics["operating_point"] = {**op, **metrics.get("operating_point", {})}
+    metrics["case_level"] = _case_level(probs, targets, case_ids, task, eval_names, common)
+    if subgroups:
+        from medssl.subgroups import subgroup_columns, subgroup_metrics
+
+        columns = subgroup_columns(sub.table.loc[keep])
+        metrics["subgroups"] = subgroup_metrics(
+            probs, targets, task, eval_names, case_ids, columns, **common
+        )
+    label = name or (f"{spec['dataset']}-{split}" if external else split)
+    if temperature_scaling:
+        label += "-temperature"
+        metrics["temperature"] = temperature
+    kept = scope.rows[keep]
+    metrics.update({
+        "split": label, "dataset": spec["dataset"], "external": external,
+        "split_scheme": splits.scheme,
+        "scored": {"images": int(kept.size), "cases": _n_cases(manifest, kept)},
+        "excluded": scope.excluded, "training_images_scored": scope.training_images,
+        "warnings": [*manifest.warnings, *splits.warnings, *scope.warnings],
+        "case_ids_stored": "clear" if keep_case_ids else "hmac-sha256",
+    })  # fmt: skip
     if mapping_report:
         metrics["class_mapping"] = mapping_report
+    announce(scope.warnings)
+    _write(run, label, metrics, probs, targets, case_ids, eval_names, keep_case_ids)
+    return metrics
+
+
+def _exclude_unmapped(sub: Manifest, keep: np.ndarray, report: dict, scope: _Scope) -> None:
+    for cls, images in report.get("unmapped", {}).items():
+        if images:
+            rows = np.flatnonzero(~keep & (sub.targets == sub.class_names.index(cls)))
+            scope.excluded.append({
+                "reason": f"class '{cls}' maps to no evaluated class", "images": int(images),
+                "cases": _n_cases(sub, rows),
+            })  # fmt: skip
+
+
+def _exclude_unlabelled(
+    sub: Manifest, targets: np.ndarray, keep: np.ndarray, scope: _Scope
+) -> np.ndarray:
+    """Multi-label rows with no known target among the evaluated findings carry no label."""
+    labelled = ~np.isnan(targets).all(axis=1)
+    gone = keep & ~labelled
+    if gone.any():
+        scope.excluded.append({
+            "reason": "no known label for any evaluated finding", "images": int(gone.sum()),
+            "cases": _n_cases(sub, np.flatnonzero(gone)),
+        })  # fmt: skip
+    return labelled
+
+
+def _case_level(
+    probs: np.ndarray, targets: np.ndarray, case_ids: np.ndarray, task: str,
+    names: list[str], common: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """Metrics of the case predictions (the mean of each case's image probabilities)."""
+    case_probs, case_targets, ids, conflicting = case_level(probs, targets, case_ids, task)
+    if len(ids) == len(case_ids):
+        return {"n_cases": len(ids), "note": "one image per case: the image-level metrics"}
+    if len(ids) == 0:
+        return {"n_cases": 0, "n_cases_conflicting": conflicting,
+                "note": "no case whose images agree on the label"}  # fmt: skip
+    out = evaluate_predictions(case_probs, case_targets, task, names, ids, **common)
+    out["n_cases_conflicting"] = conflicting
+    if conflicting:
+        out["note"] = (
+            f"{conflicting} case(s) whose images disagree on the label are left out"
+            if task == "multiclass"
+            else f"{conflicting} case(s) have findings on which their images disagree: "
+            "those findings are unknown for them"
+        )
+    return out
+
+
+def _write(
+    run: Path, label: str, metrics: dict[str, Any], probs: np.ndarray, targets: np.ndarray,
+    case_ids: np.ndarray, names: list[str], keep_case_ids: bool,
+) -> None:  # fmt: skip
     write_json_atomic(metrics, run / f"eval_{label}.json")
-    np.savez_compressed(
-        run / f"predictions_{label}.npz", probs=probs, targets=targets[keep],
-        case_ids=case_ids.astype(str), class_names=np.asarray(eval_names),
-    )  # fmt: skip
+    stored = case_ids.astype(str) if keep_case_ids else hash_case_ids(case_ids, run_salt(run))
+    scheme = np.asarray(metrics["case_ids_stored"])
+
+    def save(tmp: str) -> None:
+        with open(tmp, "wb") as fh:  # a file object: savez would append .npz to a name
+            np.savez_compressed(
+                fh, probs=probs, targets=targets, case_ids=stored,
+                class_names=np.asarray(names), case_id_scheme=scheme,
+            )  # fmt: skip
+
+    atomic_write(run / f"predictions_{label}.npz", save)
     summary_path = run / METRICS
     summary = json.loads(summary_path.read_text())
     summary.setdefault("evaluation", {})[label] = {
-        k: metrics[k] for k in ("accuracy", "balanced_accuracy", "auc_macro",
-                                "auc_mean_selected", "n", "ci") if k in metrics
-    }  # fmt: skip
+        k: metrics[k] for k in SUMMARY_KEYS if k in metrics
+    }
     write_json_atomic(summary, summary_path)
-    return metrics
+
+
+# --------------------------------------------------------------------------- printing
+
+
+def _value(metrics: dict[str, Any], key: str) -> str:
+    lo, hi = (metrics.get("ci") or {}).get(key) or [None, None]
+    band = f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None else ""
+    return f"{metrics[key]:.4f}{band}"
+
+
+_PRINTED = (
+    "accuracy", "balanced_accuracy", "auc_macro", "auc_mean_selected", "sensitivity",
+    "specificity", "ece", "brier",
+)  # fmt: skip
+
+
+def format_evaluation(metrics: dict[str, Any]) -> str:
+    """The lines ``medssl evaluate`` prints: what was scored and left out, image-level and
+    case-level metrics with their 95% case-bootstrap intervals, the operating point and
+    the subgroups (small ones marked)."""
+    scored = metrics.get("scored", {"images": metrics["n"], "cases": metrics["n_cases"]})
+    lines = [f"{metrics['split']}: scored {scored['images']} images, {scored['cases']} cases"]
+    for item in metrics.get("excluded", []):
+        cases = "" if item.get("cases") is None else f", {item['cases']} cases"
+        lines.append(f"  excluded: {item['images']} images{cases} ({item['reason']})")
+    lines.append("  image level:")
+    lines += [f"    {k:<18} {_value(metrics, k)}" for k in _PRINTED if metrics.get(k) is not None]
+    case = metrics.get("case_level") or {}
+    if case.get("note") and not case.get("n"):
+        lines.append(f"  case level: {case['note']}")
+    elif case:
+        lines.append(f"  case level ({case['n_cases']} cases, mean of each case's images):")
+        lines += [f"    {k:<18} {_value(case, k)}" for k in _PRINTED if case.get(k) is not None]
+    op = metrics.get("operating_point")
+    if op:
+        if op.get("threshold") is None:
+            lines.append(f"  operating point: {op.get('note', 'none')}")
+        else:
+            lines.append(
+                f"  operating point: {op['positive_class']} if p >= {op['threshold']:.4f} "
+                f"(sensitivity {op['target_sensitivity']:g} on the {op['threshold_from']})"
+            )
+    if "temperature" in metrics:
+        lines.append(f"  temperature scaling: T = {metrics['temperature']:.3f} (fitted on val)")
+    for attribute, groups in (metrics.get("subgroups") or {}).items():
+        lines.append(f"  by {attribute}:")
+        for value, g in groups.items():
+            key = next((k for k in ("auc_mean_selected", "auc_macro", "accuracy")
+                        if g.get(k) is not None), None)  # fmt: skip
+            score = f"{key} {_value(g, key)}" if key else "no AUC"
+            flag = " (small)" if g.get("small") else ""
+            lines.append(f"    {value:<16} {g['n']} images, {g['n_cases']} cases: {score}{flag}")
+    return "\n".join(lines)
