@@ -16,11 +16,14 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from medssl.errors import MedsslError
+from medssl.evaluate import multiclass_calibration
 from medssl.report import (
+    CASE_CI_MARK,
     markdown_table,
     plot_label_efficiency,
     plot_roc,
     plot_shift_bars,
+    reliability_data,
     roc_curve_data,
     summarize,
     write_report,
@@ -303,6 +306,8 @@ def test_write_report_multiclass_with_shift(tmp_path):
         "shift_auc_macro.png",
         "roc_test.png",
         "roc_shift.png",
+        "reliability_test.png",
+        "reliability_shift.png",
     ]
     assert sorted(p.name for p in out.glob("*.png")) == sorted(expected_pngs)
     page = html_path.read_text()
@@ -328,6 +333,7 @@ def test_write_report_multilabel_without_shift(tmp_path):
     assert names == [
         "label_efficiency_auc_macro.png",
         "label_efficiency_auc_mean_selected.png",
+        "reliability_test.png",
         "roc_test.png",
     ]
     summary = pd.read_csv(out / "results_summary.csv")
@@ -373,3 +379,56 @@ def test_shift_bars_largest_fraction_only(tmp_path):
     assert_png(plot_shift_bars(s, "auc_macro", tmp_path / "b.png", label_fraction="largest"))
     with pytest.raises(MedsslError, match="not in the summary"):
         plot_shift_bars(s, "auc_macro", tmp_path / "b.png", label_fraction=0.5)
+
+
+# ------------------------------------------------------- uncertainty, calibration, subgroups
+
+
+def test_one_seed_cells_show_the_case_level_interval_marked():
+    df = make_results(seeds=[0], splits=["test"])
+    df["auc_macro_ci_low"], df["auc_macro_ci_high"] = df["auc_macro"] - 0.05, df["auc_macro"] + 0.04
+    summary = summarize(df)
+    row = summary.iloc[0]
+    assert row["auc_macro_ci"] == "cases"
+    assert row["auc_macro_lo"] == pytest.approx(row["auc_macro_mean"] - 0.05)
+    assert math.isnan(row["accuracy_lo"])  # no case interval given for accuracy: none shown
+    md = markdown_table(summary, ["auc_macro"])
+    assert md.count(CASE_CI_MARK) == len(summary)
+    # with several seeds the interval is over seeds, unmarked, whatever the file holds
+    df3 = make_results(splits=["test"])
+    df3["auc_macro_ci_low"], df3["auc_macro_ci_high"] = 0.0, 1.0
+    assert CASE_CI_MARK not in markdown_table(summarize(df3), ["auc_macro"])
+
+
+def test_reliability_data_ece_is_the_evaluations_ece():
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 3, 200)
+    logits = rng.normal(size=(200, 3)) * 2
+    logits[np.arange(200), labels] += 1.5
+    probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    rate, conf, counts, ece = reliability_data(probs, labels)
+    assert ece == pytest.approx(multiclass_calibration(probs, labels)["ece"])
+    assert counts.sum() == 200 and np.all((rate >= 0) & (rate <= 1))
+
+
+def test_write_report_calibration_operating_point_and_subgroups(tmp_path):
+    import json
+
+    csv = write_sweep(tmp_path, splits=["test"])
+    df = pd.read_csv(csv).drop(columns=["accuracy", "balanced_accuracy"])
+    df["ece"], df["brier"] = 0.1, 0.3
+    df["sensitivity"], df["specificity"] = 0.95, 0.4
+    df.to_csv(csv, index=False)
+    group = {"n": 10, "n_cases": 5, "auc_macro": 0.7, "ci": {"auc_macro": [0.5, 0.9]},
+             "small": True}  # fmt: skip
+    for run in (tmp_path / "runs").iterdir():
+        evaluation = {"subgroups": {"sex": {"female": group, "male": {**group, "small": False}}}}
+        (run / "eval_test.json").write_text(json.dumps(evaluation))
+    write_report(csv, tmp_path / "out", "t")
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Calibration" in md and "ECE (15 bins)" in md and "Brier score" in md
+    assert "## Operating point" in md and "Sensitivity" in md
+    assert "## Subgroups — In-distribution (test)" in md
+    assert "| sex | female | 5 (small) | 0.700 [0.50, 0.90] |" in md
+    assert "| sex | male | 5 | 0.700 [0.50, 0.90] |" in md
+    assert "Reliability diagram" in (tmp_path / "out" / "report.html").read_text()

@@ -57,12 +57,21 @@ __all__ = [
 #: Metric columns a results table may carry, headline metrics first (this is the order of
 #: the table columns and plots).
 METRICS: list[str] = ["auc_mean_selected", "auc_macro", "balanced_accuracy", "accuracy"]
+#: Calibration (lower is better) and operating-point metrics, in tables of their own.
+CALIBRATION_METRICS: list[str] = ["ece", "brier"]
+OPERATING_METRICS: list[str] = ["sensitivity", "specificity"]
 METRIC_LABELS: dict[str, str] = {
     "auc_mean_selected": "AUC (mean of selected findings)",
     "auc_macro": "AUC (macro)",
     "balanced_accuracy": "Balanced accuracy",
     "accuracy": "Accuracy",
+    "ece": "ECE (15 bins)",
+    "brier": "Brier score",
+    "sensitivity": "Sensitivity",
+    "specificity": "Specificity",
 }
+#: marks a cell whose interval is one run's case-level bootstrap, not an interval over seeds
+CASE_CI_MARK = "†"
 SPLIT_LABELS: dict[str, str] = {"test": "In-distribution (test)", "shift": "Distribution shift"}
 KEYS: list[str] = ["init", "label_fraction", "split"]
 REQUIRED: list[str] = ["init", "label_fraction", "seed", "split"]
@@ -213,7 +222,9 @@ def _validate(results: pd.DataFrame, source: str) -> pd.DataFrame:
             raise MedsslError(f"{source}: column {col} is empty in data row {row + 1}")
     df["init"] = df["init"].astype(str)
     df["split"] = df["split"].astype(str)
-    for col in ["label_fraction", *[m for m in METRICS if m in df.columns]]:
+    known = [*METRICS, *CALIBRATION_METRICS, *OPERATING_METRICS]
+    cis = [f"{m}_ci_{end}" for m in known for end in ("low", "high")]
+    for col in ["label_fraction", *[m for m in [*known, *cis] if m in df.columns]]:
         try:
             df[col] = pd.to_numeric(df[col]).astype(float)
         except (ValueError, TypeError) as e:
@@ -277,6 +288,15 @@ def _summary_metrics(summary: pd.DataFrame, metrics: Sequence[str] | None) -> li
 # --------------------------------------------------------------------------- summary
 
 
+def _case_ci(g: pd.DataFrame, metric: str) -> tuple[float, float]:
+    """The case-level bootstrap interval of the one seed with a value (NaN without one)."""
+    low, high = f"{metric}_ci_low", f"{metric}_ci_high"
+    rows = g[g[metric].notna()]
+    if len(rows) != 1 or low not in g or high not in g:
+        return math.nan, math.nan
+    return float(rows[low].iloc[0]), float(rows[high].iloc[0])
+
+
 def _summarize(df: pd.DataFrame, metrics: list[str], level: float) -> pd.DataFrame:
     rows = []
     methods: set[str] = set()
@@ -289,7 +309,13 @@ def _summarize(df: pd.DataFrame, metrics: list[str], level: float) -> pd.DataFra
         }
         for m in metrics:
             mean, lo, hi, method = _mean_ci(g[m].to_numpy(dtype=float), level)
+            kind = "seeds" if method else ""
+            if not method and math.isfinite(mean):  # one seed: its case-level interval
+                lo, hi = _case_ci(g, m)
+                if math.isfinite(lo) and math.isfinite(hi):
+                    kind, method = "cases", f"case-level bootstrap of one run ({CASE_CI_MARK})"
             row[f"{m}_mean"], row[f"{m}_lo"], row[f"{m}_hi"] = mean, lo, hi
+            row[f"{m}_ci"] = kind
             if method:
                 methods.add(method)
         rows.append(row)
@@ -332,11 +358,12 @@ def summarize(
 # --------------------------------------------------------------------------- tables
 
 
-def _cell(mean: float, lo: float, hi: float, digits: int, ci_digits: int) -> str:
+def _cell(mean: float, lo: float, hi: float, digits: int, ci_digits: int, kind: object = "") -> str:
     if not math.isfinite(mean):
         return "—"
     if math.isfinite(lo) and math.isfinite(hi):
-        return f"{mean:.{digits}f} [{lo:.{ci_digits}f}, {hi:.{ci_digits}f}]"
+        mark = CASE_CI_MARK if kind == "cases" else ""
+        return f"{mean:.{digits}f} [{lo:.{ci_digits}f}, {hi:.{ci_digits}f}]{mark}"
     return f"{mean:.{digits}f}"
 
 
@@ -377,6 +404,7 @@ def _table(
                                 getattr(r, f"{m}_hi"),
                                 digits,
                                 ci_digits,
+                                getattr(r, f"{m}_ci", ""),
                             )
                         )
             cells.append("/".join(dict.fromkeys(seeds)))
@@ -943,6 +971,147 @@ def plot_roc(
     return _save(fig, path)
 
 
+# --------------------------------------------------------------------------- reliability
+
+
+def _confidence_outcome(probs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Top-label confidence and correctness (multiclass), or every known (row, finding)
+    probability and its target (multilabel, pooled)."""
+    probs = np.asarray(probs, dtype=float)
+    targets = np.asarray(targets)
+    if targets.ndim == 1:
+        return probs.max(axis=1), (probs.argmax(axis=1) == targets.astype(int)).astype(int)
+    known = ~np.isnan(targets.astype(float))
+    return probs[known], targets[known].astype(int)
+
+
+def reliability_data(
+    probs: np.ndarray, targets: np.ndarray, n_bins: int = 15
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(observed rate, mean confidence, images) per non-empty bin, and the ECE of those bins.
+
+    The rates come from scikit-learn's ``calibration_curve`` (equal-width bins); with 15 bins
+    and multiclass predictions the ECE is the ``ece`` of :mod:`medssl.evaluate`. Multilabel
+    predictions are pooled over findings (the evaluation's ``ece`` averages findings).
+    """
+    from sklearn.calibration import calibration_curve
+
+    conf, outcome = _confidence_outcome(probs, targets)
+    if conf.size == 0:
+        raise MedsslError("no known targets: no reliability diagram")
+    conf = np.clip(conf, 0.0, 1.0)
+    rate, mean_conf = calibration_curve(outcome, conf, n_bins=n_bins, pos_label=1)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    counts = np.bincount(np.searchsorted(edges[1:-1], conf), minlength=n_bins)
+    counts = counts[counts > 0]
+    ece = float(np.sum(counts / conf.size * np.abs(rate - mean_conf)))
+    return rate, mean_conf, counts, ece
+
+
+def plot_reliability(
+    run_dirs: Mapping[str, Path | str], split: str, path: Path | str, title: str | None = None
+) -> Path:
+    """Reliability diagram of one run per init from its ``predictions_<split>.npz``: observed
+    rate against mean confidence per bin (marker area: images in the bin), the diagonal
+    being perfect calibration. Missing or unreadable predictions raise MedsslError."""
+    if not run_dirs:
+        raise MedsslError("no run directories given for the reliability diagram")
+    curves = {}
+    for init, run in run_dirs.items():
+        pred = _load_predictions(Path(run), split)
+        try:
+            curves[init] = reliability_data(pred["probs"], pred["targets"])
+        except MedsslError as e:
+            label = split_file_label(split)
+            raise MedsslError(f"{Path(run) / f'predictions_{label}.npz'}: {e}") from None
+    multilabel = np.asarray(pred["targets"]).ndim == 2
+    styles = _styles(list(curves))
+    fig = _new_figure(5.6, 5.8)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="#999999", ls=":", lw=1, label="perfect calibration")
+    for init, (rate, conf, counts, ece) in curves.items():
+        colour, marker = styles[init]
+        sizes = 12 + 200 * counts / counts.max()
+        ax.plot(conf, rate, color=colour, lw=1.5, ls="--" if init == "random" else "-",
+                label=f"{init} ({'pooled ' if multilabel else ''}ECE {ece:.3f})")  # fmt: skip
+        ax.scatter(conf, rate, s=sizes, color=colour, marker=marker, alpha=0.7, lw=0)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal")
+    what = "finding probability (all findings pooled)" if multilabel else "top-class confidence"
+    ax.set_xlabel(f"Mean {what}, 15 bins")
+    ax.set_ylabel("Observed frequency" if multilabel else "Accuracy")
+    ax.grid(True, alpha=0.3)
+    ax.set_title(title or f"Reliability — {_split_label(split)}", fontsize=10)
+    ax.legend(loc="best", fontsize=9, title="Initialisation", title_fontsize=9)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- subgroups
+
+
+def _subgroup_table(runs: Mapping[str, Path], split: str) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of a subgroup table (headline metric [case CI] per init) from the
+    runs' ``eval_<split>.json``; no rows when no evaluation has subgroups."""
+    import json
+
+    found: dict[str, dict] = {}
+    for init, run in runs.items():
+        path = Path(run) / f"eval_{split_file_label(split)}.json"
+        try:
+            groups = json.loads(path.read_text()).get("subgroups") if path.is_file() else None
+        except (OSError, ValueError):
+            groups = None
+        if groups:
+            found[init] = groups
+    if not found:
+        return [], []
+    first = next(iter(found.values()))
+    values = [g for groups in first.values() for g in groups.values()]
+    metric = next((m for m in METRICS if any(g.get(m) is not None for g in values)), "accuracy")
+    header = ["Attribute", "Group", "Cases", *(f"{i}: {_metric_label(metric)}" for i in found)]
+    rows = []
+    for attribute, groups in first.items():
+        for value, g in groups.items():
+            cases = f"{g['n_cases']}" + (" (small)" if g.get("small") else "")
+            cells = [attribute, value, cases]
+            for groups_of_init in found.values():
+                h = groups_of_init.get(attribute, {}).get(value, {})
+                lo, hi = (h.get("ci") or {}).get(metric) or (None, None)
+                v = h.get(metric)
+                cells.append(
+                    "—"
+                    if v is None
+                    else _cell(
+                        v, math.nan if lo is None else lo, math.nan if hi is None else hi, 3, 2
+                    )  # fmt: skip
+                )
+            rows.append(cells)
+    return header, rows
+
+
+def _plain_table(header: list[str], rows: list[list[str]]) -> str:
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    align = ["---"] * 2 + ["---:"] * (len(header) - 2)
+    return "\n".join([line(header), "|" + "|".join(align) + "|", *map(line, rows)]) + "\n"
+
+
+def _plain_html_table(header: list[str], rows: list[list[str]]) -> str:
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in header)
+    body = "\n".join(
+        "<tr>" + "".join(f"<td>{e(c)}</td>" for c in r[:2])
+        + "".join(f'<td class="num">{e(c)}</td>' for c in r[2:]) + "</tr>"
+        for r in rows
+    )  # fmt: skip
+    return (
+        f'<table class="results">\n<thead>\n<tr>{head}</tr>\n</thead>\n<tbody>\n{body}'
+        "\n</tbody>\n</table>\n"
+    )
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -950,6 +1119,62 @@ def plot_roc(
 class _Figure:
     file: str
     caption: str
+
+
+@dataclass
+class _Section:
+    """A table of its own in the report: heading, Markdown and HTML, and what it means."""
+
+    heading: str
+    markdown: str
+    html: str
+    note: str
+
+
+def _metric_sections(df: pd.DataFrame) -> list[_Section]:
+    """Calibration (ECE, Brier) and operating point (sensitivity, specificity) tables, for
+    the metrics and splits that have values, summarised like the main table."""
+    out = []
+    specs = [
+        ("Calibration", CALIBRATION_METRICS,
+         "Expected calibration error (15 equal-width confidence bins; top-class confidence "
+         "for multiclass, each finding's probability for multilabel, averaged over findings) "
+         "and Brier score (multiclass: summed over classes, 0-2; binary: 0-1). Lower is "
+         "better for both."),
+        ("Operating point", OPERATING_METRICS,
+         "Sensitivity and specificity of binary evaluations (two classes, e.g. merged benign "
+         "/ malignant) at the threshold that reaches the target sensitivity (default 0.95) "
+         "on the validation split of the model's own data; eval_*.json records threshold "
+         "and target."),
+    ]  # fmt: skip
+    for heading, metrics, note in specs:
+        present = [m for m in metrics if m in df.columns and df[m].notna().any()]
+        if not present:
+            continue
+        sub = df[df[present].notna().any(axis=1)]
+        summary = _summarize(sub, present, 0.95)
+        out.append(_Section(heading, markdown_table(summary, present),
+                            html_table(summary, present), note))  # fmt: skip
+    return out
+
+
+def _subgroup_sections(df: pd.DataFrame, splits: list[str], results_csv: Path) -> list[_Section]:
+    """A subgroup table per split, from one run per init (as the ROC curves)."""
+    out = []
+    if "run" not in df.columns:
+        return out
+    for split in splits:
+        runs, how = _roc_runs(df, split, results_csv)
+        header, rows = _subgroup_table(runs, split) if runs else ([], [])
+        if rows:
+            out.append(_Section(
+                f"Subgroups — {_split_label(split)}", _plain_table(header, rows),
+                _plain_html_table(header, rows),
+                f"Per subgroup of the manifest's metadata, from one run per initialisation "
+                f"({how}); brackets: 95% case-level bootstrap CI within the group. Groups "
+                f"with fewer than 30 cases are marked (small): read them with care.",
+            ))  # fmt: skip
+    return out
 
 
 def _read_results(results_csv: Path) -> pd.DataFrame:
@@ -1020,9 +1245,12 @@ def _how_to_read(summary: pd.DataFrame, inits: Sequence[str], has_shift: bool) -
         f"**95% confidence interval over seeds** in brackets ({method} interval, "
         "mean ± t·sd/√n). It measures run-to-run variation (training randomness and, where the "
         "sweep draws a new labelled subset per seed, the subset), not the sampling "
-        "uncertainty of the test set. With few seeds the intervals are wide; with one seed "
-        "no interval is shown. Clearly separated intervals are good evidence of a real "
-        "difference; overlapping ones do not prove two initialisations equal.",
+        "uncertainty of the test set. With few seeds the intervals are wide. A cell with one "
+        f"seed shows that run's **case-level bootstrap interval** instead, marked {CASE_CI_MARK}: "
+        "the test-set sampling uncertainty of that one run (test cases resampled with all "
+        "their images), which says nothing about run-to-run variation. Clearly separated "
+        "intervals are good evidence of a real difference; overlapping ones do not prove two "
+        "initialisations equal; the paired differences below are the sharper comparison.",
     ]
     known = [i for i in inits if i in INIT_DESCRIPTIONS]
     if known:
@@ -1082,7 +1310,8 @@ def write_report(
     summary.to_csv(out_dir / "results_summary.csv", index=False)
     table_md = markdown_table(summary, metrics)
     ci_note = (
-        "Cells: mean over seeds [95% CI over seeds]; — means not run. "
+        "Cells: mean over seeds [95% CI over seeds]; with one seed, that run's value [95% "
+        f"case-level bootstrap CI]{CASE_CI_MARK}; — means not run. "
         "Labels: fraction of the labelled training set used for fine-tuning.\n"
     )
     paired, paired_metric = _read_paired(paired_csv, metrics)
@@ -1092,10 +1321,14 @@ def write_report(
             "\n## Paired differences\n\n" + paired_markdown_table(paired, paired_metric)
             + "\n" + _paired_note(paired_metric) + "\n"
         )  # fmt: skip
-    (out_dir / "results.md").write_text(table_md + "\n" + ci_note + paired_md, encoding="utf-8")
-
     inits = _ordered_inits(df["init"])
     splits = _ordered_splits(df["split"])
+    sections = _metric_sections(df) + _subgroup_sections(df, splits, results_csv)
+    sections_md = "".join(f"\n## {x.heading}\n\n{x.markdown}\n{x.note}\n" for x in sections)
+    (out_dir / "results.md").write_text(
+        table_md + "\n" + ci_note + paired_md + sections_md, encoding="utf-8"
+    )
+
     has_shift = "shift" in splits and "test" in splits
     primary = _primary_metric(metrics)
     figures: list[_Figure] = []
@@ -1138,6 +1371,20 @@ def write_report(
                     f"initialisation ({how}). Legend: that run's AUC, not the mean over seeds.",
                 )
             )
+            name = f"reliability_{split_file_label(split)}.png"
+            try:
+                plot_reliability(runs, split, out_dir / name)
+            except MedsslError as e:
+                problems.append(f"The reliability diagram of the {split} split was skipped: {e}")
+                continue
+            figures.append(
+                _Figure(
+                    name,
+                    f"Reliability diagram, {_split_label(split).lower()}, from the same runs: "
+                    "observed frequency against mean confidence per bin (marker area: images "
+                    "in the bin); on the diagonal a model is calibrated. Legend: that run's ECE.",
+                )
+            )
     else:
         problems.append("ROC curves were skipped: the results table has no run column.")
     for p in problems:
@@ -1164,6 +1411,8 @@ def write_report(
     md += ["## Results", "", table_md, ci_note]
     if paired_metric:
         md += [paired_md.lstrip("\n")]
+    if sections_md:
+        md += [sections_md.lstrip("\n")]
     if figures:
         md += ["## Figures", ""]
         for f in figures:
@@ -1190,6 +1439,8 @@ def write_report(
             "<h2>Paired differences</h2>", paired_html_table(paired, paired_metric),
             f"<p>{e(_paired_note(paired_metric))}</p>",
         ]  # fmt: skip
+    for x in sections:
+        body += [f"<h2>{e(x.heading)}</h2>", x.html, f"<p>{e(x.note)}</p>"]
     if figures:
         body.append("<h2>Figures</h2>")
     for f in figures:
