@@ -397,11 +397,7 @@ def evaluate_run(
     evaluation.
     """
     run = Path(run).expanduser()
-    if not is_complete(run):
-        raise MedsslError(f"--model {run} is not a finished medssl finetune run")
-    cfg = read_config(run)
-    if "label_fraction" not in cfg:
-        raise MedsslError(f"--model {run} is a pretraining run; evaluate a finetune run")
+    cfg = _finetune_config(run)
     if not 0 < target_sensitivity <= 1:
         raise MedsslError(f"--target-sensitivity must be in (0, 1], got {target_sensitivity}")
     spec, external = _resolve_data(data, cfg["data"])
@@ -410,18 +406,10 @@ def evaluate_run(
     loaded = load_data(spec, cfg["image_size"], cfg["cache_dir"], unreadable)
     manifest, splits, pixels = loaded
     scope = _scope(manifest, splits, split, external, allow_training_images)
+    announce(scope.warnings)
 
-    model_names = list(cfg.get("class_names") or manifest.class_names)
     cmap = load_class_map(class_map) if class_map else ClassMap()
-    task = cfg.get("task", manifest.task)
-    eval_names = list(model_names)
-    if cmap.model_classes:
-        if task != "multiclass":
-            raise MedsslError("class mapping: model_classes needs a multiclass model")
-        # checks the model class names before any image is scored
-        _, eval_names = merge_model_classes(
-            np.zeros((0, len(model_names))), model_names, cmap.model_classes
-        )
+    task, model_names, eval_names = _classes(cfg, manifest, cmap)
     positive = _positive_class(eval_names, task, positive_class)
     sub = manifest.subset(scope.rows)
     targets, keep, mapping_report = align_targets(sub, eval_names, cmap.classes)
@@ -439,8 +427,9 @@ def evaluate_run(
     reference = None
     if temperature_scaling or positive is not None:
         reference = _reference(cfg, None if external else loaded, model, dev)
-    temperature = fit_temperature(reference.logits, reference.targets, task) if (
-        temperature_scaling and reference is not None) else 1.0  # fmt: skip
+    temperature = 1.0
+    if temperature_scaling and reference is not None:
+        temperature = fit_temperature(reference.logits, reference.targets, task)
     probs = probabilities(task, logits / temperature)
     if cmap.model_classes:
         probs, _ = merge_model_classes(probs, model_names, cmap.model_classes)
@@ -449,22 +438,12 @@ def evaluate_run(
     if positive is not None and reference is not None:
         op = _operating_point(reference, task, model_names, cmap, eval_names, positive,
                               target_sensitivity, temperature)  # fmt: skip
-    threshold = op.get("threshold") if op else None
-    case_ids = sub.table["case_id"].to_numpy()[keep]
-    targets = targets[keep]
     common = dict(n_boot=n_boot, seed=0, mean_over=mean_over, positive_class=positive,
-                  threshold=threshold)  # fmt: skip
-    metrics = evaluate_predictions(probs, targets, task, eval_names, case_ids, **common)
-    if op is not None:
-        metrics["operating_point"] = {**op, **metrics.get("operating_point", {})}
-    metrics["case_level"] = _case_level(probs, targets, case_ids, task, eval_names, common)
-    if subgroups:
-        from medssl.subgroups import subgroup_columns, subgroup_metrics
+                  threshold=op.get("threshold") if op else None)  # fmt: skip
+    case_ids = sub.table["case_id"].to_numpy()[keep]
+    metrics = _measure(probs, targets[keep], case_ids, task, eval_names, common, op,
+                       sub.table.loc[keep] if subgroups else None)  # fmt: skip
 
-        columns = subgroup_columns(sub.table.loc[keep])
-        metrics["subgroups"] = subgroup_metrics(
-            probs, targets, task, eval_names, case_ids, columns, **common
-        )
     label = name or (f"{spec['dataset']}-{split}" if external else split)
     if temperature_scaling:
         label += "-temperature"
@@ -480,8 +459,55 @@ def evaluate_run(
     })  # fmt: skip
     if mapping_report:
         metrics["class_mapping"] = mapping_report
-    announce(scope.warnings)
-    _write(run, label, metrics, probs, targets, case_ids, eval_names, keep_case_ids)
+    _write(run, label, metrics, probs, targets[keep], case_ids, eval_names, keep_case_ids)
+    return metrics
+
+
+def _finetune_config(run: Path) -> dict[str, Any]:
+    """The config of a finished finetune run (a one-line error for anything else)."""
+    if not is_complete(run):
+        raise MedsslError(f"--model {run} is not a finished medssl finetune run")
+    cfg = read_config(run)
+    if "label_fraction" not in cfg:
+        raise MedsslError(f"--model {run} is a pretraining run; evaluate a finetune run")
+    return cfg
+
+
+def _classes(
+    cfg: dict[str, Any], manifest: Manifest, cmap: ClassMap
+) -> tuple[str, list[str], list[str]]:
+    """(task, the model's classes, the evaluated classes: the model's, or merged groups)."""
+    model_names = list(cfg.get("class_names") or manifest.class_names)
+    task = cfg.get("task", manifest.task)
+    if not cmap.model_classes:
+        return task, model_names, list(model_names)
+    if task != "multiclass":
+        raise MedsslError("class mapping: model_classes needs a multiclass model")
+    # checks the model class names before any image is scored
+    _, groups = merge_model_classes(
+        np.zeros((0, len(model_names))), model_names, cmap.model_classes
+    )
+    return task, model_names, groups
+
+
+def _measure(
+    probs: np.ndarray, targets: np.ndarray, case_ids: np.ndarray, task: str,
+    names: list[str], common: dict[str, Any], op: dict[str, Any] | None,
+    table: Any | None,
+) -> dict[str, Any]:  # fmt: skip
+    """Image-level metrics, the operating point, case-level metrics and (given the scored
+    rows' manifest ``table``) subgroup metrics."""
+    metrics = evaluate_predictions(probs, targets, task, names, case_ids, **common)
+    if op is not None:
+        metrics["operating_point"] = {**op, **metrics.get("operating_point", {})}
+    metrics["case_level"] = _case_level(probs, targets, case_ids, task, names, common)
+    if table is not None:
+        from medssl.subgroups import subgroup_columns, subgroup_metrics
+
+        columns = subgroup_columns(table)
+        metrics["subgroups"] = subgroup_metrics(
+            probs, targets, task, names, case_ids, columns, **common
+        )
     return metrics
 
 
