@@ -221,7 +221,7 @@ def _scope(
             "reason": f"not in the {split} split ({scheme})", "images": int(left.size),
             "cases": _n_cases(manifest, left),
         })  # fmt: skip
-        if external:
+        if external and splits.scheme == "canonical":  # the publisher's split is a choice
             scope.warnings.append(
                 f"scoring the {split} split of an external dataset ({rows.size} of "
                 f"{len(manifest)} images, {scheme}); without --split it is scored whole"

@@ -90,11 +90,16 @@ from medssl.train.run import (
     read_config,
 )
 
-RESULT_COLUMNS = [
-    "dataset", "init", "mode", "label_fraction", "seed", "split", "n", "accuracy",
-    "balanced_accuracy", "auc_macro", "auc_mean_selected", "run",
+_METRIC_COLUMNS = [
+    "accuracy", "balanced_accuracy", "auc_macro", "auc_mean_selected", "ece", "brier",
+    "sensitivity", "specificity",
 ]  # fmt: skip
-_METRIC_COLUMNS = ["accuracy", "balanced_accuracy", "auc_macro", "auc_mean_selected"]
+#: each metric's case-level bootstrap interval (the report shows it for one-seed cells)
+_CI_COLUMNS = [f"{m}_ci_{end}" for m in _METRIC_COLUMNS for end in ("low", "high")]
+RESULT_COLUMNS = [
+    "dataset", "init", "mode", "label_fraction", "seed", "split", "n", "n_cases",
+    *_METRIC_COLUMNS, *_CI_COLUMNS, "run",
+]  # fmt: skip
 PROTOCOL_KEYS = {
     "data", "image_size", "backbone", "small_stem", "pretrain", "pretrain_seeds", "inits",
     "label_fractions", "seeds", "finetune", "finetune_modes", "splits", "external", "n_boot",
@@ -751,6 +756,15 @@ def _metric(value: Any) -> Any:
     return value
 
 
+def _ci_cells(ci: dict[str, Any]) -> dict[str, Any]:
+    """``<metric>_ci_low`` / ``<metric>_ci_high`` cells of an evaluation's ``ci``."""
+    cells = {}
+    for m in _METRIC_COLUMNS:
+        low, high = ci.get(m) or (None, None)
+        cells[f"{m}_ci_low"], cells[f"{m}_ci_high"] = _metric(low), _metric(high)
+    return cells
+
+
 def collect_results(p: Protocol, out_dir: Path, splits: list[str]) -> Path:
     """(Re)write ``results.csv`` from the evaluation files of the protocol's runs."""
     import json
@@ -767,8 +781,9 @@ def collect_results(p: Protocol, out_dir: Path, splits: list[str]) -> Path:
             rows.append({
                 "dataset": p.data["dataset"], "init": job.init.label, "mode": job.mode,
                 "label_fraction": job.fraction, "seed": job.seed, "split": split,
-                "n": metrics.get("n", ""),
+                "n": metrics.get("n", ""), "n_cases": metrics.get("n_cases", ""),
                 **{k: _metric(metrics.get(k)) for k in _METRIC_COLUMNS},
+                **_ci_cells(metrics.get("ci") or {}),
                 "run": job.run.relative_to(out_dir).as_posix(),
             })  # fmt: skip
     results = out_dir / "results.csv"
