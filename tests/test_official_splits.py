@@ -156,3 +156,23 @@ def test_load_data_shows_the_data_warnings_once_on_stderr(tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert "each image is its own case" in err and "skipped 1 unreadable image(s)" in err
     assert manifest.unreadable_dropped == 1 and len(manifest) == 4
+
+
+def test_commands_show_the_data_warnings_once(tmp_path: Path, capsys) -> None:
+    """finetune and knn load data through load_data: the warning reaches stderr, once."""
+    from medssl.cli import main
+
+    root = tmp_path / "csv"
+    for i in range(16):
+        _png(root / f"{i}.png", 12 * i)
+    labels = {"image": [f"{i}.png" for i in range(16)], "label": ["ab"[i % 2] for i in range(16)]}
+    pd.DataFrame(labels).to_csv(root / "labels.csv", index=False)
+    data = ["--dataset", "csv", "--root", str(root), "--cache-dir", str(tmp_path / "cache")]
+    code = main(["finetune", *data, "--out", str(tmp_path / "ft"), "--image-size", "16",
+                 "--epochs", "1", "--batch-size", "4", "--num-workers", "0",
+                 "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0 and err.count("medssl: warning: csv: no --csv-case column given") == 1
+    notices.forget()  # a new command is a new process
+    assert main(["knn", *data, "--image-size", "16", "--n-boot", "5", "--k", "2"]) == 0
+    assert capsys.readouterr().err.count("each image is its own case") == 1
