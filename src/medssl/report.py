@@ -421,7 +421,8 @@ def markdown_table(
     """A Markdown table of a :func:`summarize` result.
 
     One row per init × label fraction (``10%``), one column per split and metric, cells
-    ``0.812 [0.80, 0.83]`` (mean [95% CI over seeds]) or the bare mean when there is no
+    ``0.812 [0.80, 0.83]`` (mean [95% CI over seeds]; with one seed that run's case-level
+    bootstrap CI, marked †, where the results carry it) or the bare mean when there is no
     interval (one seed), ``—`` for a combination that was not run. The last column is the
     number of seeds (``5/3`` when the splits differ). ``metrics`` defaults to every metric
     in the summary.
@@ -665,7 +666,7 @@ def plot_label_efficiency(
             labels,
             loc="outside lower center",
             ncols=min(len(labels), 5),
-            title="Initialisation (band: 95% CI over seeds)",
+            title="Initialisation (band: 95% CI over seeds; one seed: case bootstrap)",
             frameon=False,
         )
     return _save(fig, path)
@@ -780,7 +781,7 @@ def plot_shift_bars(
         labels,
         loc="outside lower center",
         ncols=2,
-        title="error bars: 95% CI over seeds"
+        title="error bars: 95% CI over seeds (one seed: case bootstrap)"
         + ("; dotted line: chance" if metric.startswith("auc") else ""),
         frameon=False,
     )
@@ -1340,7 +1341,8 @@ def write_report(
             _Figure(
                 name,
                 f"{_metric_label(m)} against the fraction of labels used for fine-tuning, "
-                "per initialisation (line: mean over seeds; band: 95% CI over seeds).",
+                "per initialisation (line: mean over seeds; band: 95% CI over seeds, or the "
+                "run's case-level bootstrap CI where there is one seed).",
             )
         )
     if has_shift:
@@ -1350,7 +1352,8 @@ def write_report(
             _Figure(
                 name,
                 f"{_metric_label(primary)} in-distribution vs under distribution shift, per "
-                "initialisation and label fraction (error bars: 95% CI over seeds).",
+                "initialisation and label fraction (error bars: 95% CI over seeds, or the "
+                "run's case-level bootstrap CI where there is one seed).",
             )
         )
     if "run" in df.columns:
