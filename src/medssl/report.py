@@ -13,8 +13,11 @@ default ``finetune``) is ``finetune`` or ``linear``; linear-probe rows are shown
 differences.
 
 Confidence intervals here are over *seeds* (mean ± t·sd/√n): they show how much a result
-moves between repeated fine-tuning runs. They are not the case-level bootstrap intervals of
-:mod:`medssl.evaluate`, which describe the test-set sampling uncertainty of one run.
+moves between repeated fine-tuning runs. Where a setting has one seed, its cell shows that
+run's case-level bootstrap interval instead (the ``<metric>_ci_low`` / ``<metric>_ci_high``
+columns a sweep writes; marked †), which describes the test-set sampling uncertainty of one
+run, not run-to-run variation. Calibration (ECE, Brier), operating points and subgroups
+get tables of their own; reliability diagrams come from the stored predictions.
 
 Plots are drawn on :class:`matplotlib.figure.Figure` objects directly, never through
 ``pyplot``: that renders with Agg on a headless machine without touching the global
@@ -341,8 +344,10 @@ def summarize(
 
     Returns one row per group with ``init, label_fraction, split, n_seeds`` and, for every
     metric, ``<metric>_mean, <metric>_lo, <metric>_hi``. The interval is a Student-t
-    interval (normal approximation without scipy) over the seeds' values; it is NaN with a
-    single seed. Seeds whose value of a metric is NaN are left out of that metric only, and
+    interval (normal approximation without scipy) over the seeds' values; with a single
+    seed it is that run's case-level bootstrap interval when the results carry
+    ``<metric>_ci_low``/``<metric>_ci_high`` (``<metric>_ci`` = ``cases``), else NaN.
+    Seeds whose value of a metric is NaN are left out of that metric only, and
     ``n_seeds`` counts all seeds of the group. Default metrics: those of :data:`METRICS`
     with at least one value. ``summary.attrs`` records ``ci_level`` and ``ci_method``.
 
