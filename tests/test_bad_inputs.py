@@ -123,3 +123,152 @@ def test_unfinished_run_without_config_given_as_init(capsys, tmp_path, left):
     line = fails(capsys, "finetune", *SYNTHETIC, "--init", run, "--out", tmp_path / "ft")
     assert f"--init {run} is an unfinished run" in line
     assert "not a medssl run" not in line
+
+
+# --- one configuration source: flags, --config files and protocols read alike ---------------
+
+
+def _protocol(path: Path, **sections: object) -> Path:
+    protocol = {
+        "data": {"dataset": "synthetic", "options": {"synthetic_cases": 8}},
+        "inits": ["random"], "label_fractions": [1.0], **sections,
+    }  # fmt: skip
+    path.write_text(yaml.safe_dump(protocol))
+    return path
+
+
+def _problem(line: str, name: str) -> str:
+    """What a message says after naming the option."""
+    assert f"{name}: " in line, line
+    return line.split(f"{name}: ", 1)[1]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("epochs", 0, "must be at least 1, got 0"),
+        ("epochs", 1.5, "expected an integer, got 1.5"),
+        ("epochs", "ten", "expected an integer, got 'ten'"),
+        ("lr", -0.1, "must be greater than 0, got -0.1"),
+        ("weight_decay", -1, "must be at least 0, got -1"),
+        ("num_workers", -1, "must be at least 0, got -1"),
+        ("precision", "half", "'half' is not one of auto, fp32, bf16, fp16"),
+        ("optimizer", "adam", "'adam' is not one of lars, sgd, adamw"),
+    ],
+)
+def test_a_bad_value_gets_the_same_message_from_a_flag_a_config_file_and_a_protocol(
+    capsys, tmp_path, key, value, problem
+):
+    flag = "--" + key.replace("_", "-")
+    out = tmp_path / "run"
+    by_flag = fails(capsys, "finetune", *SYNTHETIC, "--out", out, flag, value)
+    config = tmp_path / "finetune.yaml"
+    config.write_text(yaml.safe_dump({key: value}))
+    by_file = fails(capsys, "finetune", *SYNTHETIC, "--out", out, "--config", config)
+    protocol = _protocol(tmp_path / "p.yaml", finetune={key: value})
+    by_protocol = fails(capsys, "sweep", protocol, "--out", tmp_path / "sweep")
+    assert by_flag == f"medssl: error: {flag}: {problem}"
+    assert by_file == f"medssl: error: --config {config}: {key}: {problem}"
+    assert by_protocol == f"medssl: error: protocol {protocol}: finetune.{key}: {problem}"
+    assert not out.exists() and not (tmp_path / "sweep").exists()  # checked before any work
+
+
+def test_augmentation_values_are_checked_alike_in_all_three_places(capsys, tmp_path):
+    out = tmp_path / "run"
+    by_flag = fails(capsys, "pretrain", *SYNTHETIC, "--out", out, "--aug", "blur_p=2")
+    config = tmp_path / "pretrain.yaml"
+    config.write_text("augment:\n  preset: cxr\n  blur_p: 2\n")
+    by_file = fails(capsys, "pretrain", *SYNTHETIC, "--out", out, "--config", config)
+    protocol = _protocol(tmp_path / "p.yaml", pretrain={"a": {"augment": {"blur_p": 2}}})
+    by_protocol = fails(capsys, "sweep", protocol, "--out", tmp_path / "sweep")
+    problem = "must be at most 1, got 2"
+    assert by_flag == f"medssl: error: --aug blur_p: {problem}"
+    assert by_file == f"medssl: error: --config {config}: augment.blur_p: {problem}"
+    assert (
+        by_protocol == f"medssl: error: protocol {protocol}: pretrain.a.augment.blur_p: {problem}"
+    )
+
+
+def _trainer_config(*argv: str):  # noqa: ANN202 - (config, given)
+    from medssl.cli import build_parser
+    from medssl.cli_options import trainer_config
+    from medssl.train.finetune import FinetuneConfig
+    from medssl.train.pretrain import PretrainConfig
+
+    args = build_parser().parse_args([str(a) for a in argv])
+    cls = {"pretrain": PretrainConfig, "finetune": FinetuneConfig}[argv[0]]
+    return trainer_config(cls, args)
+
+
+def test_a_config_files_augment_block_is_a_preset_and_overrides(tmp_path):
+    config = tmp_path / "pretrain.yaml"
+    config.write_text("augment:\n  preset: cxr\n  blur_p: 0.25\n  hflip_p: 0\n")
+    cfg, _ = _trainer_config(
+        "pretrain", *SYNTHETIC, "--out", tmp_path / "r", "--config", config, "--aug", "hflip_p=1"
+    )
+    assert cfg.augment == "cxr"
+    assert cfg.augment_overrides == {"blur_p": 0.25, "hflip_p": 1.0}  # --aug wins per key
+
+
+@pytest.mark.parametrize("command", ["pretrain", "finetune"])
+def test_defaults_live_only_in_the_config_classes(tmp_path, command):
+    """A run without options is the dataclass's defaults: the command line adds none."""
+    from medssl.options import settings
+
+    cfg, _ = _trainer_config(command, "--dataset", "synthetic", "--out", tmp_path / "r")
+    for name, s in settings(type(cfg)).items():
+        if name not in ("data", "out"):
+            assert getattr(cfg, name) == s.default, name
+
+
+def test_library_messages_name_options_as_the_user_wrote_them(tmp_path):
+    from medssl.options import spelling
+    from medssl.train.finetune import FinetuneConfig
+
+    cfg = FinetuneConfig(data={"dataset": "synthetic"}, out=str(tmp_path / "r"), epochs=1.5)
+    with pytest.raises(MedsslError, match=r"^--epochs: expected an integer, got 1\.5$"):
+        cfg.resolved()
+    with spelling(str), pytest.raises(MedsslError, match=r"^epochs: expected an integer"):
+        cfg.resolved()
+    cfg = FinetuneConfig(data={"dataset": "synthetic"}, out=str(tmp_path / "r"), init="nope")
+    with spelling(str), pytest.raises(MedsslError, match=r"^init nope: no such file"):
+        cfg.resolved()
+
+
+def test_a_dataset_option_of_another_dataset_is_refused(capsys, tmp_path):
+    line = fails(capsys, "pretrain", *SYNTHETIC, "--subtypes", "--out", tmp_path / "r")
+    assert "--subtypes: not an option of dataset synthetic" in line
+
+
+# --- what medssl knows about each dataset: one record per adapter ----------------------------
+
+
+def test_each_dataset_record_names_a_preset_and_its_defaults_reach_the_spec():
+    from medssl.augment import PRESETS, dataset_preset
+    from medssl.data.adapters import DATASETS
+    from medssl.data.spec import DataSpec
+
+    assert all(info.preset in PRESETS for info in DATASETS.values())
+    assert dataset_preset("chexpert") == "cxr" and dataset_preset("ham10000") == "derm"
+    assert DataSpec("ham10000", "x").shift_sources == ["rosendahl"]
+    assert DataSpec("ham10000", "x", shift_sources=[]).shift_sources == []
+    assert DataSpec("nih", "x").shift_sources is None
+
+
+def test_runs_that_left_the_default_shift_source_implicit_read_as_today(tmp_path):
+    """HAM10000 runs made before the record named rosendahl compare equal on --resume."""
+    from medssl.train.run import read_config
+
+    (tmp_path / "config.yaml").write_text(
+        yaml.safe_dump({"data": {"dataset": "ham10000", "root": "/d", "shift_sources": None}})
+    )
+    assert read_config(tmp_path)["data"]["shift_sources"] == ["rosendahl"]
+
+
+def test_data_flags_come_from_the_records_and_data_has_no_argparse():
+    from medssl.cli import build_parser
+
+    help_text = build_parser()._subparsers._group_actions[0].choices["pretrain"].format_help()
+    assert "pneumonia: bacteria / virus" in help_text and "--csv-labels-sep" in help_text
+    data = Path(__file__).parents[1] / "src" / "medssl" / "data"
+    assert not [p for p in data.rglob("*.py") if "argparse" in p.read_text()]

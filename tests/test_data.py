@@ -17,6 +17,7 @@ from medssl.cli import main
 from medssl.data.adapters import load_manifest
 from medssl.data.cache import decoded_images
 from medssl.data.pairs import CaseBags, PairSampler
+from medssl.data.spec import DataSpec
 from medssl.data.splits import (
     canonical_splits,
     cases_shared_between_splits,
@@ -76,7 +77,7 @@ def test_pneumonia_summary_warns_about_official_split_leak(capsys):
 
 def _load(name: str):
     root = shared_dataset({"ham10000": "ham10000"}[name])
-    return load_manifest(name, root), canonical_splits(load_manifest(name, root))
+    return DataSpec(name, str(root)).load()  # the dataset's default shift sources
 
 
 # --- splits: properties that must hold ------------------------------------------------

@@ -170,7 +170,15 @@ def _protocol_file(tmp_path: Path, **changes) -> Path:  # noqa: ANN003
         ({"inits": ["random", "mocle"]}, r"inits: 'mocle' is not 'random', a pretrain entry"),
         ({"inits": ["random", "random"]}, r"inits: label 'random' appears twice"),
         ({"pretrain": {"simclr": {"epoch": 3}}}, r"pretrain\.simclr\.epoch: is not a setting"),
-        ({"pretrain": {"simclr": {"epochs": "ten"}}}, r"pretrain\.simclr\.epochs: expected int"),
+        (
+            {"pretrain": {"simclr": {"epochs": "ten"}}},
+            r"pretrain\.simclr\.epochs: expected an integer, got 'ten'",
+        ),
+        ({"finetune": {"epochs": 0}}, r"finetune\.epochs: must be at least 1, got 0"),
+        (
+            {"pretrain": {"simclr": {"augment": {"blur_p": 2}}}},
+            r"pretrain\.simclr\.augment\.blur_p: must be at most 1, got 2",
+        ),
         ({"finetune": {"seed": 3}}, r"finetune\.seed: is set by the sweep"),
         ({"data": {"dataset": "nosuch", "root": "x"}}, r"data\.dataset: 'nosuch' is not one"),
         ({"data": {"dataset": "ham10000"}}, r"data\.root: required with dataset ham10000"),
@@ -252,7 +260,7 @@ def test_synthetic_dataset_needs_no_root(capsys: pytest.CaptureFixture) -> None:
     assert summary["cases"] == 20 and "shift" in summary["splits"]
     assert summary["cases_shared_between_splits"] == 0
     assert main(["data", "summary", "--dataset", "ham10000"]) == 2
-    assert "--root is required" in capsys.readouterr().err
+    assert "--root: required with dataset ham10000" in capsys.readouterr().err
     spec = DataSpec(dataset="synthetic", root="")
     assert spec.shift_sources == [SYNTHETIC_SHIFT_SOURCE]
     manifest, splits = spec.load()

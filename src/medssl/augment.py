@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,40 +34,44 @@ import torch
 from torchvision.transforms import v2
 
 from medssl.errors import MedsslError
+from medssl.options import Given, Where, option, parse_flag_value, read, spelled
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def _probability(default: float, what: str) -> Any:
+    return option(default, minimum=0, maximum=1, help=f"probability of {what}")
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
-    """Parameters of one view's random transform."""
+    """Parameters of one view's random transform (each an option: ``--aug key=value``, an
+    ``augment:`` block of a config file or protocol)."""
 
-    crop_scale_min: float = 0.08
-    crop_scale_max: float = 1.0
-    hflip_p: float = 0.5
-    jitter_strength: float = 1.0
-    jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    blur_p: float = 0.5
-    blur_sigma_min: float = 0.1
-    blur_sigma_max: float = 2.0
-    rotation_degrees: float = 0.0
+    crop_scale_min: float = option(0.08, above=0, maximum=1, help="smallest crop (area share)")
+    crop_scale_max: float = option(1.0, above=0, maximum=1, help="largest crop (area share)")
+    hflip_p: float = _probability(0.5, "a horizontal flip")
+    jitter_strength: float = option(1.0, minimum=0, help="colour jitter strength (SimCLR's s)")
+    jitter_p: float = _probability(0.8, "colour jitter")
+    grayscale_p: float = _probability(0.2, "grey")
+    blur_p: float = _probability(0.5, "Gaussian blur")
+    blur_sigma_min: float = option(0.1, above=0, help="smallest blur sigma (pixels)")
+    blur_sigma_max: float = option(2.0, above=0, help="largest blur sigma (pixels)")
+    rotation_degrees: float = option(0.0, minimum=0, maximum=180, help="rotation range (+-)")
+
+    def __post_init__(self) -> None:
+        pairs = (("crop_scale_min", "crop_scale_max"), ("blur_sigma_min", "blur_sigma_max"))
+        for low, high in pairs:
+            a, b = getattr(self, low), getattr(self, high)
+            if a > b:
+                raise MedsslError(f"augmentation: {low} {a} is above {high} {b}")
 
     def with_overrides(self, overrides: dict[str, Any] | None) -> AugmentConfig:
-        """A copy with ``overrides`` applied; unknown keys are an error naming them."""
+        """A copy with ``overrides`` applied, each checked (name, type, range)."""
         if not overrides:
             return self
-        fields = {f.name: f.type for f in dataclasses.fields(self)}
-        unknown = sorted(set(overrides) - set(fields))
-        if unknown:
-            raise MedsslError(
-                f"unknown augmentation option(s) {', '.join(unknown)} (valid: {', '.join(fields)})"
-            )
-        try:
-            values = {k: float(v) for k, v in overrides.items()}
-        except (TypeError, ValueError):
-            raise MedsslError(f"augmentation options must be numbers, got {overrides}") from None
+        values = read(AugmentConfig, Given(overrides, Where("augmentation option ")))
         return dataclasses.replace(self, **values)
 
 
@@ -75,8 +80,13 @@ PRESETS: dict[str, AugmentConfig] = {
     "cxr": AugmentConfig(jitter_strength=0.5, grayscale_p=0.0, blur_p=0.0, rotation_degrees=45.0),
 }
 
-#: Which preset a dataset uses by default.
-DATASET_PRESET = {"nih": "cxr", "chexpert": "cxr", "pneumonia": "cxr"}
+
+def dataset_preset(dataset: str) -> str:
+    """The preset ``dataset`` uses by default (from its record in the adapters' registry)."""
+    from medssl.data.adapters import DATASETS
+
+    info = DATASETS.get(dataset)
+    return info.preset if info is not None else "derm"
 
 
 def finetune_augment(rotation_degrees: float = 0.0) -> AugmentConfig:
@@ -117,29 +127,49 @@ def resolve_augment_mode(mode: str) -> str:
         )
         return new
     if mode not in AUGMENT_MODES:
-        raise MedsslError(f"--augment-mode {mode!r} is not one of {', '.join(AUGMENT_MODES)}")
+        raise MedsslError(
+            f"{spelled('augment_mode')} {mode!r} is not one of {', '.join(AUGMENT_MODES)}"
+        )
     if mode == "auto":
         return "batch" if kornia_available() else "per-sample"
     return mode
 
 
+def expand_augment_block(given: Given) -> None:
+    """An ``augment:`` mapping in a config file or protocol: its ``preset`` key (optional) is
+    the preset, its other keys are augmentation parameters (over ``augment_overrides``).
+    Messages then name them as written (``augment.blur_p``, ``augment.preset``)."""
+    block = given.get("augment")
+    if not isinstance(block, Mapping):
+        return
+    where = given.where_of("augment") or Where(f"{spelled('augment')}: ")
+    inner = where.inside("augment")
+    block = dict(block)
+    name = block.pop("preset", "")
+    overrides = given.get("augment_overrides")
+    if isinstance(overrides, Mapping):
+        block = {**overrides, **block}
+    given.set("augment", name, Where(fixed=f"{inner.prefix}preset"))
+    given.set("augment_overrides", block, Where(fixed=inner.prefix[:-1], blocks=(
+        ("augment_overrides", inner),
+    )))  # fmt: skip
+
+
 def preset(name: str, overrides: dict[str, Any] | None = None) -> AugmentConfig:
     if name not in PRESETS:
-        raise MedsslError(f"--augment {name!r} is not one of {', '.join(PRESETS)}")
+        raise MedsslError(f"{spelled('augment')} {name!r} is not one of {', '.join(PRESETS)}")
     return PRESETS[name].with_overrides(overrides)
 
 
-def parse_overrides(items: list[str] | None) -> dict[str, float]:
-    """``["blur_p=0", "rotation_degrees=30"]`` -> dict; a malformed item names itself."""
-    result: dict[str, float] = {}
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["blur_p=0", "rotation_degrees=30"]`` -> ``{"blur_p": 0, ...}``: values as a config
+    file would hold them, checked by the caller (:func:`medssl.options.read`)."""
+    result: dict[str, Any] = {}
     for item in items or []:
         key, sep, value = item.partition("=")
-        if not sep:
+        if not sep or not key.strip():
             raise MedsslError(f"--aug {item!r}: expected key=value")
-        try:
-            result[key.strip()] = float(value)
-        except ValueError:
-            raise MedsslError(f"--aug {item!r}: value is not a number") from None
+        result[key.strip()] = parse_flag_value(value.strip(), float)
     return result
 
 

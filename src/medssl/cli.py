@@ -12,14 +12,21 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from medssl.data.spec import DataSpec, add_data_arguments
+from medssl.cli_options import (
+    add_data_flags,
+    add_option_flags,
+    data_given,
+    load_config_file,
+    spec_from,
+    trainer_config,
+)
 from medssl.errors import MedsslError
 
 
 def data_summary(args: argparse.Namespace) -> int:
     from medssl.data.splits import cases_shared_between_splits
 
-    manifest, splits = DataSpec.from_args(args).load()
+    manifest, splits = spec_from(data_given(args)).load()
     codes, _ = manifest.case_codes()
     summary = manifest.summary()
     summary["splits"] = {
@@ -45,28 +52,12 @@ def data_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def load_config_file(path: str | None) -> dict:
-    """Options from a YAML/JSON config file, keyed by option name (dashes or underscores)."""
-    if not path:
-        return {}
-    import yaml
-
-    try:
-        with open(path) as fh:
-            data = yaml.safe_load(fh) or {}
-    except OSError as exc:
-        raise MedsslError(f"--config {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise MedsslError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise MedsslError(f"--config {path}: expected a mapping of option names to values")
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
-
-
 def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | None):
     """Parse with a ``--config`` file's values as defaults; command-line flags win.
 
     A value in the file also satisfies a required option (``--dataset``, ``--out``, ...).
+    Commands with a config class (pretrain, finetune) read their file themselves
+    (:func:`medssl.cli_options.trainer_config`), checked like their flags.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     pre = argparse.ArgumentParser(add_help=False)
@@ -75,7 +66,7 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     config = load_config_file(found.config)
     command = next((a for a in argv if not a.startswith("-")), None)
     commands = parser._subparsers._group_actions[0].choices if parser._subparsers else {}
-    if config and command in commands:
+    if config and command in commands and commands[command].get_default("config_class") is None:
         sub = commands[command]
         actions = {a.dest: a for a in sub._actions}
         unknown = sorted(set(config) - set(actions))
@@ -87,154 +78,61 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     return parser.parse_args(argv)
 
 
-def add_speed_arguments(p: argparse.ArgumentParser) -> None:
-    """Options that choose how fast a trainer runs, not what it learns (both trainers)."""
-    from medssl.augment import AUGMENT_MODES
-    from medssl.train.common import PRECISIONS
-
-    p.add_argument(
-        "--augment-mode", choices=AUGMENT_MODES, default="auto",
-        help="per-sample: torchvision views in DataLoader workers; batch: kornia views of "
-        "whole batches on the training device; auto: batch where kornia is installed",
-    )  # fmt: skip
-    p.add_argument(
-        "--precision", choices=PRECISIONS, default="auto",
-        help="auto: bf16 autocast on GPUs and on CPUs with native bf16, else fp32",
-    )  # fmt: skip
-    p.add_argument(
-        "--num-workers", type=int, default=None,
-        help="DataLoader worker processes (default: 0 for batch views on the CPU, else one "
-        "per core up to 8)",
-    )  # fmt: skip
-
-
 def pretrain_command(args: argparse.Namespace) -> int:
-    from medssl.augment import parse_overrides
+    from medssl.options import spelling
     from medssl.train.pretrain import PretrainConfig, pretrain
 
-    overrides = dict(args.augment_overrides or {})
-    overrides.update(parse_overrides(args.aug))
-    config = PretrainConfig(
-        data=DataSpec.from_args(args).to_dict(),
-        out=str(Path(args.out).expanduser().resolve()),
-        method=args.method, backbone=args.backbone, image_size=args.image_size,
-        small_stem=args.small_stem, epochs=args.epochs, batch_size=args.batch_size,
-        optimizer=args.optimizer, lr=args.lr, lr_scaling=args.lr_scaling,
-        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-        temperature=args.temperature, proj_dim=args.proj_dim, augment=args.augment or "",
-        augment_overrides=overrides, init=args.init, seed=args.seed,
-        num_workers=args.num_workers, prefetch_factor=args.prefetch_factor,
-        pin_memory=args.pin_memory, augment_mode=args.augment_mode,
-        augment_on=args.augment_on or "",
-        knn_every=args.knn_every, device=args.device,
-        precision=args.precision, channels_last=args.channels_last, compile=args.compile,
-        cache_dir=args.cache_dir, skip_unreadable=args.skip_unreadable,
-        progress=not args.quiet, resume=args.resume,
-    )  # fmt: skip
-    metrics = pretrain(config)
+    config, given = trainer_config(PretrainConfig, args)
+    with spelling(given.name):  # library messages name options as the user wrote them
+        metrics = pretrain(config)
     if args.json:
         print(json.dumps(metrics, indent=2))
     return 0
 
 
 def add_pretrain_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
+    from medssl.train.pretrain import PretrainConfig
+
     p = commands.add_parser("pretrain", help="SimCLR or MICLe self-supervised pretraining")
-    p.set_defaults(func=pretrain_command)
+    p.set_defaults(func=pretrain_command, config_class=PretrainConfig)
     p.add_argument("--config", help="YAML file of options (command-line flags win)")
-    add_data_arguments(p)
-    p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--method", choices=["simclr", "micle"], default="micle")
-    p.add_argument("--backbone", default="resnet18")
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument(
-        "--small-stem", action="store_true",
-        help="3x3 stride-1 stem without max-pool (CIFAR-style; ~16x the compute at 64 px)",
-    )  # fmt: skip
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=256, help="global batch (all processes)")
-    p.add_argument("--optimizer", choices=["lars", "sgd", "adamw"], default="lars")
-    p.add_argument("--lr", type=float, default=0.075, help="base learning rate")
-    p.add_argument("--lr-scaling", choices=["sqrt", "linear"], default="sqrt",
-                   help="sqrt: lr*sqrt(batch); linear: lr*batch/256")  # fmt: skip
-    p.add_argument("--weight-decay", type=float, default=1e-6)
-    p.add_argument("--warmup-epochs", type=float, default=10)
-    p.add_argument("--temperature", type=float, default=0.1)
-    p.add_argument("--proj-dim", type=int, default=128)
-    p.add_argument("--augment", choices=["derm", "cxr"], help="preset (default by dataset)")
+    add_data_flags(p, extras=False)
+    add_option_flags(p, PretrainConfig)
     p.add_argument("--aug", action="append", metavar="KEY=VALUE",
-                   help="override one augmentation parameter, e.g. blur_p=0")  # fmt: skip
-    p.add_argument("--augment-overrides", type=dict, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--init", default="random", help="random, a checkpoint file, or a run")
-    p.add_argument("--seed", type=int, default=0)
-    add_speed_arguments(p)
-    p.add_argument("--prefetch-factor", type=int, default=4, help="batches queued per worker")
-    p.add_argument("--pin-memory", action=argparse.BooleanOptionalAction, default=None,
-                   help="page-locked host batches (default: on with a GPU)")  # fmt: skip
-    p.add_argument("--augment-on", choices=["cpu", "gpu"], default=None,
-                   help="deprecated: use --augment-mode (cpu = per-sample, gpu = batch)")
-    p.add_argument("--knn-every", type=int, default=0,
-                   help="k-NN validation accuracy every N epochs (0: off)")  # fmt: skip
-    p.add_argument("--device", default="auto")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+                   help="set one augmentation parameter, e.g. blur_p=0")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
 
 
 def finetune_command(args: argparse.Namespace) -> int:
+    from medssl.options import spelling
     from medssl.train.finetune import FinetuneConfig, finetune
 
-    config = FinetuneConfig(
-        data=DataSpec.from_args(args).to_dict(),
-        out=str(Path(args.out).expanduser().resolve()),
-        init=args.init if args.init == "random" else str(Path(args.init).expanduser().resolve()),
-        label_fraction=args.label_fraction, seed=args.seed, backbone=args.backbone or "",
-        small_stem=args.small_stem, image_size=args.image_size or 0, epochs=args.epochs,
-        batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-        weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-        linear_probe=args.linear_probe, val_metric=args.val_metric, device=args.device,
-        precision=args.precision, augment_mode=args.augment_mode,
-        num_workers=args.num_workers, cache_dir=args.cache_dir,
-        skip_unreadable=args.skip_unreadable, progress=not args.quiet, resume=args.resume,
-    )  # fmt: skip
-    metrics = finetune(config)
+    config, given = trainer_config(FinetuneConfig, args)
+    with spelling(given.name):  # library messages name options as the user wrote them
+        metrics = finetune(config)
     if args.json:
         print(json.dumps(metrics, indent=2))
     return 0
 
 
 def add_finetune_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
+    from medssl.train.finetune import FinetuneConfig
+
     p = commands.add_parser("finetune", help="supervised fine-tuning with a label fraction")
-    p.set_defaults(func=finetune_command)
+    p.set_defaults(func=finetune_command, config_class=FinetuneConfig)
     p.add_argument("--config", help="YAML file of options (command-line flags win)")
-    add_data_arguments(p)
-    p.add_argument("--out", required=True, help="run directory")
-    p.add_argument("--init", default="random", help="random, a checkpoint file, or a run")
-    p.add_argument("--label-fraction", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backbone", help="default: the --init run's backbone, else resnet18")
-    p.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--image-size", type=int, help="default: the --init run's size, else 64")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--optimizer", choices=["adamw", "sgd", "lars"], default="adamw")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--warmup-epochs", type=float, default=1)
-    p.add_argument("--linear-probe", action="store_true", help="freeze the backbone")
-    p.add_argument("--val-metric", default="auto", help="model selection metric (auc_macro)")
-    p.add_argument("--device", default="auto")
-    add_speed_arguments(p)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--json", action="store_true")
+    add_data_flags(p, extras=False)
+    add_option_flags(p, FinetuneConfig)
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--json", action="store_true", help="print the final metrics as JSON")
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
     from medssl.predict import evaluate_run, format_evaluation
 
-    data = DataSpec.from_args(args).to_dict() if args.dataset else None
+    given = data_given(args)
+    data = spec_from(given).to_dict() if len(given) else None
     mean_over = [s.strip() for s in args.mean_over.split(",")] if args.mean_over else None
     metrics = evaluate_run(
         args.model, args.split, data, args.class_map, args.n_boot, mean_over, args.device,
@@ -256,7 +154,7 @@ def add_evaluate_parser(commands) -> None:  # noqa: ANN001 - argparse's private 
         help="test, shift, val, train or all (default: test of the model's own data; all of "
         "another dataset, scored whole)",
     )  # fmt: skip
-    add_data_arguments(p, required=False)
+    add_data_flags(p)
     p.add_argument("--class-map", help="YAML/JSON {dataset class: model class or null}")
     p.add_argument("--mean-over", help="comma-separated findings for the mean AUC")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (by case)")
@@ -375,7 +273,7 @@ def knn_command(args: argparse.Namespace) -> int:
 
     inits = [str(Path(i).expanduser().resolve()) for i in args.init or []]
     result = compare_backbones(
-        DataSpec.from_args(args).to_dict(), inits, split=args.split,
+        spec_from(data_given(args)).to_dict(), inits, split=args.split,
         backbone=args.backbone or "", image_size=args.image_size or 0,
         small_stem=args.small_stem, k=args.k, n_boot=args.n_boot, seed=args.seed,
         device=args.device, cache_dir=args.cache_dir, progress=not args.json,
@@ -389,7 +287,7 @@ def add_knn_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
         "knn", help="k-NN scores of pretrained backbones vs a random one, no training"
     )
     p.set_defaults(func=knn_command)
-    add_data_arguments(p)
+    add_data_flags(p)
     p.add_argument("--init", action="append", metavar="RUN_OR_FILE",
                    help="a pretraining run or checkpoint (repeatable)")  # fmt: skip
     p.add_argument("--split", default="val", help="the query split (val, test, shift)")
@@ -430,14 +328,14 @@ def demo_command(args: argparse.Namespace) -> int:
 
 
 def add_demo_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
-    from medssl.data.adapters import ADAPTERS
+    from medssl.data.adapters import DATASETS
     from medssl.demo import BUDGETS
 
     p = commands.add_parser(
         "demo", help="SimCLR vs MICLe vs random end to end (synthetic data without --dataset)"
     )
     p.set_defaults(func=demo_command)
-    p.add_argument("--dataset", choices=sorted(ADAPTERS), help="real data (default: synthetic)")
+    p.add_argument("--dataset", choices=sorted(DATASETS), help="real data (default: synthetic)")
     p.add_argument("--root", help="dataset folder in its publisher's layout")
     p.add_argument("--out", default="medssl-demo", help="demo folder (a finished one is reused)")
     p.add_argument("--budget", choices=BUDGETS, default="default",
@@ -455,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = commands.add_parser("data", help="inspect a dataset")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     summary = data_commands.add_parser("summary", help="images, cases, classes, splits")
-    add_data_arguments(summary)
+    add_data_flags(summary)
     summary.add_argument("--json", action="store_true", help="print one JSON object")
     summary.set_defaults(func=data_summary)
     add_pretrain_parser(commands)

@@ -72,19 +72,19 @@ import csv
 import math
 import re
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from medssl.data.spec import DataSpec
+from medssl.data.spec import DataSpec, read_spec
 from medssl.errors import MedsslError
+from medssl.options import Given, Where, read, spelling
 from medssl.train.run import (
     CONFIG,
     RESUMABLE_CHANGES,
     check_out,
-    field_default,
     field_defaults,
     is_complete,
     read_config,
@@ -105,14 +105,19 @@ PROTOCOL_KEYS = {
     "label_fractions", "seeds", "finetune", "finetune_modes", "splits", "external", "n_boot",
     "mean_over", "device", "title", "notes",
 }  # fmt: skip
+#: protocol keys that set one option of every run (pretraining and fine-tuning)
+_SHARED = ("image_size", "backbone", "small_stem", "device")
 #: fine-tuning modes: the whole network, or a linear probe on the frozen backbone
 FINETUNE_MODES = ("finetune", "linear")
 REQUIRED_KEYS = ("data", "inits", "label_fractions")
 #: config keys a sweep sets itself; a protocol's pretrain/finetune sections may not
-_PRETRAIN_RESERVED = {"data", "out", "resume", "progress"}
-_FINETUNE_RESERVED = {
-    "data", "out", "init", "label_fraction", "seed", "resume", "progress", "class_names", "task",
-}  # fmt: skip
+_BY_SWEEP = "is set by the sweep"
+_PRETRAIN_RESERVED = dict.fromkeys(("data", "out", "resume", "progress"), _BY_SWEEP)
+_FINETUNE_RESERVED = dict.fromkeys(
+    ("data", "out", "init", "label_fraction", "seed", "resume", "progress", "class_names",
+     "task"),
+    _BY_SWEEP,
+)  # fmt: skip
 #: config keys that may differ between a finished run and the sweep that reuses it
 _REUSE_IGNORES = RESUMABLE_CHANGES - {"epochs"} | {"out", "precision", "class_names", "task"}
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -150,9 +155,10 @@ class Protocol:
     inits: list[Init]
     label_fractions: list[float]
     seeds: list[int] = field(default_factory=lambda: [0])
-    image_size: int = 64
-    backbone: str = "resnet18"
-    small_stem: bool = False
+    # settings of every run (_SHARED); None: not in the protocol, each config's own default
+    image_size: int | None = None
+    backbone: str | None = None
+    small_stem: bool | None = None
     pretrain: dict[str, dict[str, Any]] = field(default_factory=dict)  # dependency order
     pretrain_seeds: list[int] | None = None  # None: one pretraining run serves every seed
     finetune: dict[str, Any] = field(default_factory=dict)
@@ -161,7 +167,7 @@ class Protocol:
     external: list[External] = field(default_factory=list)
     n_boot: int = 1000
     mean_over: list[str] | None = None
-    device: str = "auto"
+    device: str | None = None
     title: str = ""
     notes: str = ""
     source: str = "protocol"  # where it came from, for error messages
@@ -170,7 +176,7 @@ class Protocol:
         """The protocol as plain YAML-able data (inits back in their written form)."""
         out = asdict(self)
         out.pop("source")
-        for key in ("pretrain_seeds", "finetune_modes"):
+        for key in ("pretrain_seeds", "finetune_modes", *_SHARED):
             if out[key] is None:
                 out.pop(key)
         if not out["external"]:
@@ -219,40 +225,16 @@ def _list(value: Any, source: str, key: str) -> list[Any]:
     return value
 
 
-def _type_ok(value: Any, default: Any) -> bool:
-    """Whether ``value`` fits a config field whose default is ``default``."""
-    if isinstance(default, bool):
-        return isinstance(value, bool)
-    if isinstance(value, bool):
-        return default is None
-    if isinstance(default, int):
-        return isinstance(value, int)
-    if isinstance(default, float):
-        return isinstance(value, int | float)
-    if isinstance(default, str | dict | list):
-        return isinstance(value, type(default))
-    return True  # None defaults (optional settings) take any value
-
-
-def _check_config_keys(
-    values: Any, cls: type, reserved: set[str], source: str, key: str
+def _config_section(
+    values: Any, cls: type, reserved: dict[str, str], source: str, key: str
 ) -> dict[str, Any]:
-    """``values`` as a dict of ``cls`` fields, each of the type of the field's default."""
+    """A protocol's ``pretrain.<name>`` / ``finetune`` section: options of ``cls``, read and
+    checked by the same code as the command line's flags and ``--config`` files."""
     if values is None:
         return {}
     if not isinstance(values, dict):
         raise _fail(source, key, f"expected a mapping of settings, got {values!r}")
-    known = {f.name: f for f in fields(cls)}
-    allowed = sorted(set(known) - reserved)
-    for name, value in values.items():
-        if name not in known or name in reserved:
-            why = "is set by the sweep" if name in reserved else "is not a setting"
-            raise _fail(source, f"{key}.{name}", f"{why}; allowed: {', '.join(allowed)}")
-        default = field_default(known[name])
-        if value is not None and not _type_ok(value, default):
-            kind = type(default).__name__
-            raise _fail(source, f"{key}.{name}", f"expected {kind}, got {value!r}")
-    return dict(values)
+    return read(cls, Given(values, Where(f"{source}: {key}.")), reserved)
 
 
 def _resolve_path(value: str, base: Path) -> str:
@@ -268,30 +250,11 @@ def _seeds(value: Any, source: str, key: str) -> list[int]:
 
 
 def _data_spec(value: Any, source: str, key: str, base: Path) -> dict[str, Any]:
-    """A protocol's DataSpec dict (``data``, or an external set's), root resolved."""
+    """A protocol's DataSpec dict (``data``, or an external set's), root resolved relative
+    to the protocol file, checked like the command line's data options."""
     if not isinstance(value, dict) or "dataset" not in value:
         raise _fail(source, key, "expected a mapping with dataset (and root)")
-    spec_keys = {f.name for f in fields(DataSpec)}
-    bad = sorted(set(value) - spec_keys)
-    if bad:
-        raise _fail(source, f"{key}.{bad[0]}", f"not a data setting; allowed: {sorted(spec_keys)}")
-    data = dict(value)
-    data.setdefault("root", "")
-    if data["root"]:
-        data["root"] = _resolve_path(str(data["root"]), base)
-    try:
-        data = DataSpec.from_dict(data).to_dict()
-    except TypeError as exc:
-        raise _fail(source, key, str(exc)) from None
-    from medssl.data.adapters import ADAPTERS, NO_ROOT
-
-    if data["dataset"] not in ADAPTERS:
-        raise _fail(
-            source, f"{key}.dataset", f"{data['dataset']!r} is not one of {', '.join(ADAPTERS)}"
-        )
-    if not data["root"] and data["dataset"] not in NO_ROOT:
-        raise _fail(source, f"{key}.root", f"required with dataset {data['dataset']}")
-    return data
+    return read_spec(Given(value, Where(f"{source}: {key}.")), base=base).to_dict()
 
 
 def _pretrain_order(pretrain: dict[str, dict[str, Any]], source: str) -> list[str]:
@@ -380,13 +343,11 @@ def load_protocol(protocol: dict[str, Any] | str | Path) -> Protocol:
             raise MedsslError(f"{source}: missing required key {key}")
 
     data = _data_spec(raw["data"], source, "data", base)
-    image_size = _int(raw.get("image_size", 64), source, "image_size", minimum=8)
-    backbone = raw.get("backbone", "resnet18")
-    if not isinstance(backbone, str) or not backbone:
-        raise _fail(source, "backbone", f"expected a backbone name, got {backbone!r}")
-    small_stem = raw.get("small_stem", False)
-    if not isinstance(small_stem, bool):
-        raise _fail(source, "small_stem", f"expected true or false, got {small_stem!r}")
+    # settings of every run: checked as the pretraining options they are (None: the
+    # configs' own defaults)
+    shared = read(
+        PretrainConfig, Given({k: raw[k] for k in _SHARED if k in raw}, Where(f"{source}: "))
+    )
 
     pretrain_raw = raw.get("pretrain") or {}
     if not isinstance(pretrain_raw, dict):
@@ -397,7 +358,7 @@ def load_protocol(protocol: dict[str, Any] | str | Path) -> Protocol:
         if not _LABEL.match(name) or name == "random":
             raise _fail(source, f"pretrain.{name}", "names must be letters, digits, _.+- "
                         "and not 'random'")  # fmt: skip
-        settings = _check_config_keys(
+        settings = _config_section(
             settings, PretrainConfig, _PRETRAIN_RESERVED, source, f"pretrain.{name}"
         )
         init = settings.get("init")
@@ -467,7 +428,7 @@ def load_protocol(protocol: dict[str, Any] | str | Path) -> Protocol:
                 "of the same seed; list every seed of seeds in pretrain_seeds",
             )  # fmt: skip
 
-    finetune = _check_config_keys(
+    finetune = _config_section(
         raw.get("finetune"), FinetuneConfig, _FINETUNE_RESERVED, source, "finetune"
     )
     modes = raw.get("finetune_modes")
@@ -491,14 +452,12 @@ def load_protocol(protocol: dict[str, Any] | str | Path) -> Protocol:
     mean_over = raw.get("mean_over")
     if mean_over is not None:
         mean_over = [str(m) for m in _list(mean_over, source, "mean_over")]
-    device = str(raw.get("device", "auto"))
     title, notes = str(raw.get("title") or ""), str(raw.get("notes") or "")
     return Protocol(
-        data=data, inits=inits, label_fractions=fractions, seeds=seeds, image_size=image_size,
-        backbone=backbone, small_stem=small_stem, pretrain=pretrain,
-        pretrain_seeds=pretrain_seeds, finetune=finetune, finetune_modes=modes, splits=splits,
-        external=external, n_boot=n_boot, mean_over=mean_over, device=device, title=title,
-        notes=notes, source=source,
+        data=data, inits=inits, label_fractions=fractions, seeds=seeds, **shared,
+        pretrain=pretrain, pretrain_seeds=pretrain_seeds, finetune=finetune,
+        finetune_modes=modes, splits=splits, external=external, n_boot=n_boot,
+        mean_over=mean_over, title=title, notes=notes, source=source,
     )  # fmt: skip
 
 
@@ -547,15 +506,17 @@ class _Job:
         return Path(self.config.out)
 
 
+def _shared(p: Protocol) -> dict[str, Any]:
+    """The settings the protocol gives every run (image_size, backbone, ...)."""
+    return {k: getattr(p, k) for k in _SHARED if getattr(p, k) is not None}
+
+
 def _pretrain_config(
     p: Protocol, name: str, seed: int | None, out_dir: Path, progress: bool
 ) -> Any:
     from medssl.train.pretrain import PretrainConfig
 
-    settings = {
-        "image_size": p.image_size, "backbone": p.backbone, "small_stem": p.small_stem,
-        "device": p.device, **p.pretrain[name],
-    }  # fmt: skip
+    settings = {**_shared(p), **p.pretrain[name]}
     if seed is not None:
         settings["seed"] = seed
     parent = settings.get("init")
@@ -574,27 +535,25 @@ def _finetune_config(
     p: Protocol, init: Init, fraction: float, seed: int, out_dir: Path, progress: bool,
     mode: str = "finetune",
 ) -> Any:  # fmt: skip
+    from medssl.options import default_of
     from medssl.train.finetune import FinetuneConfig
+    from medssl.train.pretrain import PretrainConfig
 
-    backbone, small_stem = p.backbone, p.small_stem
+    # the protocol's image size, else pretraining's default (not the init run's own size)
+    settings = {"image_size": default_of(PretrainConfig, "image_size"), **_shared(p)}
+    architecture: dict[str, Any] = {}
     if init.kind == "pretrain":  # fine-tune the architecture that was pretrained
-        entry = p.pretrain[init.target]
-        backbone = entry.get("backbone", p.backbone)
-        small_stem = bool(entry.get("small_stem", p.small_stem))
+        architecture = p.pretrain[init.target]
         run_name = pretrain_run_name(init.target, _pretrain_seed(p, seed))
         target = str(out_dir / "pretrain" / run_name)
     elif init.kind == "path":
         target = init.target
         if Path(target).is_dir() and (Path(target) / CONFIG).is_file():
-            source = read_config(target)
-            backbone = source.get("backbone", backbone)
-            small_stem = bool(source.get("small_stem", small_stem))
+            architecture = read_config(target)
     else:
         target = "random"
-    settings = {
-        "image_size": p.image_size, "backbone": backbone, "small_stem": small_stem,
-        "device": p.device, **p.finetune,
-    }  # fmt: skip
+    settings.update({k: architecture[k] for k in ("backbone", "small_stem") if k in architecture})
+    settings.update(p.finetune)
     if p.finetune_modes is not None:
         settings["linear_probe"] = mode == "linear"
     name = finetune_run_name(init.label, fraction, seed, mode)
@@ -797,7 +756,12 @@ def collect_results(p: Protocol, out_dir: Path, splits: list[str]) -> Path:
 
 
 def _notes(p: Protocol) -> str:
-    lines = [f"Protocol: {p.source}. Backbone {p.backbone}, images {p.image_size} px."]
+    from medssl.options import default_of
+    from medssl.train.pretrain import PretrainConfig
+
+    backbone = p.backbone or default_of(PretrainConfig, "backbone")
+    size = p.image_size or default_of(PretrainConfig, "image_size")
+    lines = [f"Protocol: {p.source}. Backbone {backbone}, images {size} px."]
     for name, entry in p.pretrain.items():
         settings = ", ".join(f"{k} {v}" for k, v in entry.items())
         lines.append(f"Pretraining {name}: {settings or 'defaults'}.")
@@ -823,6 +787,11 @@ def _notes(p: Protocol) -> str:
     return f"{p.notes.strip()}\n\n{text}" if p.notes.strip() else text
 
 
+def _device(p: Protocol) -> dict[str, str]:
+    """The protocol's ``device`` for evaluations (none: evaluate's own default)."""
+    return {"device": p.device} if p.device is not None else {}
+
+
 def _evaluate(p: Protocol, job: _Job, splits: list[str], where: str) -> None:
     """Evaluate a finished fine-tune on every split and external set not yet evaluated."""
     from medssl import predict
@@ -836,13 +805,13 @@ def _evaluate(p: Protocol, job: _Job, splits: list[str], where: str) -> None:
         try:
             if ext is None:
                 m = predict.evaluate_run(
-                    job.run, split, n_boot=p.n_boot, mean_over=p.mean_over, device=p.device
+                    job.run, split, n_boot=p.n_boot, mean_over=p.mean_over, **_device(p)
                 )
             else:  # the whole external set, through medssl evaluate's own code path
                 m = predict.evaluate_run(
                     job.run, "all", data=ext.data,
                     class_map=ClassMap(ext.class_map, ext.model_classes), n_boot=p.n_boot,
-                    mean_over=p.mean_over, device=p.device, name=label,
+                    mean_over=p.mean_over, name=label, **_device(p),
                 )  # fmt: skip
         except MedsslError as exc:
             raise MedsslError(f"{where}: evaluate {split}: {exc}") from None
@@ -902,7 +871,8 @@ def run_sweep(
             _say(f"{head} ...")
             t0 = time.perf_counter()
             try:
-                (pretrain if job.kind == "pretrain" else finetune)(job.config)
+                with spelling(str):  # the protocol's keys: "batch_size", not "--batch-size"
+                    (pretrain if job.kind == "pretrain" else finetune)(job.config)
             except MedsslError as exc:
                 raise MedsslError(f"{where}: {exc}") from None
             _say(f"{head} ... finished in {time.perf_counter() - t0:.0f} s")

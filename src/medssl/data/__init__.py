@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -17,9 +16,6 @@ if TYPE_CHECKING:
     from medssl.data.splits import Splits
 
 __all__ = ["LoadedData", "load"]
-
-#: adapter options that the command line does not offer
-_EXTRA_OPTIONS = ("synthetic_seed",)
 
 
 @dataclass(frozen=True)
@@ -54,27 +50,25 @@ def load(dataset: str, root: str | os.PathLike[str] | None = None, **options: An
     ``findings``, ``synthetic_cases``, ...). ``dataset="synthetic"`` needs no ``root``.
     An unknown option is an error naming it.
     """
-    from medssl.data.adapters import NO_ROOT
-    from medssl.data.spec import _OPTION_KEYS, DataSpec
+    from medssl.data.adapters import DATASETS, option_names
+    from medssl.data.spec import DataSpec, read_spec
     from medssl.errors import MedsslError
+    from medssl.options import Given, Where
 
-    if not root and dataset not in NO_ROOT:
+    info = DATASETS.get(dataset)
+    if not root and (info is None or info.needs_root):
         raise MedsslError(f"medssl.data.load: dataset {dataset!r} needs a root folder")
     spec_fields = {f.name for f in fields(DataSpec)} - {"dataset", "root", "options"}
-    adapter_options = set(_OPTION_KEYS) | set(_EXTRA_OPTIONS)
+    adapter_options = set(option_names())
     unknown = sorted(set(options) - spec_fields - adapter_options)
     if unknown:
         valid = ", ".join(sorted(spec_fields | adapter_options))
         raise MedsslError(f"medssl.data.load: unknown option(s) {', '.join(unknown)} ({valid})")
-    if isinstance(options.get("shift_sources"), str):
-        options["shift_sources"] = [options["shift_sources"]]
-    if isinstance(options.get("findings"), str):
-        options["findings"] = [s.strip() for s in options["findings"].split(",")]
-    spec = DataSpec(
-        dataset=dataset,
-        root=str(Path(root).expanduser().resolve()) if root else "",
-        options={k: v for k, v in options.items() if k in adapter_options and v is not None},
-        **{k: v for k, v in options.items() if k in spec_fields},
+    where = Where("medssl.data.load: ")  # values checked as the command line's data options
+    given = {k: v for k, v in options.items() if k in spec_fields and v is not None}
+    spec = read_spec(
+        Given({"dataset": dataset, "root": str(root or ""), **given}, where),
+        Given({k: v for k, v in options.items() if k in adapter_options and v is not None}, where),
     )
     manifest, splits = spec.load()
     return LoadedData(spec, manifest, splits)

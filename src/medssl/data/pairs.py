@@ -21,6 +21,9 @@ from collections.abc import Iterator
 import numpy as np
 from torch.utils.data import Sampler
 
+#: how a positive pair is made: two views of one image, or of two images of one case
+METHODS = ("simclr", "micle")
+
 
 class CaseBags:
     """Images grouped by case: ``members[offsets[c]:offsets[c + 1]]`` are case c's images."""
@@ -72,7 +75,7 @@ class PairSampler(Sampler[tuple[int, int, int]]):
         drop_last: bool = True,
         global_batch_size: int = 1,
     ) -> None:
-        if method not in ("simclr", "micle"):
+        if method not in METHODS:
             raise ValueError(f"method must be simclr or micle, got {method}")
         self.bags, self.method, self.seed = bags, method, seed
         self.rank, self.world_size, self.shuffle = rank, world_size, shuffle

@@ -7,39 +7,44 @@ rebuild the exact manifest and splits a pretraining run used, and a user can poi
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from medssl.data.adapters import ADAPTERS, NO_ROOT, load_manifest
+from medssl.data.adapters import DATASETS, load_manifest
 from medssl.data.manifest import Manifest
 from medssl.data.splits import SPLIT_SCHEMES, Splits, make_splits
 from medssl.errors import MedsslError
-
-_OPTION_KEYS = (
-    "subtypes", "uncertain", "findings", "csv_path", "csv_image", "csv_label", "csv_case",
-    "csv_source", "csv_view", "csv_labels_sep", "synthetic_cases",
-)  # fmt: skip
+from medssl.options import Given, option, read, settings
 
 
 @dataclass
 class DataSpec:
-    dataset: str
-    root: str
-    options: dict[str, Any] = field(default_factory=dict)
-    shift_sources: list[str] | None = None
-    split_seed: int = 0
-    split_scheme: str = "canonical"  # or "official": the publisher's split (splits.py)
+    dataset: str = option(choices=tuple(DATASETS), help="dataset layout")
+    root: str = option("", help="dataset folder in its publisher's layout")
+    options: dict[str, Any] = option(
+        factory=dict, flag="", help="the dataset's own options (medssl.data.adapters)"
+    )
+    shift_sources: list[str] | None = option(
+        None, flag="--shift-source", metavar="SOURCE",
+        help="hold out this source as the shift split (repeatable; default: the dataset's, "
+        "HAM10000: rosendahl, synthetic: site-B)",
+    )  # fmt: skip
+    split_seed: int = option(0, minimum=0, help="seed of the case split")
+    split_scheme: str = option(
+        "canonical", choices=SPLIT_SCHEMES,
+        help="canonical: medssl's 70/10/20 re-split by case; official: the publisher's split "
+        "(CheXpert, NIH lists, MedMNIST, pneumonia folders; docs/PROTOCOLS.md)",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
-        # The synthetic dataset's canonical protocol holds out one acquisition site. The
-        # spec carries it (rather than the split code special-casing the dataset) so it is
-        # saved with every run's config like any user-given --shift-source.
-        if self.dataset == "synthetic" and self.shift_sources is None:
-            from medssl.data.synthetic import SYNTHETIC_SHIFT_SOURCE
-
-            self.shift_sources = [SYNTHETIC_SHIFT_SOURCE]
+        # A dataset's canonical protocol may hold out sources (HAM10000: rosendahl; the
+        # synthetic data: one site). The spec carries them, rather than the split code
+        # special-casing datasets, so they are saved with every run's config like any
+        # user-given --shift-source; [] holds out nothing.
+        info = DATASETS.get(self.dataset)
+        if self.shift_sources is None and info is not None and info.shift_sources:
+            self.shift_sources = list(info.shift_sources)
 
     def load(self) -> tuple[Manifest, Splits]:
         manifest = load_manifest(self.dataset, self.root, **self.options)
@@ -57,57 +62,52 @@ class DataSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataSpec:
+        """A spec as a run recorded it (lenient: older runs may hold options of other
+        datasets); user input goes through :func:`read_spec`."""
         return cls(**data)
 
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> DataSpec:
-        if not args.root and args.dataset not in NO_ROOT:
-            raise MedsslError(f"--root is required with --dataset {args.dataset}")
-        options = {k: getattr(args, k) for k in _OPTION_KEYS if getattr(args, k, None)}
-        if isinstance(options.get("findings"), str):
-            options["findings"] = [s.strip() for s in options["findings"].split(",")]
-        return cls(
-            dataset=args.dataset,
-            root=str(Path(args.root).expanduser().resolve()) if args.root else "",
-            options=options,
-            shift_sources=args.shift_source or None,
-            split_seed=args.split_seed,
-            split_scheme=getattr(args, "split_scheme", None) or "canonical",
-        )
+
+#: the spec's own settings (besides the dataset's options)
+SPEC_KEYS = tuple(k for k in settings(DataSpec) if k != "options")
 
 
-def add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """The dataset options shared by every command that reads data."""
-    group = parser.add_argument_group("data")
-    group.add_argument("--dataset", choices=sorted(ADAPTERS), required=required)
-    group.add_argument("--root", help="dataset folder in its publisher's layout")
-    group.add_argument(
-        "--shift-source", action="append", metavar="SOURCE",
-        help="hold out this source as the shift split (repeatable; HAM10000: rosendahl)",
-    )  # fmt: skip
-    group.add_argument("--split-seed", type=int, default=0, help="seed of the case split")
-    group.add_argument(
-        "--split-scheme", choices=SPLIT_SCHEMES, default="canonical",
-        help="canonical: medssl's 70/10/20 re-split by case; official: the publisher's split "
-        "(CheXpert, NIH lists, MedMNIST, pneumonia folders; docs/PROTOCOLS.md)",
-    )  # fmt: skip
-    group.add_argument("--subtypes", action="store_true", help="pneumonia: bacteria/virus")
-    group.add_argument(
-        "--uncertain", choices=["ignore", "positive", "negative"],
-        help="CheXpert uncertain labels: masked (ignore), as positive or as negative",
-    )  # fmt: skip
-    group.add_argument("--findings", help="comma-separated findings (CheXpert)")
-    group.add_argument("--csv-path", help="csv: the label file (default ROOT/labels.csv)")
-    group.add_argument("--csv-image", help="csv: image path column (default image)")
-    group.add_argument("--csv-label", help="csv: label column (default label)")
-    group.add_argument("--csv-case", help="csv: case (patient) column")
-    group.add_argument("--csv-source", help="csv: source (site) column")
-    group.add_argument("--csv-view", help="csv: view column")
-    group.add_argument("--csv-labels-sep", help="csv: separator of multi-label values, e.g. '|'")
-    group.add_argument("--synthetic-cases", type=int,
-                       help="synthetic: number of generated cases (default 600)")  # fmt: skip
-    group.add_argument("--cache-dir", help="decoded-image cache (default ~/.cache/medssl)")
-    group.add_argument(
-        "--skip-unreadable", action="store_true",
-        help="drop images that cannot be decoded (and report how many) instead of stopping",
-    )  # fmt: skip
+def read_spec(given: Given, options: Given | None = None, base: Path | None = None) -> DataSpec:
+    """A :class:`DataSpec` from what a user wrote: flags, a config file's keys, a protocol's
+    ``data`` block or the Python API. Every value is checked (its type and range, whether
+    the dataset needs ``root``, whether an option is the dataset's own) with one-line errors
+    naming the option as written. ``options``: the dataset's options, when they are not an
+    ``options`` mapping in ``given``. A relative ``root`` is taken relative to ``base``
+    (default: the working directory).
+    """
+    given = given.only([*SPEC_KEYS, "options"]) if options is not None else given
+    if "options" in given:
+        where = given.where_of("options")
+        nested = read(DataSpec, given.only(["options"]))["options"]
+        options = Given(nested, where.inside("options") if where is not None else None)
+        given = given.only(SPEC_KEYS)
+    values = read(DataSpec, given)
+    if "dataset" not in values:
+        raise MedsslError(f"{given.name('dataset')} is required")
+    name = values["dataset"]
+    info = DATASETS[name]
+    root = values.get("root", "")
+    if not root and info.needs_root:
+        raise MedsslError(f"{given.name('root')}: required with dataset {name}")
+    if root:
+        values["root"] = str(((base or Path.cwd()) / Path(root).expanduser()).resolve())
+    options = options or Given()
+    own = settings(info.options)
+    for key in options:
+        if key not in own:
+            theirs = f"its options: {', '.join(own)}" if own else "it has no options"
+            raise MedsslError(f"{options.name(key)}: not an option of dataset {name} ({theirs})")
+    return DataSpec(**values, options=read(info.options, options))
+
+
+def checked_data(data: dict[str, Any]) -> dict[str, Any]:
+    """A config's ``data`` dict, checked like user input (the Python API builds configs
+    directly), in its saved form. Options are named with :func:`medssl.options.spelled`."""
+    if not isinstance(data, dict):
+        raise MedsslError(f"data: expected a data spec mapping, got {data!r}")
+    spec = {k: v for k, v in data.items() if k != "options"}
+    return read_spec(Given(spec), Given(data.get("options") or {})).to_dict()

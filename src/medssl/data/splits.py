@@ -20,10 +20,6 @@ from medssl.errors import MedsslError
 
 DEFAULT_FRACTIONS = {"train": 0.7, "val": 0.1, "test": 0.2}
 
-#: Canonical in-distribution / shift sources (see DESIGN.md).
-HAM10000_IN_DISTRIBUTION = ("vidir_modern", "vidir_molemax", "vienna_dias")
-HAM10000_SHIFT = ("rosendahl",)
-
 
 @dataclass(frozen=True)
 class Splits:
@@ -114,14 +110,11 @@ def source_mask(manifest: Manifest, sources: tuple[str, ...] | list[str]) -> np.
 def canonical_splits(
     manifest: Manifest, seed: int = 0, shift_sources: list[str] | None = None
 ) -> Splits:
-    """The canonical protocol for a dataset (DESIGN.md), or the generic one.
-
-    - HAM10000: the Vienna sources split 70/10/20 by lesion; shift = every rosendahl image.
-    - Everything else: all rows split 70/10/20 by case (official splits are pooled, since
-      they can leak patients); ``shift_sources`` are held out as the shift split.
+    """The canonical protocol (DESIGN.md): the rows split 70/10/20 by case (official splits
+    are pooled, since they can leak patients); ``shift_sources`` are held out as the shift
+    split. A dataset's default shift sources (HAM10000: rosendahl) come from its record in
+    :data:`medssl.data.adapters.DATASETS`, through :class:`~medssl.data.spec.DataSpec`.
     """
-    if shift_sources is None and manifest.name == "ham10000":
-        shift_sources = list(HAM10000_SHIFT)
     all_rows = np.arange(len(manifest))
     if shift_sources:
         shift = source_mask(manifest, shift_sources)

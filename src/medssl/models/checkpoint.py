@@ -114,8 +114,7 @@ def _read_file(path: Path) -> Any:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         if found is None:
             raise MedsslError(
-                f"cannot read checkpoint {path} (not a torch.save or safetensors file, or "
-                "damaged)"
+                f"cannot read checkpoint {path} (not a torch.save or safetensors file, or damaged)"
             ) from exc
         raise MedsslError(
             f"refusing to load {path}: it holds a pickled object ({found.group(1)}) other than "

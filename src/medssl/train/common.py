@@ -17,6 +17,7 @@ from medssl.data.spec import DataSpec
 from medssl.data.splits import Splits
 from medssl.errors import MedsslError
 from medssl.models.checkpoint import load_backbone_state, load_into_backbone
+from medssl.options import spelled
 from medssl.train import distributed as dist
 from medssl.train.run import CONFIG, LOCK, METRICS, checkpoint_epoch, is_complete, read_config
 
@@ -28,11 +29,11 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise MedsslError(f"--device {name}: no CUDA device is available")
+        raise MedsslError(f"{spelled('device')} {name}: no CUDA device is available")
     try:
         return torch.device(name)
     except RuntimeError:
-        raise MedsslError(f"--device {name!r} is not a device name") from None
+        raise MedsslError(f"{spelled('device')} {name!r} is not a device name") from None
 
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -61,7 +62,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     of fp32 (docs/PERFORMANCE.md). The NT-Xent loss is always computed in fp32.
     """
     if precision not in PRECISIONS:
-        raise MedsslError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+        raise MedsslError(
+            f"{spelled('precision')} {precision!r} is not one of {', '.join(PRECISIONS)}"
+        )
     if precision != "auto":
         return precision
     if device.type == "cuda":
@@ -78,7 +81,7 @@ def resolve_num_workers(num_workers: int | None, augment_mode: str, device: torc
     """
     if num_workers is not None:
         if num_workers < 0:
-            raise MedsslError(f"--num-workers must be >= 0, got {num_workers}")
+            raise MedsslError(f"{spelled('num_workers')} must be >= 0, got {num_workers}")
         return num_workers
     if augment_mode == "batch" and device.type == "cpu":
         return 0
@@ -130,16 +133,17 @@ def _init_path(init: str) -> Path | None:
         return None
     path = Path(init).expanduser()
     if not path.exists():
-        raise MedsslError(f"--init {init}: no such file or run directory")
+        raise MedsslError(f"{spelled('init')} {init}: no such file or run directory")
     if path.is_dir() and (path / CONFIG).is_file() and not is_complete(path):
         done, total = checkpoint_epoch(path) or 0, read_config(path).get("epochs", "?")
         raise MedsslError(
-            f"--init {init} is an unfinished run (epoch {done} of {total}); finish it with --resume"
+            f"{spelled('init')} {init} is an unfinished run (epoch {done} of {total}); finish it "
+            "with --resume"
         )
     if path.is_dir() and not (path / CONFIG).is_file() and _started_run(path):
         raise MedsslError(
-            f"--init {init} is an unfinished run (starting, or stopped before it saved its "
-            f"{CONFIG}); wait for it or start it again"
+            f"{spelled('init')} {init} is an unfinished run (starting, or stopped before it "
+            f"saved its {CONFIG}); wait for it or start it again"
         )
     return path
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -22,20 +22,23 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from medssl.augment import (
-    DATASET_PRESET,
+    AUGMENT_MODES,
     PRESETS,
+    dataset_preset,
     finetune_augment,
     resolve_augment_mode,
     view_transform,
 )
 from medssl.data.datasets import LabeledImages, unchanged
+from medssl.data.spec import checked_data
 from medssl.data.splits import label_fraction
-from medssl.errors import MedsslError
 from medssl.evaluate import multiclass_metrics, multilabel_metrics
 from medssl.models.backbones import build_backbone
 from medssl.models.checkpoint import save_state_dict_atomic
 from medssl.models.heads import Classifier
+from medssl.options import check_fields, default_of, option
 from medssl.train.common import (
+    PRECISIONS,
     autocast,
     init_source,
     initialise_backbone,
@@ -46,52 +49,80 @@ from medssl.train.common import (
     resolve_precision,
 )
 from medssl.train.monitor import model_outputs
-from medssl.train.optim import build_optimizer, epoch_scheduler
+from medssl.train.optim import OPTIMIZERS, build_optimizer, epoch_scheduler
+from medssl.train.pretrain import PretrainConfig
 from medssl.train.run import RunDir, adopt_resumed_choices, check_out, field_defaults
 
 BEST = "best.pt"
 
 
+_ARCHITECTURE = ("backbone", "small_stem", "image_size")
+#: model selection metrics (validation scores of :func:`score`)
+VAL_METRICS = ("accuracy", "balanced_accuracy", "auc_macro", "auc_mean_selected")
+
+
 @dataclass
 class FinetuneConfig:
-    data: dict[str, Any]
-    out: str
-    init: str = "random"
-    label_fraction: float = 1.0
-    seed: int = 0
-    backbone: str = ""  # "" = the init run's backbone, else resnet18
-    small_stem: bool | None = None
-    image_size: int = 0  # 0 = the init run's image size, else 64
-    epochs: int = 30
-    batch_size: int = 128
-    optimizer: str = "adamw"
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0
-    linear_probe: bool = False
-    val_metric: str = "auto"
-    device: str = "auto"
-    precision: str = "auto"
-    augment_mode: str = "auto"  # per-sample (workers), batch (training device), auto
-    num_workers: int | None = None  # None: 0 for batch views on the CPU, else one per core
-    cache_dir: str | None = None
-    skip_unreadable: bool = False
-    progress: bool = True
-    resume: bool = False
-    class_names: list[str] = field(default_factory=list)  # filled from the data
-    task: str = ""
+    """Every option of ``medssl finetune`` (flags, config-file keys and protocol keys are
+    these fields: see :mod:`medssl.options`)."""
+
+    data: dict[str, Any] = option(user=False)  # a DataSpec dict, read from the data options
+    out: str = option(help="run directory")
+    init: str = option("random", help="random, a checkpoint file, or a run")
+    label_fraction: float = option(
+        1.0, above=0, maximum=1, help="share of the training cases whose labels are used"
+    )
+    seed: int = option(0, minimum=0)
+    backbone: str = option("", help="default: the --init run's backbone, else resnet18")
+    small_stem: bool | None = option(None, help="default: the --init run's stem, else off")
+    image_size: int = option(0, minimum=8, help="default: the --init run's size, else 64")
+    epochs: int = option(30, minimum=1)
+    batch_size: int = option(128, minimum=2)
+    optimizer: str = option("adamw", choices=OPTIMIZERS)
+    lr: float = option(1e-3, above=0, help="learning rate")
+    weight_decay: float = option(1e-4, minimum=0)
+    warmup_epochs: float = option(1.0, minimum=0)
+    linear_probe: bool = option(False, help="freeze the backbone")
+    val_metric: str = option(
+        "auto", choices=VAL_METRICS, help="model selection metric (auto: auc_macro)"
+    )
+    device: str = option("auto", help="auto, cpu, cuda, cuda:N")
+    precision: str = option(
+        "auto", choices=PRECISIONS,
+        help="auto: bf16 autocast on GPUs and on CPUs with native bf16, else fp32",
+    )  # fmt: skip
+    augment_mode: str = option(
+        "auto", choices=AUGMENT_MODES,
+        help="per-sample: torchvision views in DataLoader workers; batch: kornia views of "
+        "whole batches on the training device; auto: batch where kornia is installed",
+    )  # fmt: skip
+    num_workers: int | None = option(
+        None, minimum=0,
+        help="DataLoader worker processes (default: 0 for batch views on the CPU, else one "
+        "per core up to 8)",
+    )  # fmt: skip
+    cache_dir: str | None = option(None, help="decoded-image cache (default ~/.cache/medssl)")
+    skip_unreadable: bool = option(
+        False, help="drop images that cannot be decoded (and report how many) instead of stopping"
+    )
+    progress: bool = option(True, user=False)  # the command line's --quiet
+    resume: bool = option(False, help="continue the run in --out")
+    class_names: list[str] = option(factory=list, user=False)  # filled from the data
+    task: str = option("", user=False)
 
     def resolved(self) -> FinetuneConfig:
+        """Check every option, fill automatic choices (the saved config says what ran)."""
+        check_fields(self)
         cfg = FinetuneConfig(**asdict(self))
         check_out(cfg.out)
+        cfg.data = checked_data(cfg.data)
         cfg.init = resolve_init(cfg.init)
+        # the architecture of the --init run, else a pretraining run's defaults
         source = init_source(cfg.init) or {}
-        cfg.backbone = cfg.backbone or source.get("backbone", "resnet18")
-        if cfg.small_stem is None:
-            cfg.small_stem = bool(source.get("small_stem", False))
-        cfg.image_size = cfg.image_size or int(source.get("image_size", 64))
-        if cfg.epochs < 1 or cfg.batch_size < 2:
-            raise MedsslError("--epochs must be >= 1 and --batch-size >= 2")
+        arch = {k: source.get(k, default_of(PretrainConfig, k)) for k in _ARCHITECTURE}
+        cfg.backbone = cfg.backbone or arch["backbone"]
+        cfg.small_stem = bool(arch["small_stem"]) if cfg.small_stem is None else cfg.small_stem
+        cfg.image_size = cfg.image_size or int(arch["image_size"])
         adopt_resumed_choices(cfg, ("augment_mode", "precision"))
         cfg.augment_mode = resolve_augment_mode(cfg.augment_mode)
         device = resolve_device(cfg.device)
@@ -146,7 +177,7 @@ class Finetuner:
     def _set_up(self) -> None:
         cfg, m = self.cfg, self.manifest
         self.train_rows = label_fraction(m, self.splits["train"], cfg.label_fraction, cfg.seed)
-        preset = PRESETS[DATASET_PRESET.get(cfg.data["dataset"], "derm")]
+        preset = PRESETS[dataset_preset(cfg.data["dataset"])]
         augment = finetune_augment(preset.rotation_degrees)
         self.batch_augment = None
         if cfg.augment_mode == "batch":  # the loader only hands over uint8 images

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -18,16 +18,29 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from medssl.augment import DATASET_PRESET, preset, resolve_augment_mode, view_transform
+from medssl.augment import (
+    AUGMENT_MODES,
+    DEPRECATED_AUGMENT_ON,
+    PRESETS,
+    AugmentConfig,
+    dataset_preset,
+    expand_augment_block,
+    preset,
+    resolve_augment_mode,
+    view_transform,
+)
 from medssl.data.datasets import PairViews, unchanged
-from medssl.data.pairs import CaseBags, PairSampler
+from medssl.data.pairs import METHODS, CaseBags, PairSampler
+from medssl.data.spec import checked_data
 from medssl.errors import MedsslError
 from medssl.losses import NTXentLoss
 from medssl.models.backbones import build_backbone
 from medssl.models.checkpoint import export_backbone
 from medssl.models.heads import SimCLRModel
+from medssl.options import Given, check_fields, option, spelled
 from medssl.train import distributed as dist
 from medssl.train.common import (
+    PRECISIONS,
     autocast,
     initialise_backbone,
     load_data,
@@ -37,57 +50,90 @@ from medssl.train.common import (
     resolve_precision,
 )
 from medssl.train.monitor import backbone_knn_scores, knn_metrics
-from medssl.train.optim import build_optimizer, epoch_scheduler, scaled_lr
-from medssl.train.run import RunDir, adopt_resumed_choices, field_defaults
+from medssl.train.optim import OPTIMIZERS, build_optimizer, epoch_scheduler, scaled_lr
+from medssl.train.run import RunDir, adopt_resumed_choices, check_out, field_defaults
+
+_WORKERS_HELP = (
+    "DataLoader worker processes (default: 0 for batch views on the CPU, else one per core up to 8)"
+)
 
 
 @dataclass
 class PretrainConfig:
-    data: dict[str, Any]
-    out: str
-    method: str = "micle"
-    backbone: str = "resnet18"
-    small_stem: bool = False
-    image_size: int = 64
-    epochs: int = 100
-    batch_size: int = 256
-    optimizer: str = "lars"
-    lr: float = 0.075
-    lr_scaling: str = "sqrt"
-    weight_decay: float = 1e-6
-    warmup_epochs: float = 10.0
-    temperature: float = 0.1
-    proj_dim: int = 128
-    augment: str = ""  # preset name; "" = the dataset's default (derm or cxr)
-    augment_overrides: dict[str, float] = field(default_factory=dict)
-    init: str = "random"
-    seed: int = 0
-    num_workers: int | None = None  # None: 0 for batch views on the CPU, else one per core
-    prefetch_factor: int = 4
-    pin_memory: bool | None = None  # None: on when training on a GPU
-    augment_mode: str = "auto"  # per-sample (workers), batch (training device), auto
-    augment_on: str = ""  # deprecated spelling of augment_mode: cpu = per-sample, gpu = batch
-    knn_every: int = 0
-    knn_k: int = 20
-    device: str = "auto"
-    precision: str = "auto"
-    channels_last: bool | None = None
-    compile: bool = False
-    cache_dir: str | None = None
-    skip_unreadable: bool = False
-    progress: bool = True
-    resume: bool = False
+    """Every option of ``medssl pretrain`` (flags, config-file keys and protocol keys are
+    these fields: see :mod:`medssl.options`)."""
+
+    data: dict[str, Any] = option(user=False)  # a DataSpec dict, read from the data options
+    out: str = option(help="run directory")
+    method: str = option("micle", choices=METHODS, help="positive pairs: two views of one "
+                         "image (simclr) or of two images of one case (micle)")  # fmt: skip
+    backbone: str = option("resnet18", help="resnet18/34/50/101/152, optionally _w2 / _w4")
+    small_stem: bool = option(
+        False, help="3x3 stride-1 stem without max-pool (CIFAR-style; ~16x the compute at 64 px)"
+    )
+    image_size: int = option(64, minimum=8, help="image side in pixels")
+    epochs: int = option(100, minimum=1)
+    batch_size: int = option(256, minimum=2, help="global batch (all processes)")
+    optimizer: str = option("lars", choices=OPTIMIZERS)
+    lr: float = option(0.075, above=0, help="base learning rate")
+    lr_scaling: str = option(
+        "sqrt", choices=("sqrt", "linear"), help="sqrt: lr*sqrt(batch); linear: lr*batch/256"
+    )
+    weight_decay: float = option(1e-6, minimum=0)
+    warmup_epochs: float = option(10.0, minimum=0)
+    temperature: float = option(0.1, above=0, help="NT-Xent temperature")
+    proj_dim: int = option(128, minimum=1, help="projection head output size")
+    augment: str = option("", choices=tuple(PRESETS), help="preset (default: the dataset's)")
+    augment_overrides: dict[str, float] = option(
+        factory=dict, flag="", nested=AugmentConfig,
+        help="augmentation parameters over the preset's (--aug key=value; a config file's "
+        "augment: block)",
+    )  # fmt: skip
+    init: str = option("random", help="random, a checkpoint file, or a run")
+    seed: int = option(0, minimum=0)
+    num_workers: int | None = option(None, minimum=0, help=_WORKERS_HELP)
+    prefetch_factor: int = option(4, minimum=1, help="batches queued per worker")
+    pin_memory: bool | None = option(None, help="page-locked host batches (default: on with a GPU)")
+    augment_mode: str = option(
+        "auto", choices=AUGMENT_MODES,
+        help="per-sample: torchvision views in DataLoader workers; batch: kornia views of "
+        "whole batches on the training device; auto: batch where kornia is installed",
+    )  # fmt: skip
+    augment_on: str = option(
+        "", choices=tuple(DEPRECATED_AUGMENT_ON),
+        help="deprecated: use --augment-mode (cpu = per-sample, gpu = batch)",
+    )  # fmt: skip
+    knn_every: int = option(0, minimum=0, help="k-NN validation scores every N epochs (0: off)")
+    knn_k: int = option(20, minimum=1, help="neighbours of the k-NN monitor")
+    device: str = option("auto", help="auto, cpu, cuda, cuda:N")
+    precision: str = option(
+        "auto", choices=PRECISIONS,
+        help="auto: bf16 autocast on GPUs and on CPUs with native bf16, else fp32",
+    )  # fmt: skip
+    channels_last: bool | None = option(None, help="channels-last memory format (default: on)")
+    compile: bool = option(False, help="torch.compile the model")
+    cache_dir: str | None = option(None, help="decoded-image cache (default ~/.cache/medssl)")
+    skip_unreadable: bool = option(
+        False, help="drop images that cannot be decoded (and report how many) instead of stopping"
+    )
+    progress: bool = option(True, user=False)  # the command line's --quiet
+    resume: bool = option(False, help="continue the run in --out")
+
+    @staticmethod
+    def __expand_options__(given: Given) -> None:
+        """An ``augment:`` mapping (config files, protocols) is a block of augmentation
+        parameters, with the preset under ``preset``."""
+        expand_augment_block(given)
 
     def resolved(self) -> PretrainConfig:
-        """Fill automatic choices so the saved config says what actually ran."""
-        if self.method not in ("simclr", "micle"):
-            raise MedsslError(f"--method {self.method!r} is not simclr or micle")
-        if self.epochs < 1 or self.batch_size < 2:
-            raise MedsslError("--epochs must be >= 1 and --batch-size >= 2")
+        """Check every option, fill automatic choices (the saved config says what ran)."""
+        check_fields(self)
         cfg = PretrainConfig(**asdict(self))
+        check_out(cfg.out)
+        cfg.data = checked_data(cfg.data)
         if not cfg.augment:
-            cfg.augment = DATASET_PRESET.get(cfg.data["dataset"], "derm")
-        preset(cfg.augment, cfg.augment_overrides)  # validates names and values
+            cfg.augment = dataset_preset(cfg.data["dataset"])
+        preset(cfg.augment, cfg.augment_overrides)  # the combination is valid too
         cfg.init = resolve_init(cfg.init)
         if cfg.augment_on:
             cfg.augment_mode, cfg.augment_on = cfg.augment_on, ""
@@ -99,8 +145,6 @@ class PretrainConfig:
         cfg.device = device.type
         cfg.precision = resolve_precision(cfg.precision, device)
         cfg.num_workers = resolve_num_workers(cfg.num_workers, cfg.augment_mode, device)
-        if cfg.prefetch_factor < 1:
-            raise MedsslError(f"--prefetch-factor must be >= 1, got {cfg.prefetch_factor}")
         if cfg.channels_last is None:  # faster on GPUs and, measured, ~20% on CPU too
             cfg.channels_last = True
         return cfg
@@ -139,10 +183,13 @@ class Pretrainer:
         self.train_rows = splits["train"]
         world = dist.world_size()
         if cfg.batch_size % world:
-            raise MedsslError(f"--batch-size {cfg.batch_size} is not divisible by {world} ranks")
+            raise MedsslError(
+                f"{spelled('batch_size')} {cfg.batch_size} is not divisible by {world} ranks"
+            )
         if len(self.train_rows) < cfg.batch_size:
             raise MedsslError(
-                f"--batch-size {cfg.batch_size} exceeds the {len(self.train_rows)} training images"
+                f"{spelled('batch_size')} {cfg.batch_size} exceeds the {len(self.train_rows)} "
+                "training images"
             )
         codes, _ = manifest.case_codes()
         self.bags = CaseBags(np.unique(codes[self.train_rows], return_inverse=True)[1])
@@ -298,7 +345,9 @@ class Pretrainer:
         for epoch in range(self.start_epoch, cfg.epochs):
             row: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch)}
             if not math.isfinite(row["loss"]):
-                raise MedsslError(f"loss became {row['loss']} in epoch {epoch + 1}; lower --lr")
+                raise MedsslError(
+                    f"loss became {row['loss']} in epoch {epoch + 1}; lower {spelled('lr')}"
+                )
             last = epoch + 1 == cfg.epochs
             due = cfg.knn_every and ((epoch + 1) % cfg.knn_every == 0 or last)
             if due and dist.is_main_process():

@@ -40,6 +40,7 @@ import yaml
 from medssl.errors import MedsslError
 from medssl.fileio import TEMP_NAME, atomic_write, remove_stale_temp_files
 from medssl.models.checkpoint import save_state_dict_atomic
+from medssl.options import spelled
 from medssl.train import distributed as dist
 
 CONFIG = "config.yaml"
@@ -83,13 +84,24 @@ RENAMED_SETTINGS = {"augment_on": ("augment_mode", {"cpu": "per-sample", "gpu": 
 
 
 def upgrade_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A run's config in today's setting names (a run made before a rename reads as if after)."""
+    """A run's config in today's form (a run made before a change reads as if after).
+
+    Renamed settings take their new names; a data spec that left its dataset's default
+    shift sources implicit (HAM10000 runs before they were recorded) names them.
+    """
+    from medssl.data.adapters import DATASETS
+
     config = dict(config)
     for old, (new, values) in RENAMED_SETTINGS.items():
         if old in config:
             value = config.pop(old)
             if value and new not in config:
                 config[new] = values.get(value, value)
+    data = config.get("data")
+    if isinstance(data, dict) and data.get("shift_sources") is None:
+        info = DATASETS.get(str(data.get("dataset")))
+        if info is not None and info.shift_sources:
+            config["data"] = {**data, "shift_sources": list(info.shift_sources)}
     return config
 
 
@@ -198,7 +210,7 @@ class RunLock:
                           "process from writing this run")  # fmt: skip
                     return None
                 raise MedsslError(
-                    f"--out {self.run} is being written by {_holder_text(holder)}; "
+                    f"{spelled('out')} {self.run} is being written by {_holder_text(holder)}; "
                     "wait for it or choose another --out"
                 ) from None
             with contextlib.suppress(FileNotFoundError):
@@ -239,9 +251,9 @@ def _release_locks() -> None:
         lock.release()
 
 
-def check_out(path: str | Path, what: str = "--out") -> None:
+def check_out(path: str | Path, what: str = "") -> None:
     """Refuse an output folder that is a file, or lies below one, before any work starts."""
-    path = Path(path)
+    path, what = Path(path), what or spelled("out")
     for folder in (path, *path.parents):
         if folder.is_dir():
             return
@@ -348,13 +360,13 @@ class RunDir:
     def _check(self, resume: bool) -> None:
         if is_complete(self.path) and not (resume and self._extends_epochs()):
             raise MedsslError(
-                f"--out {self.path} already holds a finished run; choose another --out "
+                f"{spelled('out')} {self.path} already holds a finished run; choose another --out "
                 "(or --resume with more --epochs to extend it)"
             )
         if (self.path / CHECKPOINT).is_file() and not resume:
             raise MedsslError(
-                f"--out {self.path} holds an unfinished run; pass --resume to continue it "
-                "or choose another --out"
+                f"{spelled('out')} {self.path} holds an unfinished run; pass --resume to continue "
+                "it or choose another --out"
             )
         foreign = (
             self.path.is_dir()
@@ -363,7 +375,9 @@ class RunDir:
                     for p in self.path.iterdir())
         )  # fmt: skip
         if foreign:
-            raise MedsslError(f"--out {self.path} exists and is not a medssl run directory")
+            raise MedsslError(
+                f"{spelled('out')} {self.path} exists and is not a medssl run directory"
+            )
         if self.resume:
             old = read_config(self.path)
             changed = sorted(
