@@ -7,8 +7,10 @@ Presets (Azizi et al. 2021, following SimCLR):
 - ``cxr``: random crop, colour jitter of strength 0.5, rotation up to 45 degrees and
   horizontal flip; **no Gaussian blur** (and no grayscale: X-rays are grey already).
 
-Every field of :class:`AugmentConfig` can be overridden (``--aug key=value`` on the CLI or
-an ``augment:`` block in a config file).
+Every field of :class:`AugmentConfig` can be overridden (``--aug key=value`` on the CLI, or
+an ``augment:`` block in a config file or a protocol's pretraining entry, with the preset
+under ``preset``: ``augment: {preset: cxr, blur_p: 0.1}``); each value is checked against
+the field's range (probabilities in [0, 1], ...).
 
 Two ways to make the views (``--augment-mode``), the same family of transform in both:
 

@@ -271,34 +271,46 @@ def add_export_parser(commands) -> None:  # noqa: ANN001 - argparse's private ty
 def knn_command(args: argparse.Namespace) -> int:
     from medssl.knn import compare_backbones, format_comparison
 
-    inits = [str(Path(i).expanduser().resolve()) for i in args.init or []]
+    inits = [str(Path(i).expanduser().resolve()) for i in getattr(args, "init", None) or []]
+    given = {k: getattr(args, k) for k in _KNN_OPTIONS if hasattr(args, k)}  # defaults: knn's
     result = compare_backbones(
-        spec_from(data_given(args)).to_dict(), inits, split=args.split,
-        backbone=args.backbone or "", image_size=args.image_size or 0,
-        small_stem=args.small_stem, k=args.k, n_boot=args.n_boot, seed=args.seed,
-        device=args.device, cache_dir=args.cache_dir, progress=not args.json,
+        spec_from(data_given(args)).to_dict(), inits, cache_dir=args.cache_dir,
+        progress=not args.json, **given,
     )  # fmt: skip
     print(json.dumps(result, indent=2) if args.json else format_comparison(result))
     return 0
 
 
+#: options of ``medssl knn`` passed on only when given (the defaults are compare_backbones')
+_KNN_OPTIONS = ("split", "k", "backbone", "small_stem", "image_size", "n_boot", "seed", "device")
+
+
 def add_knn_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
+    import inspect
+
+    from medssl.knn import compare_backbones
+
+    defaults = {k: v.default for k, v in inspect.signature(compare_backbones).parameters.items()}
     p = commands.add_parser(
-        "knn", help="k-NN scores of pretrained backbones vs a random one, no training"
-    )
+        "knn", help="k-NN scores of pretrained backbones vs a random one, no training",
+        argument_default=argparse.SUPPRESS,
+    )  # fmt: skip
     p.set_defaults(func=knn_command)
     add_data_flags(p)
     p.add_argument("--init", action="append", metavar="RUN_OR_FILE",
                    help="a pretraining run or checkpoint (repeatable)")  # fmt: skip
-    p.add_argument("--split", default="val", help="the query split (val, test, shift)")
-    p.add_argument("--k", type=int, default=20, help="neighbours per query")
+    split_help = f"the query split (val, test, shift; default {defaults['split']})"
+    p.add_argument("--split", help=split_help)
+    p.add_argument("--k", type=int, help=f"neighbours per query (default {defaults['k']})")
     p.add_argument("--backbone", help="default: the --init run's backbone, else resnet18")
-    p.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--small-stem", action=argparse.BooleanOptionalAction)
     p.add_argument("--image-size", type=int, help="default: the --init run's size, else 64")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (by case)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random reference")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--n-boot", type=int,
+                   help=f"bootstrap resamples (by case; default {defaults['n_boot']})")  # fmt: skip
+    p.add_argument("--seed", type=int,
+                   help=f"seed of the random reference (default {defaults['seed']})")  # fmt: skip
+    p.add_argument("--device", help=f"default: {defaults['device']}")
+    p.add_argument("--json", action="store_true", default=False)
 
 
 def sweep_command(args: argparse.Namespace) -> int:

@@ -50,7 +50,14 @@ def _architecture(
             if given and given != used:
                 raise MedsslError(f"{option} {given} differs from the --init run's {used}")
         return run_backbone, run_size, run_stem if small_stem is None else bool(small_stem)
-    return backbone or "resnet18", image_size or 64, bool(small_stem)
+    from medssl.options import default_of
+    from medssl.train.pretrain import PretrainConfig  # a pretraining run's defaults
+
+    return (
+        backbone or default_of(PretrainConfig, "backbone"),
+        image_size or default_of(PretrainConfig, "image_size"),
+        bool(small_stem),
+    )
 
 
 def compare_backbones(

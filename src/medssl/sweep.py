@@ -24,6 +24,12 @@ fine-tuning grid::
         class_map: {common nevus: nv, atypical nevus: nv, melanoma: mel}  # dataset -> model
     n_boot: 1000
 
+**Settings.** ``image_size``, ``backbone``, ``small_stem`` and ``device`` apply to every run;
+a ``pretrain`` entry and the ``finetune`` section take the options of ``medssl pretrain`` /
+``medssl finetune`` as keys (an ``augment:`` block too), read and checked by the same code
+as those commands' flags (:mod:`medssl.options`) when the protocol is loaded, so a bad value
+fails before the first run.
+
 **Chained pretraining.** ``init: <entry>`` in a pretraining entry starts it from another
 entry's finished run (anything else is a checkpoint/run path, relative to the protocol
 file). Entries run in dependency order; a cycle or an unknown name is an error naming the
