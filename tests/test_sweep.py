@@ -1,6 +1,7 @@
 """Sweeps and the demo: protocol validation, resume semantics, the synthetic demo end to end.
 
-One smoke-budget demo (2 tiny pretraining runs, 6 fine-tunes, 12 evaluations) is trained
+One smoke-budget demo (2 tiny pretraining runs, 12 fine-tunes and linear probes, 24
+evaluations) is trained
 once per module and shared; the resume tests then spy on the training functions to show
 that a second run of the same sweep retrains nothing.
 """
@@ -29,6 +30,7 @@ from medssl.train import pretrain as pretrain_module
 INITS = ["random", "simclr", "micle"]
 FRACTIONS = [0.1, 1.0]
 SPLITS = ["test", "shift"]
+MODES = ["finetune", "linear"]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +60,7 @@ class _Spy:
 
 def _results(path: Path) -> pd.DataFrame:
     df = pd.read_csv(path)
-    assert not df.duplicated(["init", "label_fraction", "seed", "split"]).any()
+    assert not df.duplicated(["init", "mode", "label_fraction", "seed", "split"]).any()
     return df
 
 
@@ -68,9 +70,9 @@ def _results(path: Path) -> pd.DataFrame:
 def test_demo_smoke_makes_every_row_and_the_report(demo: tuple[Path, str]) -> None:
     out, printed = demo
     df = _results(out / "results.csv")
-    assert len(df) == len(INITS) * len(FRACTIONS) * len(SPLITS)
-    got = set(zip(df["init"], df["label_fraction"], df["split"], strict=True))
-    assert got == {(i, f, s) for i in INITS for f in FRACTIONS for s in SPLITS}
+    assert len(df) == len(INITS) * len(FRACTIONS) * len(SPLITS) * len(MODES)
+    got = set(zip(df["init"], df["mode"], df["label_fraction"], df["split"], strict=True))
+    assert got == {(i, m, f, s) for i in INITS for m in MODES for f in FRACTIONS for s in SPLITS}
     assert set(df["dataset"]) == {"synthetic"}
     assert df["accuracy"].between(0, 1).all() and (df["n"] > 0).all()
     for run in df["run"]:
@@ -80,7 +82,17 @@ def test_demo_smoke_makes_every_row_and_the_report(demo: tuple[Path, str]) -> No
     assert "SYNTHETIC" in (out / "report.md").read_text()
     # the comparison table is printed, and the output says the data are synthetic
     assert "| Init | Labels |" in printed and "SYNTHETIC" in printed
-    assert "[8/8] finetune micle f=1 seed=0" in printed
+    assert "[14/14] finetune micle f=1 seed=0" in printed
+    # the headline comes first: every init's score at the low fraction, paired differences
+    head = printed[printed.index("what pretraining buys") :].splitlines()
+    assert head[1].startswith("With 10% of the labels, macro AUC")
+    low = df[(df["label_fraction"] == 0.1) & (df["mode"] == "linear") & (df["split"] == "test")]
+    scores = [f"{low.loc[low['init'] == i, 'auc_macro'].item():.3f}" for i in INITS]
+    assert head[3].split()[4:7] == scores
+    assert head.index(next(h for h in head if h.startswith("| Init"))) > 6
+    # MICLe continues from SimCLR, as in the paper
+    micle = yaml.safe_load((out / "pretrain" / "micle" / "config.yaml").read_text())
+    assert Path(micle["init"]) == out / "pretrain" / "simclr"
     # the shift split is the held-out synthetic site, carried by the run's data spec
     config = yaml.safe_load((out / "finetune" / "micle-f1-s0" / "config.yaml").read_text())
     assert config["data"]["shift_sources"] == [SYNTHETIC_SHIFT_SOURCE]
