@@ -27,6 +27,7 @@ import contextvars
 import dataclasses
 import difflib
 import math
+import os
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
@@ -97,8 +98,10 @@ class Setting:
         return self.default is MISSING
 
     def help_text(self) -> str:
+        """The help, with the default unless the help explains it (an automatic choice)."""
         text = self.meta.help
-        if self.default not in (MISSING, None, "", False, 0, {}, [], ()):
+        shown = self.default is not MISSING and self.default not in (None, "", {}, [], ())
+        if shown and not isinstance(self.default, bool) and "default" not in text:
             text = f"{text} (default: {self.default})" if text else f"default: {self.default}"
         return text
 
@@ -302,6 +305,8 @@ def _coerce(value: Any, hint: Any) -> Any:
     if hint is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, os.PathLike):  # the Python API may pass paths
+            return os.fspath(value)
         raise _Bad(f"expected a string, got {_show(value)}")
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is list:
@@ -394,10 +399,11 @@ def check(s: Setting, value: Any, name: str, where: Where | None = None) -> Any:
 
 def check_fields(config: Any, skip: tuple[str, ...] = ()) -> None:
     """Check every field of a configuration object (the Python API builds them directly),
-    naming options with :func:`spelled`."""
+    naming options with :func:`spelled`, and store each value in its field's type (a path
+    object as a string, an integer learning rate as a float)."""
     for name, s in settings(type(config)).items():
         if name not in skip:
-            check(s, getattr(config, name), spelled(name))
+            setattr(config, name, check(s, getattr(config, name), spelled(name)))
 
 
 def parse_flag_value(text: str, hint: Any) -> Any:

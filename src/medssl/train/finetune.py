@@ -57,6 +57,10 @@ BEST = "best.pt"
 
 
 _ARCHITECTURE = ("backbone", "small_stem", "image_size")
+
+
+def _from_init(name: str) -> str:
+    return f"default: the --init run's, else {default_of(PretrainConfig, name)}"
 #: model selection metrics (validation scores of :func:`score`)
 VAL_METRICS = ("accuracy", "balanced_accuracy", "auc_macro", "auc_mean_selected")
 
@@ -73,9 +77,9 @@ class FinetuneConfig:
         1.0, above=0, maximum=1, help="share of the training cases whose labels are used"
     )
     seed: int = option(0, minimum=0)
-    backbone: str = option("", help="default: the --init run's backbone, else resnet18")
-    small_stem: bool | None = option(None, help="default: the --init run's stem, else off")
-    image_size: int = option(0, minimum=8, help="default: the --init run's size, else 64")
+    backbone: str = option("", help=_from_init("backbone"))
+    small_stem: bool | None = option(None, help=_from_init("small_stem"))
+    image_size: int = option(0, minimum=8, help=_from_init("image_size"))
     epochs: int = option(30, minimum=1)
     batch_size: int = option(128, minimum=2)
     optimizer: str = option("adamw", choices=OPTIMIZERS)
@@ -112,8 +116,8 @@ class FinetuneConfig:
 
     def resolved(self) -> FinetuneConfig:
         """Check every option, fill automatic choices (the saved config says what ran)."""
-        check_fields(self)
         cfg = FinetuneConfig(**asdict(self))
+        check_fields(cfg)
         check_out(cfg.out)
         cfg.data = checked_data(cfg.data)
         cfg.init = resolve_init(cfg.init)

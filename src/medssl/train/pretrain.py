@@ -127,8 +127,8 @@ class PretrainConfig:
 
     def resolved(self) -> PretrainConfig:
         """Check every option, fill automatic choices (the saved config says what ran)."""
-        check_fields(self)
         cfg = PretrainConfig(**asdict(self))
+        check_fields(cfg)
         check_out(cfg.out)
         cfg.data = checked_data(cfg.data)
         if not cfg.augment:
