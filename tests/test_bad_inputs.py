@@ -272,3 +272,19 @@ def test_data_flags_come_from_the_records_and_data_has_no_argparse():
     assert "pneumonia: bacteria / virus" in help_text and "--csv-labels-sep" in help_text
     data = Path(__file__).parents[1] / "src" / "medssl" / "data"
     assert not [p for p in data.rglob("*.py") if "argparse" in p.read_text()]
+
+
+def test_config_values_that_used_to_fail_after_building_the_model(capsys, tmp_path):
+    """``lr: [1, 2]`` crashed in the learning-rate scaling, ``epochs: 1.5`` in the loop."""
+    config = tmp_path / "pretrain.yaml"
+    out = tmp_path / "run"
+    for text, message in [
+        ("lr: [1, 2]\n", "lr: expected a number, got [1, 2]"),
+        ("epochs: 1.5\n", "epochs: expected an integer, got 1.5"),
+        ("prefetch_factor: 0\n", "prefetch_factor: must be at least 1, got 0"),
+        ("augment: derm\naugment_mode: fast\n", "augment_mode: 'fast' is not one of"),
+    ]:
+        config.write_text(text)
+        line = fails(capsys, "pretrain", *SYNTHETIC, "--out", out, "--config", config)
+        assert f"--config {config}: {message}" in line
+        assert not out.exists()
