@@ -335,7 +335,9 @@ def demo_command(args: argparse.Namespace) -> int:
 
     if args.root and not args.dataset:
         raise MedsslError("--root needs --dataset (the demo runs on synthetic data without)")
-    run_demo(args.out, args.dataset, args.root, args.budget, progress=not args.quiet)
+    run_demo(
+        args.out, args.dataset, args.root, args.budget, progress=not args.quiet, seed=args.seed
+    )
     return 0
 
 
@@ -352,6 +354,8 @@ def add_demo_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
     p.add_argument("--out", default="medssl-demo", help="demo folder (a finished one is reused)")
     p.add_argument("--budget", choices=BUDGETS, default="default",
                    help="smoke: a tiny run that only checks the pipeline")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0,
+                   help="pretraining and fine-tuning seed (the data stay the same)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no per-epoch output of the runs")
 
 

@@ -85,7 +85,7 @@ _SPLIT_NAMES = {"test": "in distribution", "shift": "on the unseen site"}
 
 
 def demo_protocol(
-    dataset: str | None = None, root: str | None = None, budget: str = "default"
+    dataset: str | None = None, root: str | None = None, budget: str = "default", seed: int = 0
 ) -> dict[str, Any]:
     """The sweep protocol the demo runs (a plain dict, as a protocol YAML would hold).
 
@@ -96,8 +96,12 @@ def demo_protocol(
     table = _SYNTHETIC_BUDGETS if synthetic else _REAL_BUDGETS
     if budget not in table:
         raise MedsslError(f"--budget {budget!r} is not one of {', '.join(sorted(table))}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise MedsslError(f"--seed must be a whole number >= 0, got {seed!r}")
     b = table[budget]
-    common: dict[str, Any] = {"batch_size": b["pretrain_batch"], "warmup_epochs": b["warmup"]}
+    common: dict[str, Any] = {
+        "batch_size": b["pretrain_batch"], "warmup_epochs": b["warmup"], "seed": seed,
+    }  # fmt: skip
     if synthetic:
         data: dict[str, Any] = {
             "dataset": "synthetic",
@@ -123,7 +127,7 @@ def demo_protocol(
         },
         "inits": list(INITS),
         "label_fractions": list(b["fractions"]),
-        "seeds": [0],
+        "seeds": [seed],
         "finetune": {
             "epochs": b["finetune_epochs"],
             "batch_size": b["finetune_batch"],
@@ -143,7 +147,7 @@ def _percent(fraction: float) -> str:
 def headline(out_dir: Path, fraction: float, metric: str = "auc_macro") -> list[str]:
     """The demo's first lines: a small table of each initialisation's ``metric`` at the label
     ``fraction``, per mode and split, with each pretrained init's paired difference to random
-    (seed 0, paired case-bootstrap 95% interval from ``paired.csv``)."""
+    (paired case-bootstrap 95% interval from ``paired.csv``)."""
     import pandas as pd
 
     results = pd.read_csv(out_dir / "results.csv")
@@ -174,7 +178,7 @@ def headline(out_dir: Path, fraction: float, metric: str = "auc_macro") -> list[
 def _paired_text(
     paired: Any, mode: str, fraction: float, split: str, metric: str, init: str
 ) -> str:
-    """``+0.123 [+0.045, +0.201]``: seed 0's paired difference to random and its interval."""
+    """``+0.123 [+0.045, +0.201]``: the run's paired difference to random and its interval."""
     if paired is None:
         return ""
     row = paired[
@@ -194,13 +198,14 @@ def run_demo(
     root: str | None = None,
     budget: str = "default",
     progress: bool = True,
+    seed: int = 0,
 ) -> Path:
     """Run (or reuse) the demo in ``out_dir``; print the comparison table; return results.csv.
 
     ``budget`` is ``default`` or ``smoke`` (a few seconds per run, for tests). A folder
     holding a finished demo is reused: nothing is retrained, the table is printed again.
     """
-    protocol = demo_protocol(dataset, root, budget)
+    protocol = demo_protocol(dataset, root, budget, seed)
     out = Path(out_dir).expanduser().resolve()
     synthetic = protocol["data"]["dataset"] == "synthetic"
     print(f"medssl demo ({budget} budget) -> {out}", flush=True)
@@ -222,7 +227,7 @@ def run_demo(
     if synthetic:
         print(textwrap.fill(WHY_NOTE, width=100))
     table = (out / "results.md").read_text(encoding="utf-8").split("\n## ")[0].rstrip()
-    print(f"\nAll runs (one seed, {budget} budget; paired differences and calibration are in ")
+    print(f"\nAll runs (seed {seed}, {budget} budget; paired differences and calibration are in ")
     print(f"{out / 'results.md'}):\n")
     print(table)
     print(f"\nreport: {out / 'report.html'} (demo took {time.perf_counter() - started:.0f} s)")
