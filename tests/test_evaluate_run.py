@@ -23,7 +23,7 @@ from medssl.cli import main
 from medssl.data import notices
 from medssl.data.spec import DataSpec
 from medssl.errors import MedsslError
-from medssl.evaluate import multiclass_calibration, multiclass_metrics
+from medssl.metrics import multiclass_calibration, multiclass_metrics
 from medssl.predict import (
     SALT_FILE,
     evaluate_run,

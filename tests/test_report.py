@@ -16,7 +16,7 @@ from scipy import stats
 from sklearn.metrics import roc_auc_score
 
 from medssl.errors import MedsslError
-from medssl.evaluate import multiclass_calibration
+from medssl.metrics import multiclass_calibration
 from medssl.report import (
     CASE_CI_MARK,
     markdown_table,

@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 
 from conftest import write_ham_layout
 from medssl.errors import MedsslError
-from medssl.evaluate import evaluate_predictions, load_class_map, merge_model_classes
+from medssl.metrics import evaluate_predictions, load_class_map, merge_model_classes
 from medssl.paired import (
     PAIRED_COLUMNS,
     paired_bootstrap,

@@ -10,11 +10,10 @@ The Python API (README, "Python API")::
 
 Everything is imported on first use, so ``import medssl`` loads neither torch nor pandas.
 
-``medssl.evaluate`` and ``medssl.predict`` are also the names of two modules (the metrics,
-and the ``medssl evaluate`` command). Those modules stay what they were -- ``from medssl
-import predict; predict.evaluate_run(...)`` works as before -- and calling them calls the API
-functions :func:`medssl.api.evaluate` and :func:`medssl.api.predict` (whose ``help()`` shows
-their arguments).
+``medssl.predict`` is also the name of a module (the ``medssl evaluate`` command). That
+module stays what it was -- ``from medssl import predict; predict.evaluate_run(...)`` works as
+before -- and calling it calls the API function :func:`medssl.api.predict` (whose ``help()``
+shows its arguments).
 """
 
 from __future__ import annotations
@@ -36,6 +35,7 @@ __all__ = [
 _LAZY = {
     "pretrain": "medssl.api",
     "finetune": "medssl.api",
+    "evaluate": "medssl.api",
     "PretrainConfig": "medssl.train.pretrain",
     "FinetuneConfig": "medssl.train.finetune",
     "DataSpec": "medssl.data.spec",
@@ -43,7 +43,7 @@ _LAZY = {
     "Predictions": "medssl.inference",
 }
 #: submodules that are also API functions
-_CALLABLE_MODULES = ("evaluate", "predict")
+_CALLABLE_MODULES = ("predict",)
 
 
 class _CallableModule(types.ModuleType):
@@ -58,7 +58,7 @@ class _CallableModule(types.ModuleType):
 class _Package(types.ModuleType):
     def __setattr__(self, name: str, value: Any) -> None:
         # The import system sets each imported submodule as an attribute of its package:
-        # the moment to make medssl.evaluate / medssl.predict callable.
+        # the moment to make medssl.predict callable.
         if name in _CALLABLE_MODULES and type(value) is types.ModuleType:
             value.__class__ = _CallableModule
         super().__setattr__(name, value)

@@ -19,8 +19,8 @@ from medssl.errors import MedsslError
 if TYPE_CHECKING:
     from medssl.data import LoadedData
     from medssl.data.spec import DataSpec
-    from medssl.evaluate import ClassMap
     from medssl.inference import Predictions
+    from medssl.metrics import ClassMap
 
     DataLike = LoadedData | DataSpec | Mapping[str, Any]
 

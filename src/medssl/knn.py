@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from medssl.errors import MedsslError
-from medssl.evaluate import bootstrap_cis
+from medssl.metrics import bootstrap_cis
 from medssl.models.backbones import build_backbone
 from medssl.train.common import init_source, initialise_backbone, load_data, resolve_device
 from medssl.train.monitor import KNN_METRICS, backbone_knn_scores, knn_metrics

@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from medssl.errors import MedsslError
-from medssl.evaluate import (
+from medssl.metrics import (
     _CaseLayout,
     _FastMulticlass,
     _FastMultilabel,
@@ -109,7 +109,7 @@ def load_predictions(path: Path) -> dict[str, Any]:
 def _fast_metrics(
     pred: Mapping[str, Any], mean_over: list[str] | None
 ) -> Callable[[np.ndarray], Mapping[str, float | None]]:
-    """The metrics of :mod:`medssl.evaluate` under row weights (the bootstrap's fast path)."""
+    """The metrics of :mod:`medssl.metrics` under row weights (the bootstrap's fast path)."""
     probs = np.asarray(pred["probs"], dtype=np.float64)
     targets = np.asarray(pred["targets"])
     if targets.ndim == 1:
@@ -134,7 +134,7 @@ def paired_bootstrap(
     ``a`` and ``b`` are predictions (``probs``, ``targets``, ``case_ids``) of two models on
     the same images in the same order; each draw resamples cases once and scores both on
     it. Draws where a metric is undefined are dropped (past half: NaN), as in
-    :func:`medssl.evaluate.bootstrap_ci`.
+    :func:`medssl.metrics.bootstrap_ci`.
 
     Stored case ids are salted hashes with a salt per run (:mod:`medssl.predict`), so the
     two files are matched by their targets and their grouping of rows into cases (rows

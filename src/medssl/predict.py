@@ -51,7 +51,8 @@ from medssl.data.manifest import Manifest
 from medssl.data.notices import announce
 from medssl.data.spec import DataSpec
 from medssl.errors import MedsslError
-from medssl.evaluate import (
+from medssl.fileio import atomic_write
+from medssl.metrics import (
     ClassMap,
     case_level,
     evaluate_predictions,
@@ -62,7 +63,6 @@ from medssl.evaluate import (
     sensitivity_specificity,
     threshold_for_sensitivity,
 )
-from medssl.fileio import atomic_write
 from medssl.models.backbones import build_backbone
 from medssl.models.checkpoint import read_checkpoint
 from medssl.models.heads import Classifier
@@ -390,7 +390,7 @@ def evaluate_run(
 
     ``split`` is a split name (train, val, test, shift) or ``all``; None: ``test`` of the
     model's own data, ``all`` of an external dataset. ``class_map`` is a class mapping file,
-    dict or :class:`~medssl.evaluate.ClassMap`; its ``model_classes`` merge model classes
+    dict or :class:`~medssl.metrics.ClassMap`; its ``model_classes`` merge model classes
     into evaluation classes (probabilities summed) before scoring. The keyword options are
     described in the module docstring. Results go to ``RUN/eval_<name>.json`` and
     predictions to ``RUN/predictions_<name>.npz``; ``RUN/metrics.json`` gathers every

@@ -997,7 +997,7 @@ def reliability_data(
     """(observed rate, mean confidence, images) per non-empty bin, and the ECE of those bins.
 
     The rates come from scikit-learn's ``calibration_curve`` (equal-width bins); with 15 bins
-    and multiclass predictions the ECE is the ``ece`` of :mod:`medssl.evaluate`. Multilabel
+    and multiclass predictions the ECE is the ``ece`` of :mod:`medssl.metrics`. Multilabel
     predictions are pooled over findings (the evaluation's ``ece`` averages findings).
     """
     from sklearn.calibration import calibration_curve

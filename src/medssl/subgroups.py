@@ -8,7 +8,7 @@ small: a group with fewer than :data:`SMALL_SUBGROUP_CASES` cases is flagged ``s
 interval is wide and its point estimate unstable), never dropped, and a metric that cannot
 be computed in a group (one class only) is None with a note saying why.
 
-Intervals are the case-level bootstrap of :func:`medssl.evaluate.evaluate_predictions` on
+Intervals are the case-level bootstrap of :func:`medssl.metrics.evaluate_predictions` on
 the group's own rows. Exact ages are never reported, only bands.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medssl.evaluate import evaluate_predictions
+from medssl.metrics import evaluate_predictions
 
 #: (lower bound, upper bound, label) of the age bands, in years
 AGE_BANDS: list[tuple[float, float, str]] = [
@@ -111,7 +111,7 @@ def subgroup_metrics(
     """``{attribute: {group: metrics}}`` for the rows of each group, all groups kept.
 
     Each group holds the point metrics and case-level intervals of
-    :func:`~medssl.evaluate.evaluate_predictions` (sensitivity and specificity at
+    :func:`~medssl.metrics.evaluate_predictions` (sensitivity and specificity at
     ``threshold`` when given), its class counts, ``small`` and ``notes``.
     """
     targets = np.asarray(targets)

@@ -291,7 +291,7 @@ def _pretrain_order(pretrain: dict[str, dict[str, Any]], source: str) -> list[st
 
 def _externals(value: Any, source: str, base: Path, splits: list[str]) -> list[External]:
     """The ``external`` list: ``{name, data, class_map, model_classes}`` items."""
-    from medssl.evaluate import class_map_from_dict
+    from medssl.metrics import class_map_from_dict
 
     if value is None:
         return []
@@ -801,7 +801,7 @@ def _device(p: Protocol) -> dict[str, str]:
 def _evaluate(p: Protocol, job: _Job, splits: list[str], where: str) -> None:
     """Evaluate a finished fine-tune on every split and external set not yet evaluated."""
     from medssl import predict
-    from medssl.evaluate import ClassMap
+    from medssl.metrics import ClassMap
 
     for split, label in _eval_files(p, splits):
         if (job.run / f"eval_{label}.json").is_file():

@@ -32,7 +32,7 @@ from medssl.augment import (
 from medssl.data.datasets import LabeledImages, unchanged
 from medssl.data.spec import checked_data
 from medssl.data.splits import label_fraction
-from medssl.evaluate import multiclass_metrics, multilabel_metrics
+from medssl.metrics import multiclass_metrics, multilabel_metrics
 from medssl.models.backbones import build_backbone
 from medssl.models.checkpoint import save_state_dict_atomic
 from medssl.models.heads import Classifier

@@ -112,7 +112,7 @@ def knn_metrics(
     task: str, scores: np.ndarray, targets: np.ndarray, class_names: list[str]
 ) -> dict[str, float | None]:
     """The :data:`KNN_METRICS` of the task for k-NN ``scores`` (None where undefined)."""
-    from medssl.evaluate import multiclass_metrics, multilabel_metrics  # sklearn: load late
+    from medssl.metrics import multiclass_metrics, multilabel_metrics  # sklearn: load late
 
     if task == "multiclass":
         found = multiclass_metrics(scores, targets, class_names)

@@ -1,4 +1,4 @@
-"""Tests for medssl.evaluate: metrics checked against scikit-learn computed here, and the
+"""Tests for medssl.metrics: metrics checked against scikit-learn computed here, and the
 case-level bootstrap checked by looking at the rows it hands to the metric."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, roc_auc_score, roc_curve
 
 from medssl.errors import MedsslError
-from medssl.evaluate import (
+from medssl.metrics import (
     CHEXPERT_FIVE,
     _WeightedAUC,
     bootstrap_ci,
