@@ -39,7 +39,7 @@ def test_readme_example_session(tmp_path, monkeypatch):
     written = pd.read_csv(tmp_path / "predictions.csv")
     np.testing.assert_allclose(written.filter(like="prob_").to_numpy(), preds.probs, atol=1e-6)
 
-    from medssl.export import export_model
+    from medssl.commands.export import export_model
 
     meta = export_model("runs/ft", "onnx", "classifier.onnx")
     assert meta["input"] == "RGB images, NCHW (N, 3, 16, 16), float32 in [0, 1]"
@@ -65,11 +65,12 @@ def test_api_errors_name_the_option(tmp_path):
     assert (config.epochs, config.out) == (3, str(tmp_path / "ft"))
 
 
-def test_import_is_cheap_and_the_modules_keep_working():
+def test_import_is_cheap_and_the_api_names_are_functions():
     code = (
         "import sys, medssl; assert 'torch' not in sys.modules and 'pandas' not in sys.modules;"
-        "from medssl import predict, evaluate; import medssl.predict as p;"
-        "assert p is predict is sys.modules['medssl.predict'] and callable(predict);"
-        "assert predict.evaluate_run and evaluate is medssl.api.evaluate"
+        "from medssl import predict, evaluate; import medssl.api as api;"
+        "assert predict is api.predict and evaluate is api.evaluate is medssl.evaluate;"
+        "import medssl.commands.evaluate as e, medssl.commands.predict as p;"
+        "assert e.evaluate_run and p.predict_images and medssl.predict is api.predict"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

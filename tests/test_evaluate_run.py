@@ -20,11 +20,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from conftest import write_ham_layout
 from medssl.cli import main
-from medssl.data import notices
-from medssl.data.spec import DataSpec
-from medssl.errors import MedsslError
-from medssl.metrics import multiclass_calibration, multiclass_metrics
-from medssl.predict import (
+from medssl.commands.evaluate import (
     SALT_FILE,
     evaluate_run,
     fit_temperature,
@@ -32,6 +28,10 @@ from medssl.predict import (
     load_classifier,
     run_salt,
 )
+from medssl.data import notices
+from medssl.data.spec import DataSpec
+from medssl.errors import MedsslError
+from medssl.metrics import multiclass_calibration, multiclass_metrics
 from medssl.subgroups import age_band, sex_group
 from medssl.train.common import load_data
 from medssl.train.finetune import FinetuneConfig, finetune

@@ -11,11 +11,11 @@ import torch
 
 from conftest import write_ham_layout
 from medssl.cli import main
+from medssl.commands.export import export_model, read_metadata
+from medssl.commands.predict import predict_images
 from medssl.data.imageio import read_image, resize_square
 from medssl.data.spec import DataSpec
 from medssl.errors import MedsslError
-from medssl.export import export_model, read_metadata
-from medssl.inference import predict_images
 from medssl.train.finetune import FinetuneConfig, finetune
 
 #: exported vs medssl's own probabilities: the same float32 operations, but in other kernels
@@ -96,7 +96,7 @@ def test_cli_export_and_user_errors(finetuned, tmp_path, capsys, monkeypatch):
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_multilabel_models_export_a_sigmoid_per_finding():
-    from medssl.export import ExportedClassifier
+    from medssl.commands.export import ExportedClassifier
     from medssl.models.backbones import build_backbone
     from medssl.models.heads import Classifier
     from medssl.train.finetune import probabilities

@@ -11,9 +11,9 @@ from PIL import Image
 
 from conftest import write_ham_layout
 from medssl.cli import main
+from medssl.commands.evaluate import evaluate_run
 from medssl.data.spec import DataSpec
 from medssl.errors import MedsslError
-from medssl.predict import evaluate_run
 from medssl.train.finetune import FinetuneConfig, finetune
 
 

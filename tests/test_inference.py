@@ -12,10 +12,10 @@ from PIL import Image
 
 from conftest import write_ham_layout
 from medssl.cli import main
+from medssl.commands.evaluate import evaluate_run
+from medssl.commands.predict import predict_images
 from medssl.data.spec import DataSpec
 from medssl.errors import MedsslError
-from medssl.inference import predict_images
-from medssl.predict import evaluate_run
 from medssl.train.finetune import FinetuneConfig, finetune
 
 

@@ -9,9 +9,9 @@ import torch
 
 from conftest import tiny_pretrain_config, write_ham_layout
 from medssl.cli import main
+from medssl.commands.knn import compare_backbones
 from medssl.data.spec import DataSpec
 from medssl.errors import MedsslError
-from medssl.knn import compare_backbones
 from medssl.models.backbones import build_backbone
 from medssl.models.checkpoint import save_state_dict_atomic
 from medssl.train.pretrain import pretrain

@@ -1,7 +1,9 @@
 """The ``medssl`` command line.
 
-Each subcommand parses its options here and calls one function of the library; user
-mistakes (:class:`MedsslError`) print as one line on stderr with exit status 2.
+This module only registers each subcommand's flags and hands the parsed values to its
+module, :mod:`medssl.commands` ``.<name>`` (``medssl knn`` -> ``medssl/commands/knn.py``),
+printing what that returns; user mistakes (:class:`MedsslError`) print as one line on
+stderr with exit status 2.
 """
 
 from __future__ import annotations
@@ -23,32 +25,13 @@ from medssl.cli_options import (
 from medssl.errors import MedsslError
 
 
-def data_summary(args: argparse.Namespace) -> int:
-    from medssl.data.splits import cases_shared_between_splits
+def data_summary_command(args: argparse.Namespace) -> int:
+    from medssl.commands.data import format_summary, summarize
 
-    manifest, splits = spec_from(data_given(args)).load()
-    codes, _ = manifest.case_codes()
-    summary = manifest.summary()
-    summary["splits"] = {
-        name: {"images": int(rows.size), "cases": int(len(set(codes[rows].tolist())))}
-        for name, rows in splits.indices.items()
-    }
-    summary["cases_shared_between_splits"] = cases_shared_between_splits(manifest, splits)
-    summary["split_scheme"] = splits.scheme
-    summary["warnings"] = [*manifest.warnings, *splits.warnings]
+    manifest, summary = summarize(spec_from(data_given(args)))
     for warning in summary["warnings"]:
         print(f"warning: {warning}", file=sys.stderr)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-        return 0
-    print(f"dataset      {manifest.name} ({manifest.task}, {manifest.num_classes} classes)")
-    print(f"images       {summary['images']}")
-    print(f"cases        {summary['cases']} ({summary['multi_image_cases']} with 2+ images)")
-    print("classes      " + ", ".join(f"{k} {v}" for k, v in summary["classes"].items()))
-    print("sources      " + ", ".join(f"{k} {v}" for k, v in summary["sources"].items()))
-    for name, counts in summary["splits"].items():
-        print(f"split {name:<6} {counts['images']} images, {counts['cases']} cases")
-    print(f"cases shared between splits: {summary['cases_shared_between_splits']}")
+    print(json.dumps(summary, indent=2) if args.json else format_summary(manifest, summary))
     return 0
 
 
@@ -79,12 +62,11 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
 
 
 def pretrain_command(args: argparse.Namespace) -> int:
-    from medssl.options import spelling
-    from medssl.train.pretrain import PretrainConfig, pretrain
+    from medssl.commands.pretrain import run_pretrain
+    from medssl.train.pretrain import PretrainConfig
 
     config, given = trainer_config(PretrainConfig, args)
-    with spelling(given.name):  # library messages name options as the user wrote them
-        metrics = pretrain(config)
+    metrics = run_pretrain(config, given.name)  # messages name options as the user wrote them
     if args.json:
         print(json.dumps(metrics, indent=2))
     return 0
@@ -105,12 +87,11 @@ def add_pretrain_parser(commands) -> None:  # noqa: ANN001 - argparse's private 
 
 
 def finetune_command(args: argparse.Namespace) -> int:
-    from medssl.options import spelling
-    from medssl.train.finetune import FinetuneConfig, finetune
+    from medssl.commands.finetune import run_finetune
+    from medssl.train.finetune import FinetuneConfig
 
     config, given = trainer_config(FinetuneConfig, args)
-    with spelling(given.name):  # library messages name options as the user wrote them
-        metrics = finetune(config)
+    metrics = run_finetune(config, given.name)  # messages name options as the user wrote them
     if args.json:
         print(json.dumps(metrics, indent=2))
     return 0
@@ -129,7 +110,7 @@ def add_finetune_parser(commands) -> None:  # noqa: ANN001 - argparse's private 
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
-    from medssl.predict import evaluate_run, format_evaluation
+    from medssl.commands.evaluate import evaluate_run, format_evaluation
 
     given = data_given(args)
     data = spec_from(given).to_dict() if len(given) else None
@@ -188,7 +169,12 @@ def add_evaluate_parser(commands) -> None:  # noqa: ANN001 - argparse's private 
 
 
 def predict_command(args: argparse.Namespace) -> int:
-    from medssl.inference import predict_images
+    from medssl.commands.predict import (
+        format_skipped,
+        format_written,
+        predict_images,
+        written_summary,
+    )
 
     result = predict_images(
         args.model, args.images, image_column=args.image_column, case_column=args.case_column,
@@ -196,25 +182,12 @@ def predict_command(args: argparse.Namespace) -> int:
         progress=not args.quiet,
     )  # fmt: skip
     written = result.write(args.out, args.case_out)
-    summary = {
-        "images": len(result.images),
-        "cases": None if result.cases is None else len(result.cases),
-        "skipped": len(result.skipped),
-        "files": {k: str(v) for k, v in written.items()},
-    }
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(json.dumps(written_summary(result, written), indent=2))
     else:
-        print(f"{summary['images']} image predictions -> {written['images']}")
-        if result.cases is not None:
-            print(f"{summary['cases']} case predictions -> {written['cases']}")
+        print(format_written(result, written))
     if result.skipped:
-        print(f"skipped {len(result.skipped)} unreadable image(s), listed in "
-              f"{written['skipped']}:", file=sys.stderr)  # fmt: skip
-        for image, reason in result.skipped[:20]:
-            print(f"  {image}: {reason}", file=sys.stderr)
-        if len(result.skipped) > 20:
-            print(f"  ... and {len(result.skipped) - 20} more", file=sys.stderr)
+        print(format_skipped(result, written), file=sys.stderr)
     return 0
 
 
@@ -243,16 +216,10 @@ def add_predict_parser(commands) -> None:  # noqa: ANN001 - argparse's private t
 
 
 def export_command(args: argparse.Namespace) -> int:
-    from medssl.export import export_model
+    from medssl.commands.export import export_model, format_export
 
     meta = export_model(args.model, args.format, args.out, opset=args.opset)
-    if args.json:
-        print(json.dumps(meta, indent=2))
-        return 0
-    print(f"{args.format} -> {args.out}")
-    for key in ("input", "preprocessing", "normalisation", "output"):
-        print(f"  {key:<14} {meta[key]}")
-    print(f"  {'classes':<14} {', '.join(meta['class_names'])}")
+    print(json.dumps(meta, indent=2) if args.json else format_export(meta, args.format, args.out))
     return 0
 
 
@@ -269,7 +236,7 @@ def add_export_parser(commands) -> None:  # noqa: ANN001 - argparse's private ty
 
 
 def knn_command(args: argparse.Namespace) -> int:
-    from medssl.knn import compare_backbones, format_comparison
+    from medssl.commands.knn import compare_backbones, format_comparison
 
     inits = [str(Path(i).expanduser().resolve()) for i in getattr(args, "init", None) or []]
     given = {k: getattr(args, k) for k in _KNN_OPTIONS if hasattr(args, k)}  # defaults: knn's
@@ -288,7 +255,7 @@ _KNN_OPTIONS = ("split", "k", "backbone", "small_stem", "image_size", "n_boot", 
 def add_knn_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
     import inspect
 
-    from medssl.knn import compare_backbones
+    from medssl.commands.knn import compare_backbones
 
     defaults = {k: v.default for k, v in inspect.signature(compare_backbones).parameters.items()}
     p = commands.add_parser(
@@ -314,7 +281,7 @@ def add_knn_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
 
 
 def sweep_command(args: argparse.Namespace) -> int:
-    from medssl.sweep import run_sweep
+    from medssl.commands.sweep import run_sweep
 
     run_sweep(args.protocol, args.out, progress=not args.quiet)
     return 0
@@ -331,10 +298,8 @@ def add_sweep_parser(commands) -> None:  # noqa: ANN001 - argparse's private typ
 
 
 def demo_command(args: argparse.Namespace) -> int:
-    from medssl.demo import run_demo
+    from medssl.commands.demo import run_demo
 
-    if args.root and not args.dataset:
-        raise MedsslError("--root needs --dataset (the demo runs on synthetic data without)")
     run_demo(
         args.out, args.dataset, args.root, args.budget, progress=not args.quiet, seed=args.seed
     )
@@ -371,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     summary = data_commands.add_parser("summary", help="images, cases, classes, splits")
     add_data_flags(summary)
     summary.add_argument("--json", action="store_true", help="print one JSON object")
-    summary.set_defaults(func=data_summary)
+    summary.set_defaults(func=data_summary_command)
     add_pretrain_parser(commands)
     add_finetune_parser(commands)
     add_evaluate_parser(commands)

@@ -214,7 +214,7 @@ def load_finetuned(run: str | os.PathLike[str], device: Any = "cpu") -> tuple[An
     """
     import torch
 
-    from medssl.predict import load_classifier
+    from medssl.commands.evaluate import load_classifier
     from medssl.train.common import resolve_device
     from medssl.train.run import is_complete, read_config
 
@@ -328,3 +328,35 @@ def case_table(case_ids: list[str], probs: np.ndarray, names: list[str], task: s
     table = _table({"case_id": list(uniques)}, None, means, names, task)
     table.insert(1, "n_images", counts)
     return table
+
+
+def written_summary(result: Predictions, written: dict[str, Path]) -> dict[str, Any]:
+    """What ``medssl predict --json`` prints: counts and the files :meth:`~Predictions.write`
+    wrote."""
+    return {
+        "images": len(result.images),
+        "cases": None if result.cases is None else len(result.cases),
+        "skipped": len(result.skipped),
+        "files": {k: str(v) for k, v in written.items()},
+    }
+
+
+def format_written(result: Predictions, written: dict[str, Path]) -> str:
+    """What ``medssl predict`` prints: how many predictions went to which file."""
+    lines = [f"{len(result.images)} image predictions -> {written['images']}"]
+    if result.cases is not None:
+        lines.append(f"{len(result.cases)} case predictions -> {written['cases']}")
+    return "\n".join(lines)
+
+
+def format_skipped(result: Predictions, written: dict[str, Path], shown: int = 20) -> str:
+    """The images left out as unreadable (the first ``shown``), for stderr; "" when none."""
+    if not result.skipped:
+        return ""
+    lines = [
+        f"skipped {len(result.skipped)} unreadable image(s), listed in {written['skipped']}:"
+    ]
+    lines += [f"  {image}: {reason}" for image, reason in result.skipped[:shown]]
+    if len(result.skipped) > shown:
+        lines.append(f"  ... and {len(result.skipped) - shown} more")
+    return "\n".join(lines)

@@ -121,7 +121,7 @@ def metadata_for(cfg: dict[str, Any], fmt: str, run: Path) -> dict[str, Any]:
 
 def build_exportable(run: str | os.PathLike[str], fmt: str) -> tuple[ExportedClassifier, dict]:
     """The CPU wrapper module of ``run``'s classifier and the run's config."""
-    from medssl.inference import load_finetuned
+    from medssl.commands.predict import load_finetuned
 
     model, cfg = load_finetuned(run, torch.device("cpu"))
     model = model.to(memory_format=torch.contiguous_format)
@@ -223,3 +223,12 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     with contextlib.suppress(json.JSONDecodeError):
         return json.loads(text)
     raise MedsslError(f"{path}: its medssl metadata is not valid JSON")
+
+
+def format_export(meta: dict[str, Any], fmt: str, out: str | os.PathLike[str]) -> str:
+    """What ``medssl export`` prints: the file written and what its model expects."""
+    lines = [f"{fmt} -> {out}"]
+    for key in ("input", "preprocessing", "normalisation", "output"):
+        lines.append(f"  {key:<14} {meta[key]}")
+    lines.append(f"  {'classes':<14} {', '.join(meta['class_names'])}")
+    return "\n".join(lines)
