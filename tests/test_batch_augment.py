@@ -9,8 +9,9 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
+from helpers.augment_family import describe_batch, describe_transform
 from medssl.augment import PRESETS, AugmentConfig, preset, view_transform
-from medssl.batch_augment import BatchViewAugment, describe_transform
+from medssl.batch_augment import BatchViewAugment
 from medssl.errors import MedsslError
 
 #: Everything random switched off: the view is the normalised input itself.
@@ -64,7 +65,7 @@ def test_batch_and_cpu_paths_describe_the_same_family(
     name: str, overrides: dict[str, float], size: int
 ) -> None:
     config = preset(name, overrides)
-    gpu = BatchViewAugment(config, size).describe()
+    gpu = describe_batch(BatchViewAugment(config, size))
     cpu = describe_transform(view_transform(config, size))
     assert gpu == cpu
     assert gpu["crop_size"] == size
@@ -77,12 +78,12 @@ def test_batch_and_cpu_paths_describe_the_same_family(
 
 @pytest.mark.usefixtures("kornia")
 def test_describe_reads_the_settings_back() -> None:
-    derm = BatchViewAugment(PRESETS["derm"], 224).describe()
+    derm = describe_batch(BatchViewAugment(PRESETS["derm"], 224))
     assert derm["jitter"] == (0.8, 0.8, 0.8, 0.2, 0.8)
     assert derm["grayscale_p"] == 0.2
     assert (derm["blur_kernel"], derm["blur_sigma"], derm["blur_p"]) == (23, (0.1, 2.0), 0.5)
     assert derm["order"] == ("crop", "hflip", "jitter", "grayscale", "blur", "normalize")
-    cxr = BatchViewAugment(PRESETS["cxr"], 224).describe()
+    cxr = describe_batch(BatchViewAugment(PRESETS["cxr"], 224))
     assert cxr["jitter"] == (0.4, 0.4, 0.4, 0.1, 0.8)
     assert cxr["order"] == ("rotation", "crop", "hflip", "jitter", "normalize")
     # The comparison is not vacuous: different configs give different descriptions.
@@ -103,7 +104,7 @@ def test_cxr_has_no_blur_in_either_path(kornia: Any) -> None:
     aug = BatchViewAugment(config, 64)
     assert not any(isinstance(m, kornia.augmentation.RandomGaussianBlur) for m in aug.modules())
     assert not any(isinstance(m, kornia.augmentation.RandomGrayscale) for m in aug.modules())
-    assert aug.describe()["blur"] is False
+    assert describe_batch(aug)["blur"] is False
     cpu = view_transform(config, 64)
     flat = [t for step in cpu.transforms for t in getattr(step, "transforms", [step])]
     assert not any(isinstance(t, v2.GaussianBlur) for t in flat)

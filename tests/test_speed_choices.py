@@ -62,10 +62,11 @@ def test_workers_default_to_none_for_batch_views_on_the_cpu():
 
 def test_finetune_views_are_the_same_family_in_both_modes():
     pytest.importorskip("kornia")
-    from medssl.batch_augment import BatchViewAugment, describe_transform
+    from helpers.augment_family import describe_batch, describe_transform
+    from medssl.batch_augment import BatchViewAugment
 
     for rotation in (0.0, 45.0):
-        batch = BatchViewAugment(finetune_augment(rotation), 24).describe()
+        batch = describe_batch(BatchViewAugment(finetune_augment(rotation), 24))
         per_sample = describe_transform(finetune_transform(24, rotation))
         assert batch == per_sample
         assert batch["jitter"] is None and not batch["blur"] and batch["crop_scale"] == (0.5, 1)
