@@ -353,9 +353,7 @@ def format_skipped(result: Predictions, written: dict[str, Path], shown: int = 2
     """The images left out as unreadable (the first ``shown``), for stderr; "" when none."""
     if not result.skipped:
         return ""
-    lines = [
-        f"skipped {len(result.skipped)} unreadable image(s), listed in {written['skipped']}:"
-    ]
+    lines = [f"skipped {len(result.skipped)} unreadable image(s), listed in {written['skipped']}:"]
     lines += [f"  {image}: {reason}" for image, reason in result.skipped[:shown]]
     if len(result.skipped) > shown:
         lines.append(f"  ... and {len(result.skipped) - shown} more")
