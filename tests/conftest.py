@@ -1,109 +1,11 @@
-"""Shared fixtures: the real data beside the project, and small synthetic manifests."""
+"""Shared fixtures. Helpers that tests import (data layouts, tiny runs) are in helpers/."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-import numpy as np
-import pandas as pd
 import pytest
-
-from medssl.data.manifest import Manifest
-
-SHARED_DATA = Path(
-    os.environ.get("MEDSSL_SHARED_DATA", Path(__file__).parents[1] / ".." / "shared" / "data")
-).resolve()
-
-
-def shared_dataset(name: str) -> Path:
-    path = SHARED_DATA / name
-    if not path.is_dir():
-        pytest.skip(f"real data {path} is absent (CI always has it beside the project)")
-    return path
 
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Each test session decodes into its own cache, never the user's."""
     monkeypatch.setenv("MEDSSL_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
-
-
-def make_manifest(
-    case_sizes: list[int],
-    labels: list[int] | None = None,
-    n_classes: int = 3,
-    sources: list[str] | None = None,
-) -> Manifest:
-    """A multiclass manifest whose case c has case_sizes[c] images (no files behind it)."""
-    rows = []
-    for case, size in enumerate(case_sizes):
-        for _ in range(size):
-            rows.append(
-                {
-                    "image": f"array:{len(rows)}",
-                    "case_id": f"case{case}",
-                    "source": sources[case] if sources else "site",
-                    "view": "",
-                    "official_split": "",
-                }
-            )
-    case_labels = labels if labels is not None else [c % n_classes for c in range(len(case_sizes))]
-    targets = np.repeat(np.asarray(case_labels), case_sizes)
-    pixels = np.zeros((len(rows), 8, 8, 3), dtype=np.uint8)
-    return Manifest(
-        "synthetic",
-        pd.DataFrame(rows),
-        targets,
-        [f"c{i}" for i in range(n_classes)],
-        "multiclass",
-        pixels=pixels,
-    )
-
-
-def write_ham_layout(root: Path, n_lesions: int = 24, seed: int = 0) -> Path:
-    """A tiny dataset in HAM10000's published layout (metadata CSV + JPEG folders).
-
-    Lesion l has 1-3 images; classes cycle over nv, mel, bkl; sources alternate between a
-    Vienna source and rosendahl (the canonical shift source). Images are 24x18 PNGs with a
-    class-dependent colour, so a classifier can learn something in a few steps.
-    """
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    classes = ["nv", "mel", "bkl"]
-    colours = {"nv": (180, 120, 90), "mel": (60, 40, 30), "bkl": (140, 140, 60)}
-    rows = []
-    folder = root / "HAM10000_images_part_1"
-    folder.mkdir(parents=True, exist_ok=True)
-    for lesion in range(n_lesions):
-        dx = classes[lesion % 3]
-        source = "rosendahl" if lesion % 4 == 3 else "vidir_modern"
-        for k in range(1 + lesion % 3):
-            image_id = f"ISIC_{lesion:03d}{k}"
-            noise = rng.integers(-40, 40, size=(18, 24, 3))
-            pixels = np.clip(np.array(colours[dx]) + noise, 0, 255).astype(np.uint8)
-            Image.fromarray(pixels).save(folder / f"{image_id}.png")
-            rows.append((f"HAM_{lesion:04d}", f"{image_id}.png", dx, source))
-    frame = pd.DataFrame(rows, columns=["lesion_id", "image_id", "dx", "dataset"])
-    frame.to_csv(root / "HAM10000_metadata.csv", index=False)
-    return root
-
-
-def tiny_pretrain_config(root: Path, out: Path, **overrides):  # noqa: ANN201 - PretrainConfig
-    """A seconds-long MICLe run on a :func:`write_ham_layout` dataset (16 px, batch 8).
-
-    fp32, because tests compare runs bit for bit (resume, world sizes) and oneDNN's bf16
-    kernels on the CPU are not deterministic; ``precision="auto"`` is tested on its own.
-    """
-    from medssl.data.spec import DataSpec
-    from medssl.train.pretrain import PretrainConfig
-
-    settings = dict(
-        data=DataSpec("ham10000", str(root)).to_dict(), out=str(out), method="micle",
-        backbone="resnet18", image_size=16, epochs=2, batch_size=8, warmup_epochs=1,
-        num_workers=0, progress=False, lr=0.3, cache_dir=str(Path(root) / "cache"),
-        precision="fp32",
-    )  # fmt: skip
-    settings.update(overrides)
-    return PretrainConfig(**settings)

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import make_manifest, shared_dataset
+from helpers.data import make_manifest, shared_dataset
 from medssl.cli import main
 from medssl.data.adapters import load_manifest
 from medssl.data.cache import decoded_images

@@ -17,7 +17,8 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import tiny_pretrain_config, write_ham_layout
+from helpers.data import write_ham_layout
+from helpers.runs import tiny_pretrain_config
 from medssl.losses import NTXentLoss
 from medssl.models.backbones import build_backbone
 from medssl.models.heads import SimCLRModel

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import write_ham_layout
+from helpers.data import write_ham_layout
 from medssl.cli import main
 from medssl.commands.evaluate import evaluate_run
 from medssl.data.spec import DataSpec

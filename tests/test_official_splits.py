@@ -94,7 +94,7 @@ def test_a_small_official_val_split_is_used_with_a_warning(tmp_path: Path) -> No
 
 
 def test_datasets_without_a_publisher_split_refuse_the_official_scheme(tmp_path: Path) -> None:
-    from conftest import write_ham_layout
+    from helpers.data import write_ham_layout
 
     manifest = load_manifest("ham10000", write_ham_layout(tmp_path, n_lesions=6))
     with pytest.raises(MedsslError, match="ham10000: --split-scheme official: .*no publisher"):

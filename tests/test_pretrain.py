@@ -9,8 +9,8 @@ import torch
 import torchvision
 import yaml
 
-from conftest import tiny_pretrain_config as tiny_config
-from conftest import write_ham_layout
+from helpers.data import write_ham_layout
+from helpers.runs import tiny_pretrain_config as tiny_config
 from medssl.cli import main
 from medssl.errors import MedsslError
 from medssl.models.checkpoint import load_backbone_state

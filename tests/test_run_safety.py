@@ -16,8 +16,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_pretrain_config as tiny_config
-from conftest import write_ham_layout
+from helpers.data import write_ham_layout
+from helpers.runs import tiny_pretrain_config as tiny_config
 from medssl.data.spec import DataSpec
 from medssl.errors import MedsslError
 from medssl.train.finetune import FinetuneConfig, finetune

@@ -8,7 +8,8 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_pretrain_config, write_ham_layout
+from helpers.data import write_ham_layout
+from helpers.runs import tiny_pretrain_config
 from medssl.augment import finetune_augment, finetune_transform, resolve_augment_mode
 from medssl.cli import main
 from medssl.data.spec import DataSpec

@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from conftest import write_ham_layout
+from helpers.data import write_ham_layout
 from medssl.errors import MedsslError
 from medssl.metrics import evaluate_predictions, load_class_map, merge_model_classes
 from medssl.paired import (

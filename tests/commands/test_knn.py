@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_pretrain_config, write_ham_layout
+from helpers.data import write_ham_layout
+from helpers.runs import tiny_pretrain_config
 from medssl.cli import main
 from medssl.commands.knn import compare_backbones
 from medssl.data.spec import DataSpec

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from conftest import write_ham_layout
+from helpers.data import write_ham_layout
 from medssl.cli import main
 from medssl.commands.evaluate import (
     SALT_FILE,

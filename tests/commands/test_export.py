@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_ham_layout
+from helpers.data import write_ham_layout
 from medssl.cli import main
 from medssl.commands.export import export_model, read_metadata
 from medssl.commands.predict import predict_images

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import write_ham_layout
+from helpers.data import write_ham_layout
 from medssl.cli import main
 from medssl.commands.evaluate import evaluate_run
 from medssl.commands.predict import predict_images

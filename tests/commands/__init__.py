@@ -1,0 +1,1 @@
+"""Tests of the medssl subcommands, one file per medssl/commands/ module."""

@@ -1,0 +1,24 @@
+"""Tiny training runs for tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def tiny_pretrain_config(root: Path, out: Path, **overrides):  # noqa: ANN201 - PretrainConfig
+    """A seconds-long MICLe run on a :func:`helpers.data.write_ham_layout` dataset (16 px, batch 8).
+
+    fp32, because tests compare runs bit for bit (resume, world sizes) and oneDNN's bf16
+    kernels on the CPU are not deterministic; ``precision="auto"`` is tested on its own.
+    """
+    from medssl.data.spec import DataSpec
+    from medssl.train.pretrain import PretrainConfig
+
+    settings = dict(
+        data=DataSpec("ham10000", str(root)).to_dict(), out=str(out), method="micle",
+        backbone="resnet18", image_size=16, epochs=2, batch_size=8, warmup_epochs=1,
+        num_workers=0, progress=False, lr=0.3, cache_dir=str(Path(root) / "cache"),
+        precision="fp32",
+    )  # fmt: skip
+    settings.update(overrides)
+    return PretrainConfig(**settings)
