@@ -1,0 +1,539 @@
+"""Figures of a report: label efficiency, in-distribution vs shift, ROC, reliability.
+
+Plots are drawn on :class:`matplotlib.figure.Figure` objects directly, never through
+``pyplot``: that renders with Agg on a headless machine without touching the global
+backend of a notebook or GUI the caller may be using, and leaks no open figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from medssl.errors import MedsslError
+from medssl.report.summary import (
+    _metric_label,
+    _ordered_inits,
+    _ordered_splits,
+    _pct,
+    _split_label,
+    split_file_label,
+)
+
+# Okabe & Ito (2008): distinguishable under the common colour-vision deficiencies. Yellow
+# is last because it is faint on white. Known inits get fixed colours so that every report
+# draws e.g. MICLe in the same colour.
+_OKABE_ITO = {
+    "black": "#000000",
+    "orange": "#E69F00",
+    "sky": "#56B4E9",
+    "green": "#009E73",
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "purple": "#CC79A7",
+    "yellow": "#F0E442",
+}
+_FIXED_COLOURS = {
+    "random": _OKABE_ITO["black"],
+    "imagenet-supervised": _OKABE_ITO["orange"],
+    "simclr": _OKABE_ITO["sky"],
+    "micle": _OKABE_ITO["vermillion"],
+}
+_SPARE_COLOURS = [_OKABE_ITO[k] for k in ("green", "purple", "blue", "yellow")]
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+_SPLIT_COLOURS = {"test": _OKABE_ITO["blue"], "shift": _OKABE_ITO["orange"]}
+_DPI = 150
+
+
+def _styles(inits: Sequence[str]) -> dict[str, tuple[str, str]]:
+    """(colour, marker) per init: fixed for known inits, spare colours for the rest."""
+    spare = iter(_SPARE_COLOURS * (1 + len(inits) // len(_SPARE_COLOURS)))
+    out = {}
+    for i, init in enumerate(inits):
+        colour = _FIXED_COLOURS.get(init) or next(spare)
+        out[init] = (colour, _MARKERS[i % len(_MARKERS)])
+    return out
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=_DPI, layout="constrained")
+    return fig
+
+
+def _save(fig, path: Path | str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=_DPI, facecolor="white")
+    return path
+
+
+def _check_summary(summary: pd.DataFrame, metric: str) -> None:
+    missing = [c for c in ["init", "label_fraction", "split", f"{metric}_mean"] if c not in summary]
+    if missing:
+        raise MedsslError(
+            f"summary lacks column(s) {', '.join(missing)}: pass the output of summarize() "
+            f"computed with metric {metric}"
+        )
+    if summary.empty:
+        raise MedsslError("the summary has no rows")
+
+
+def plot_label_efficiency(
+    summary: pd.DataFrame, metric: str, path: Path | str, title: str | None = None
+) -> Path:
+    """Metric against label fraction, one line per init, one panel per split.
+
+    The x axis is logarithmic with ticks at the label fractions that were run (as %); the
+    band is the CI over seeds (error bars instead when only one fraction was run). Panels
+    share the y axis so the drop under distribution shift reads directly.
+    """
+    _check_summary(summary, metric)
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    splits = _ordered_splits(summary["split"])
+    inits = _ordered_inits(summary["init"])
+    styles = _styles(inits)
+    fractions = sorted(summary["label_fraction"].unique())
+    fig = _new_figure(1.0 + 4.6 * len(splits), 4.6)
+    axes = fig.subplots(1, len(splits), sharey=True, squeeze=False)[0]
+    for ax, split in zip(axes, splits, strict=True):
+        drew = False
+        for init in inits:
+            sub = summary[(summary["init"] == init) & (summary["split"] == split)]
+            sub = sub.sort_values("label_fraction")
+            x = sub["label_fraction"].to_numpy(dtype=float)
+            y = sub[f"{metric}_mean"].to_numpy(dtype=float)
+            if not np.isfinite(y).any():
+                continue
+            lo = sub[f"{metric}_lo"].to_numpy(dtype=float)
+            hi = sub[f"{metric}_hi"].to_numpy(dtype=float)
+            colour, marker = styles[init]
+            linestyle = "--" if init == "random" else "-"
+            ax.plot(x, y, marker=marker, color=colour, ls=linestyle, lw=2, ms=6, label=init)
+            ok = np.isfinite(lo) & np.isfinite(hi)
+            if len(fractions) > 1:
+                ax.fill_between(x, lo, hi, where=ok, color=colour, alpha=0.15, lw=0)
+            elif ok.any():
+                ax.errorbar(
+                    x[ok],
+                    y[ok],
+                    yerr=[y[ok] - lo[ok], hi[ok] - y[ok]],
+                    fmt="none",
+                    ecolor=colour,
+                    capsize=4,
+                    lw=1.5,
+                )
+            drew = True
+        if not drew:
+            ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(FixedLocator(fractions))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _pct(v)))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlim(fractions[0] / 1.4, fractions[-1] * 1.4)
+        ax.set_title(_split_label(split), fontsize=11)
+        ax.set_xlabel("Labelled fraction of the training set (log scale)")
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel(_metric_label(metric))
+    fig.suptitle(title or f"Label efficiency — {_metric_label(metric)}", fontsize=12)
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes[1:]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        fig.legend(
+            handles,
+            labels,
+            loc="outside lower center",
+            ncols=min(len(labels), 5),
+            title="Initialisation (band: 95% CI over seeds; one seed: case bootstrap)",
+            frameon=False,
+        )
+    return _save(fig, path)
+
+
+def plot_shift_bars(
+    summary: pd.DataFrame,
+    metric: str,
+    path: Path | str,
+    label_fraction: float | Literal["all", "largest"] = "all",
+    title: str | None = None,
+) -> Path:
+    """Grouped bars, in-distribution vs shift, per init; one panel per label fraction.
+
+    ``label_fraction`` picks the panels: ``"all"`` (default), ``"largest"`` or one
+    fraction. Error bars are the CI over seeds (none with one seed). Each bar is labelled
+    with its mean, since bars starting at 0 make differences of a few points hard to see.
+    """
+    _check_summary(summary, metric)
+    splits = _ordered_splits(summary["split"])
+    if "shift" not in splits or "test" not in splits:
+        raise MedsslError(
+            f"plot_shift_bars needs both a test and a shift split; the summary has "
+            f"{', '.join(splits)}"
+        )
+    fractions = sorted(summary["label_fraction"].unique())
+    if label_fraction == "all":
+        chosen = fractions
+    elif label_fraction == "largest":
+        chosen = fractions[-1:]
+    else:
+        matches = [f for f in fractions if math.isclose(f, float(label_fraction))]
+        if not matches:
+            raise MedsslError(
+                f"label fraction {label_fraction} is not in the summary "
+                f"({', '.join(_pct(f) for f in fractions)})"
+            )
+        chosen = matches
+    inits = _ordered_inits(summary["init"])
+    # at most 3 per row, balanced: 4 panels as 2 x 2 rather than 3 + 1
+    ncols = math.ceil(len(chosen) / math.ceil(len(chosen) / 3))
+    nrows = math.ceil(len(chosen) / ncols)
+    width = max(4.0, 0.9 * len(inits) + 1.5)
+    fig = _new_figure(0.6 + width * ncols, 0.6 + 4.0 * nrows)
+    axes = fig.subplots(nrows, ncols, sharey=True, squeeze=False).ravel()
+    x = np.arange(len(inits), dtype=float)
+    bar_w = 0.38
+    for ax, fraction in zip(axes, chosen, strict=False):
+        for k, split in enumerate(["test", "shift"]):
+            means, errs = [], [[], []]
+            for init in inits:
+                r = summary[
+                    (summary["init"] == init)
+                    & (summary["split"] == split)
+                    & np.isclose(summary["label_fraction"], fraction)
+                ]
+                mean = float(r[f"{metric}_mean"].iloc[0]) if len(r) else math.nan
+                lo = float(r[f"{metric}_lo"].iloc[0]) if len(r) else math.nan
+                hi = float(r[f"{metric}_hi"].iloc[0]) if len(r) else math.nan
+                means.append(mean)
+                ci = math.isfinite(lo) and math.isfinite(hi)
+                # NaN: no error bar at all (a zero-length one still draws its caps)
+                errs[0].append(mean - lo if ci else math.nan)
+                errs[1].append(hi - mean if ci else math.nan)
+            bars = ax.bar(
+                x + (k - 0.5) * bar_w,
+                np.nan_to_num(means, nan=0.0),
+                bar_w,
+                yerr=errs,
+                capsize=3,
+                color=_SPLIT_COLOURS[split],
+                error_kw={"lw": 1.2, "ecolor": "#333333"},
+                label=_split_label(split),
+            )
+            labels = [f"{m:.3f}" if math.isfinite(m) else "" for m in means]
+            for xi, m in zip(x + (k - 0.5) * bar_w, means, strict=True):
+                if not math.isfinite(m):  # a zero-height bar would read as a score of 0
+                    ax.text(
+                        xi,
+                        0.02,
+                        "not run",
+                        rotation=90,
+                        ha="center",
+                        va="bottom",
+                        fontsize=8,
+                        color="#555555",
+                    )
+            ax.bar_label(
+                bars,
+                labels=labels,
+                label_type="center",
+                rotation=90,
+                fontsize=8,
+                color="white" if split == "test" else "black",
+            )
+        ax.set_xticks(x, inits, rotation=20, ha="right")
+        ax.set_title(f"{_pct(fraction)} of labels", fontsize=11)
+        ax.set_ylim(0, 1.02)
+        ax.grid(True, axis="y", alpha=0.3)
+        if metric.startswith("auc"):
+            ax.axhline(0.5, color="#777777", ls=":", lw=1)
+    for ax in axes[len(chosen) :]:
+        ax.set_visible(False)
+    for ax in axes[::ncols]:
+        ax.set_ylabel(_metric_label(metric))
+    fig.suptitle(
+        title or f"In-distribution vs distribution shift — {_metric_label(metric)}", fontsize=12
+    )
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(
+        handles,
+        labels,
+        loc="outside lower center",
+        ncols=2,
+        title="error bars: 95% CI over seeds (one seed: case bootstrap)"
+        + ("; dotted line: chance" if metric.startswith("auc") else ""),
+        frameon=False,
+    )
+    return _save(fig, path)
+
+
+# ------------------------------------------------------------------------ ROC
+
+
+@dataclass
+class RocCurve:
+    """One ROC curve to draw: false/true positive rates, its AUC and what it averages."""
+
+    fpr: np.ndarray
+    tpr: np.ndarray
+    auc: float
+    description: str
+
+
+def _binary_roc(y: np.ndarray, score: np.ndarray):
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fpr, tpr, _ = roc_curve(y, score)
+    return fpr, tpr, float(roc_auc_score(y, score))
+
+
+def roc_curve_data(
+    probs: np.ndarray,
+    targets: np.ndarray,
+    which: int | str = "macro",
+    class_names: Sequence[str] | None = None,
+) -> RocCurve:
+    """The ROC curve of one class or an average, for multiclass or multilabel predictions.
+
+    ``targets`` of shape (N,) are multiclass labels, (N, K) multilabel 0/1/NaN targets
+    (NaN rows are masked per finding). ``which`` is a class index, a class name,
+    ``"macro"`` or ``"micro"``:
+
+    * ``"macro"``: one-vs-rest curve per class (finding), TPRs averaged vertically on the
+      union of their FPRs; the AUC shown is the mean of the per-class AUCs, i.e. the
+      ``auc_macro`` of the results table (the area under the averaged curve is close but
+      not identical). Classes without both positives and negatives are skipped, as there.
+    * ``"micro"``: every (row, class) decision pooled into one binary problem; dominated by
+      frequent classes, so it is not the number in the results table.
+    """
+    probs = np.asarray(probs, dtype=float)
+    targets = np.asarray(targets)
+    if probs.ndim != 2:
+        raise MedsslError(f"probs must be 2-D (rows, classes), got shape {probs.shape}")
+    n, c = probs.shape
+    if targets.ndim == 1:
+        if targets.shape[0] != n:
+            raise MedsslError(f"targets have {targets.shape[0]} rows, probs {n}")
+        labels = targets.astype(int)
+        onehot = np.zeros((n, c))
+        onehot[np.arange(n), labels] = 1.0
+        truth, kind, unit = onehot, "multiclass", "class"
+    elif targets.ndim == 2:
+        if targets.shape != probs.shape:
+            raise MedsslError(f"targets shape {targets.shape} does not match probs {probs.shape}")
+        truth, kind, unit = targets.astype(float), "multilabel", "finding"
+    else:
+        raise MedsslError(f"targets must be 1-D or 2-D, got shape {targets.shape}")
+    names = [str(s) for s in class_names] if class_names is not None else None
+
+    def column(j: int) -> tuple[np.ndarray, np.ndarray] | None:
+        known = ~np.isnan(truth[:, j])
+        y = truth[known, j] == 1.0
+        if y.all() or not y.any():
+            return None
+        return y, probs[known, j]
+
+    if isinstance(which, str) and which in ("macro", "micro"):
+        if which == "micro":
+            known = ~np.isnan(truth)
+            y = truth[known] == 1.0
+            if y.all() or not y.any():
+                raise MedsslError("micro-average ROC needs both positives and negatives")
+            fpr, tpr, _ = _binary_roc(y, probs[known])
+            from sklearn.metrics import auc
+
+            return RocCurve(fpr, tpr, float(auc(fpr, tpr)), f"micro average ({kind})")
+        curves = [cur for j in range(c) if (cur := column(j)) is not None]
+        if not curves:
+            raise MedsslError(f"no {unit} has both positives and negatives: no ROC curve")
+        per = [_binary_roc(y, s) for y, s in curves]
+        grid = np.unique(np.concatenate([f for f, _, _ in per]))
+        mean_tpr = np.mean([np.interp(grid, f, t) for f, t, _ in per], axis=0)
+        fpr = np.concatenate([[0.0], grid])
+        tpr = np.concatenate([[0.0], mean_tpr])
+        plural = "classes" if unit == "class" else "findings"
+        desc = f"macro average over {len(per)} {plural}"
+        if kind == "multiclass":
+            desc += " (one-vs-rest)"
+        if len(per) < c:
+            desc += f", {c - len(per)} skipped"
+        return RocCurve(fpr, tpr, float(np.mean([a for _, _, a in per])), desc)
+
+    if isinstance(which, str):
+        if names is None or which not in names:
+            raise MedsslError(
+                f"unknown {unit} {which!r}; use an index, 'macro', 'micro' or one of "
+                f"{', '.join(names or [])}"
+            )
+        j = names.index(which)
+    else:
+        j = int(which)
+        if not 0 <= j < c:
+            raise MedsslError(f"{unit} index {j} out of range 0..{c - 1}")
+    cur = column(j)
+    label = names[j] if names else f"{unit} {j}"
+    if cur is None:
+        raise MedsslError(f"{unit} {label} lacks positives or negatives: no ROC curve")
+    fpr, tpr, a = _binary_roc(*cur)
+    return RocCurve(fpr, tpr, a, f"{label} vs rest" if kind == "multiclass" else label)
+
+
+def _load_predictions(run_dir: Path, split: str) -> dict[str, np.ndarray]:
+    path = Path(run_dir) / f"predictions_{split_file_label(split)}.npz"
+    if not path.is_file():
+        raise MedsslError(f"predictions file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            out = {k: z[k] for k in ("probs", "targets") if k in z.files}
+            if "class_names" in z.files:
+                # An object array cannot be loaded without pickle; names are optional here.
+                with contextlib.suppress(ValueError):
+                    out["class_names"] = z["class_names"]
+    except (OSError, ValueError) as e:
+        raise MedsslError(f"cannot read predictions file {path}: {e}") from None
+    missing = [k for k in ("probs", "targets") if k not in out]
+    if missing:
+        raise MedsslError(f"predictions file {path} lacks array(s) {', '.join(missing)}")
+    return out
+
+
+def plot_roc(
+    run_dirs: Mapping[str, Path | str],
+    split: str,
+    path: Path | str,
+    class_index_or_macro: int | str = "macro",
+    title: str | None = None,
+) -> Path:
+    """ROC curves of one run per init from its ``predictions_<split>.npz``.
+
+    ``run_dirs`` maps an init label to its run directory. See :func:`roc_curve_data` for
+    ``class_index_or_macro`` (default: macro average, whose legend AUC is the results
+    table's ``auc_macro``). Missing or unreadable predictions raise MedsslError.
+    """
+    if not run_dirs:
+        raise MedsslError("no run directories given for the ROC plot")
+    curves: dict[str, RocCurve] = {}
+    for init, run in run_dirs.items():
+        pred = _load_predictions(Path(run), split)
+        try:
+            curves[init] = roc_curve_data(
+                pred["probs"], pred["targets"], class_index_or_macro, pred.get("class_names")
+            )
+        except MedsslError as e:
+            label = split_file_label(split)
+            raise MedsslError(f"{Path(run) / f'predictions_{label}.npz'}: {e}") from None
+    styles = _styles(list(curves))
+    fig = _new_figure(5.6, 5.8)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="#999999", ls=":", lw=1, label="chance (AUC 0.500)")
+    for init, cur in curves.items():
+        colour, _ = styles[init]
+        ax.plot(
+            cur.fpr,
+            cur.tpr,
+            color=colour,
+            lw=2,
+            ls="--" if init == "random" else "-",
+            label=f"{init} (AUC {cur.auc:.3f})",
+        )
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("False positive rate (1 − specificity)")
+    ax.set_ylabel("True positive rate (sensitivity)")
+    ax.grid(True, alpha=0.3)
+    descriptions = sorted({c.description for c in curves.values()})
+    ax.set_title(
+        (title or f"ROC — {_split_label(split)}") + "\n" + "; ".join(descriptions),
+        fontsize=10,
+    )
+    ax.legend(loc="lower right", fontsize=9, title="Initialisation", title_fontsize=9)
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------- reliability
+
+
+def _confidence_outcome(probs: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Top-label confidence and correctness (multiclass), or every known (row, finding)
+    probability and its target (multilabel, pooled)."""
+    probs = np.asarray(probs, dtype=float)
+    targets = np.asarray(targets)
+    if targets.ndim == 1:
+        return probs.max(axis=1), (probs.argmax(axis=1) == targets.astype(int)).astype(int)
+    known = ~np.isnan(targets.astype(float))
+    return probs[known], targets[known].astype(int)
+
+
+def reliability_data(
+    probs: np.ndarray, targets: np.ndarray, n_bins: int = 15
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(observed rate, mean confidence, images) per non-empty bin, and the ECE of those bins.
+
+    The rates come from scikit-learn's ``calibration_curve`` (equal-width bins); with 15 bins
+    and multiclass predictions the ECE is the ``ece`` of :mod:`medssl.metrics`. Multilabel
+    predictions are pooled over findings (the evaluation's ``ece`` averages findings).
+    """
+    from sklearn.calibration import calibration_curve
+
+    conf, outcome = _confidence_outcome(probs, targets)
+    if conf.size == 0:
+        raise MedsslError("no known targets: no reliability diagram")
+    conf = np.clip(conf, 0.0, 1.0)
+    rate, mean_conf = calibration_curve(outcome, conf, n_bins=n_bins, pos_label=1)
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    counts = np.bincount(np.searchsorted(edges[1:-1], conf), minlength=n_bins)
+    counts = counts[counts > 0]
+    ece = float(np.sum(counts / conf.size * np.abs(rate - mean_conf)))
+    return rate, mean_conf, counts, ece
+
+
+def plot_reliability(
+    run_dirs: Mapping[str, Path | str], split: str, path: Path | str, title: str | None = None
+) -> Path:
+    """Reliability diagram of one run per init from its ``predictions_<split>.npz``: observed
+    rate against mean confidence per bin (marker area: images in the bin), the diagonal
+    being perfect calibration. Missing or unreadable predictions raise MedsslError."""
+    if not run_dirs:
+        raise MedsslError("no run directories given for the reliability diagram")
+    curves = {}
+    for init, run in run_dirs.items():
+        pred = _load_predictions(Path(run), split)
+        try:
+            curves[init] = reliability_data(pred["probs"], pred["targets"])
+        except MedsslError as e:
+            label = split_file_label(split)
+            raise MedsslError(f"{Path(run) / f'predictions_{label}.npz'}: {e}") from None
+    multilabel = np.asarray(pred["targets"]).ndim == 2
+    styles = _styles(list(curves))
+    fig = _new_figure(5.6, 5.8)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], color="#999999", ls=":", lw=1, label="perfect calibration")
+    for init, (rate, conf, counts, ece) in curves.items():
+        colour, marker = styles[init]
+        sizes = 12 + 200 * counts / counts.max()
+        ax.plot(conf, rate, color=colour, lw=1.5, ls="--" if init == "random" else "-",
+                label=f"{init} ({'pooled ' if multilabel else ''}ECE {ece:.3f})")  # fmt: skip
+        ax.scatter(conf, rate, s=sizes, color=colour, marker=marker, alpha=0.7, lw=0)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal")
+    what = "finding probability (all findings pooled)" if multilabel else "top-class confidence"
+    ax.set_xlabel(f"Mean {what}, 15 bins")
+    ax.set_ylabel("Observed frequency" if multilabel else "Accuracy")
+    ax.grid(True, alpha=0.3)
+    ax.set_title(title or f"Reliability — {_split_label(split)}", fontsize=10)
+    ax.legend(loc="best", fontsize=9, title="Initialisation", title_fontsize=9)
+    return _save(fig, path)
