@@ -185,3 +185,26 @@ def test_cli_old_augment_on_flag_still_works_with_a_warning(ham_root, tmp_path, 
     assert json.loads(captured.out)["epochs"] == 1
     saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
     assert saved["augment_mode"] == "per-sample" and saved["augment_on"] == ""
+
+
+def test_a_step_with_non_finite_gradients_is_skipped_and_a_run_of_them_is_an_error() -> None:
+    from medssl.train.common import FiniteStepGuard
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    guard = FiniteStepGuard(limit=3)
+    before = model.weight.detach().clone()
+    model(torch.ones(1, 3)).sum().backward()
+    model.bias.grad[0] = float("nan")
+    assert guard.step(model, optimizer) is False
+    torch.testing.assert_close(model.weight.detach(), before)  # nothing written
+    assert model.weight.grad is None  # and the bad gradients are gone
+    model(torch.ones(1, 3)).sum().backward()
+    assert guard.step(model, optimizer) is True
+    assert not torch.equal(model.weight.detach(), before)
+    assert guard.end_epoch(0) == 1 and guard.end_epoch(1) == 0
+    with pytest.raises(MedsslError, match="3 optimiser steps in a row had NaN or infinite"):
+        for _ in range(3):
+            model(torch.ones(1, 3)).sum().backward()
+            model.weight.grad[0, 0] = float("inf")
+            guard.step(model, optimizer)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -92,6 +93,52 @@ def resolve_num_workers(num_workers: int | None, augment_mode: str, device: torc
 def autocast(device: torch.device, precision: str):  # noqa: ANN201 - a context manager
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+class FiniteStepGuard:
+    """Applies an optimiser step only when every gradient is finite.
+
+    A step with a NaN or infinite gradient would write it into the weights and ruin the run
+    for good. Such gradients come from divergence (too high a learning rate) or, rarely,
+    from low-precision kernels: oneDNN's bf16 CPU backward has been seen to return a
+    non-finite weight gradient for a 1x1 feature map at 16 px, once in a few runs. The guard
+    skips that step (as ``torch.amp.GradScaler`` does for fp16) and counts it; ``limit``
+    skipped steps in a row mean the run has diverged, which is a user-facing error.
+    """
+
+    def __init__(self, limit: int = 10) -> None:
+        self.limit = limit
+        self.skipped = 0  # this epoch; see :meth:`take_epoch_count`
+        self._in_a_row = 0
+
+    def step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> bool:
+        """``optimizer.step()`` if the gradients of ``model`` are finite; whether it stepped."""
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        total = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
+        if bool(torch.isfinite(total)):
+            optimizer.step()
+            self._in_a_row = 0
+            return True
+        optimizer.zero_grad(set_to_none=True)
+        self.skipped += 1
+        self._in_a_row += 1
+        if self._in_a_row >= self.limit:
+            raise MedsslError(
+                f"{self.limit} optimiser steps in a row had NaN or infinite gradients: the run "
+                "has diverged (try a lower --lr, or --precision fp32)"
+            )
+        return False
+
+    def end_epoch(self, epoch: int) -> int:
+        """The number of steps skipped in this epoch (for log.csv), said on stderr if any."""
+        count, self.skipped = self.skipped, 0
+        if count and dist.is_main_process():
+            print(
+                f"warning: epoch {epoch + 1}: skipped {count} optimiser step(s) whose "
+                "gradients were NaN or infinite",
+                file=sys.stderr, flush=True,
+            )  # fmt: skip
+        return count
 
 
 def load_data(

@@ -39,6 +39,7 @@ from medssl.models.heads import Classifier
 from medssl.options import check_fields, default_of, option
 from medssl.train.common import (
     PRECISIONS,
+    FiniteStepGuard,
     autocast,
     init_source,
     initialise_backbone,
@@ -202,6 +203,7 @@ class Finetuner:
         self.model = model.to(self.device).to(memory_format=torch.channels_last)
         trainable = model.fc if cfg.linear_probe else model
         self.optimizer = build_optimizer(cfg.optimizer, trainable, cfg.lr, cfg.weight_decay)
+        self.guard = FiniteStepGuard()
         self.steps_per_epoch = max(1, len(self.train_rows) // self.batch_size)
         self.scheduler = epoch_scheduler(
             self.optimizer, cfg.epochs, self.steps_per_epoch, cfg.warmup_epochs
@@ -244,13 +246,17 @@ class Finetuner:
             loss = task_loss(self.manifest.task, logits.float(), targets.to(self.device))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            self.optimizer.step()
+            self.guard.step(self.model, self.optimizer)
             self.scheduler.step()
             losses.append(loss.detach())
             seen += len(images)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         seconds = time.perf_counter() - start
-        return {"loss": torch.stack(losses).mean().item(), "images_per_s": seen / seconds}
+        return {
+            "loss": torch.stack(losses).nanmean().item(),
+            "images_per_s": seen / seconds,
+            "skipped_steps": self.guard.end_epoch(epoch),
+        }
 
     def validate(self) -> dict[str, Any]:
         rows = self.splits["val"]

@@ -41,6 +41,7 @@ from medssl.options import Given, check_fields, option, spelled
 from medssl.train import distributed as dist
 from medssl.train.common import (
     PRECISIONS,
+    FiniteStepGuard,
     autocast,
     initialise_backbone,
     load_data,
@@ -241,6 +242,7 @@ class Pretrainer:
         self.criterion = NTXentLoss(cfg.temperature)
         lr = scaled_lr(cfg.lr, cfg.batch_size, cfg.lr_scaling)
         self.optimizer = build_optimizer(cfg.optimizer, model, lr, cfg.weight_decay)
+        self.guard = FiniteStepGuard()
         self.scheduler = epoch_scheduler(
             self.optimizer, cfg.epochs, len(self.loader), cfg.warmup_epochs
         )
@@ -267,7 +269,7 @@ class Pretrainer:
         loss = self.criterion(z_a, z_b)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.optimizer.step()
+        self.guard.step(self.model, self.optimizer)
         self.scheduler.step()
         return loss.detach()
 
@@ -299,7 +301,7 @@ class Pretrainer:
                     pairs_s=f"{rate:.0f}",
                 )  # fmt: skip
         seconds = time.perf_counter() - start
-        mean_loss = dist.all_reduce_mean(torch.stack(losses).mean()).item()
+        mean_loss = dist.all_reduce_mean(torch.stack(losses).nanmean()).item()
         counts = dist.all_reduce_sum(torch.tensor([distinct, seen], dtype=torch.float64))
         return {
             "loss": mean_loss,
@@ -307,6 +309,7 @@ class Pretrainer:
             "pairs_per_s": seen * dist.world_size() / seconds,
             "distinct_pair_share": float(counts[0] / max(counts[1], 1)),
             "epoch_seconds": seconds,
+            "skipped_steps": self.guard.end_epoch(epoch),
         }
 
     def knn_monitor(self) -> dict[str, float]:
