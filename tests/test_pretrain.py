@@ -74,7 +74,8 @@ def test_resume_accepts_a_run_made_before_a_setting_existed(ham_root, tmp_path, 
     interrupted(tiny_config(ham_root, tmp_path / "run", epochs=2), monkeypatch, at_epoch=1)
     config_file = tmp_path / "run" / "config.yaml"
     old = yaml.safe_load(config_file.read_text())
-    del old["prefetch_factor"], old["knn_k"]  # as if written before these settings existed
+    for key in ("prefetch_factor", "knn_k", "source_scale"):
+        del old[key]  # as if written before these settings existed
     config_file.write_text(yaml.safe_dump(old, sort_keys=False))
     with pytest.raises(MedsslError, match=r"different configuration \(knn_k: None -> 5\)"):
         pretrain(tiny_config(ham_root, tmp_path / "run", epochs=2, knn_k=5, resume=True))

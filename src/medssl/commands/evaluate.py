@@ -66,7 +66,7 @@ from medssl.metrics import (
 from medssl.models.backbones import build_backbone
 from medssl.models.checkpoint import read_checkpoint
 from medssl.models.heads import Classifier
-from medssl.train.common import load_data, resolve_device
+from medssl.train.common import load_eval_data, resolve_device
 from medssl.train.finetune import BEST, masked_bce, probabilities
 from medssl.train.monitor import model_outputs
 from medssl.train.run import METRICS, is_complete, read_config, write_json_atomic
@@ -313,12 +313,19 @@ class _Reference:
     dataset: str
 
 
+def _source_scale(cfg: dict[str, Any]) -> float:
+    """The run's ``source_scale`` (1 for runs made before the option): evaluation images are
+    the un-augmented ``S x S`` images of the sources it trained on
+    (:func:`medssl.data.cache.eval_images`)."""
+    return float(cfg.get("source_scale", 1.0))
+
+
 def _reference(
     cfg: dict[str, Any], loaded: tuple | None, model: Classifier, dev: torch.device
 ) -> _Reference:
-    manifest, splits, pixels = loaded or load_data(
-        cfg["data"], cfg["image_size"], cfg["cache_dir"], bool(cfg.get("skip_unreadable")),
-        progress=False,
+    manifest, splits, pixels = loaded or load_eval_data(
+        cfg["data"], cfg["image_size"], _source_scale(cfg), cfg["cache_dir"],
+        bool(cfg.get("skip_unreadable")), progress=False,
     )  # fmt: skip
     if "val" not in splits:
         raise MedsslError("the model's own data has no val split to calibrate on")
@@ -403,7 +410,9 @@ def evaluate_run(
     spec, external = _resolve_data(data, cfg["data"])
     split = split or ("all" if external else "test")
     unreadable = skip_unreadable if external else bool(cfg.get("skip_unreadable"))
-    loaded = load_data(spec, cfg["image_size"], cfg["cache_dir"], unreadable)
+    loaded = load_eval_data(
+        spec, cfg["image_size"], _source_scale(cfg), cfg["cache_dir"], unreadable
+    )
     manifest, splits, pixels = loaded
     scope = _scope(manifest, splits, split, external, allow_training_images)
     announce(scope.warnings)

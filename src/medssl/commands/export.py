@@ -7,8 +7,10 @@ of ``class_names``.
 
 What it expects (and what is **stored as metadata**, not done by the model): RGB images of
 exactly the run's ``image_size``, NCHW ``(N, 3, S, S)``, already brought to that size the way
-medssl does it -- shorter side resized to ``S`` (antialiased), then a centre crop -- since
-resizing is not part of the graph (torch's antialiased resize has no faithful ONNX form).
+medssl does it -- shorter side resized to ``S`` (antialiased), then a centre crop; for a run
+with ``source_scale`` > 1 the image is first fitted to the run's ``source_shape`` (the
+metadata's ``preprocessing`` says how) -- since resizing is not part of the graph (torch's
+antialiased resize has no faithful ONNX form).
 
 - TorchScript (``torch.jit.load``): uint8 in [0, 255] or float in [0, 1]; other sizes are
   refused with an error. Metadata: the extra file ``medssl.json``.
@@ -31,6 +33,7 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +94,17 @@ def _require_onnx() -> Any:
     return onnx
 
 
+def _preprocessing(size: int, source: Sequence[int]) -> str:
+    """What a user does to an image before the model, as medssl evaluates: with a run's
+    ``source_shape`` (``source_scale`` > 1) the image is fitted to that shape first."""
+    text = "not in the model: decode to RGB (grey repeated), "
+    if source:
+        h, w = (int(n) for n in source)
+        text += (f"scale it to cover {h}x{w} (height x width, aspect kept, antialiased) and "
+                 f"centre-crop {h}x{w}, then ")  # fmt: skip
+    return text + f"resize the shorter side to {size} (antialiased), centre-crop {size}x{size}"
+
+
 def metadata_for(cfg: dict[str, Any], fmt: str, run: Path) -> dict[str, Any]:
     """What a user of the exported file needs to know, as one JSON-able dict."""
     from medssl import __version__
@@ -107,10 +121,7 @@ def metadata_for(cfg: dict[str, Any], fmt: str, run: Path) -> dict[str, Any]:
         "image_size": size,
         "input": f"RGB images, NCHW (N, 3, {size}, {size}), {dtypes}",
         "input_name": "images",
-        "preprocessing": (
-            f"not in the model: decode to RGB (grey repeated), resize the shorter side to {size} "
-            f"(antialiased), centre-crop {size}x{size}"
-        ),
+        "preprocessing": _preprocessing(size, cfg.get("source_shape") or ()),
         "normalisation": "in the model: (x - mean) / std",
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),

@@ -3,8 +3,10 @@
 The images go through exactly what ``medssl evaluate`` feeds the model: decoding by
 :func:`medssl.data.imageio.read_image` (Pillow or pydicom, grey repeated to RGB), the shorter
 side resized to the run's image size and a centre crop (:func:`~medssl.data.imageio.resize_square`,
-as the image cache does), ImageNet normalisation and the fp32 forward pass of
-:func:`medssl.train.monitor.model_outputs`, then softmax (multi-class) or sigmoid (multi-label).
+as the image cache does; a run with ``source_scale`` > 1 first fits each image to its cached
+source shape, :func:`~medssl.data.imageio.fit_shape`, as its cache did), ImageNet
+normalisation and the fp32 forward pass of :func:`medssl.train.monitor.model_outputs`, then
+softmax (multi-class) or sigmoid (multi-label).
 Nothing is cached: images are decoded in threads a chunk at a time, so memory stays bounded
 however many there are.
 
@@ -194,11 +196,17 @@ def list_images(
     return list_csv(path, image_column, case_column, skip_unreadable)
 
 
-def _decoder(size: int):  # noqa: ANN202 - a closure
-    from medssl.data.imageio import read_image, resize_square
+def _decoder(size: int, source: Sequence[int] = ()):  # noqa: ANN202 - a closure
+    """Decoding as the run's image cache and evaluation do it: reduced-scale JPEG draft,
+    shorter side, centre crop; with a ``source`` shape (``source_scale`` > 1) the image is
+    first fitted to it, then brought to ``size`` like :func:`medssl.data.cache.eval_images`."""
+    from medssl.data.imageio import fit_shape, read_image, resize_square
 
     def decode(path: str) -> np.ndarray | MedsslError:
-        try:  # the image cache's decoding: reduced-scale JPEG draft, shorter side, centre crop
+        try:
+            if source:
+                fitted = fit_shape(read_image(path, min_side=max(source)), *source)
+                return resize_square(fitted, size)
             return resize_square(read_image(path, min_side=size), size)
         except MedsslError as exc:
             return exc
@@ -264,7 +272,7 @@ def predict_images(
     model, cfg = load_finetuned(run, device)
     dev = next(model.parameters()).device
     size, names, task = int(cfg["image_size"]), list(cfg["class_names"]), str(cfg["task"])
-    decode = _decoder(size)
+    decode = _decoder(size, [int(n) for n in cfg.get("source_shape") or ()])
     skipped = list(listed.missing)
     kept: list[int] = []
     outputs: list[torch.Tensor] = []

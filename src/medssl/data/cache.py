@@ -2,10 +2,23 @@
 
 SSL runs hundreds of epochs over the same images; decoding JPEG/PNG/DICOM each time would
 dominate a CPU run. The first use of a manifest at a size decodes all images in parallel
-threads (Pillow releases the GIL while decoding), resizes them (shorter side, centre crop)
-and stores an ``(N, S, S, 3)`` uint8 ``.npy`` under the cache directory; later runs
-memory-map it. The key covers each file's path, size and modification time, so an edited
-dataset is decoded again.
+threads (Pillow releases the GIL while decoding), resizes them and stores an
+``(N, H, W, 3)`` uint8 ``.npy`` under the cache directory; later runs memory-map it. The
+key covers each file's path, size and modification time, so an edited dataset is decoded
+again, and the source shape, so two ``source_scale`` settings never share a file.
+
+The source each training view is cut from (``source_scale``, :func:`source_shape`):
+
+- ``1`` (the default): each image's shorter side resized to the training size ``S`` and a
+  centred ``S x S`` crop -- a 4:3 image loses a quarter of its width;
+- ``> 1`` (2 is the paper-like setting): the shorter side at ``round(source_scale * S)``
+  with the aspect ratio kept. One array needs one shape, so every image is fitted to the
+  dataset's most common aspect ratio (:func:`~medssl.data.imageio.fit_shape`): an image of
+  that aspect keeps all its pixels, others lose only their excess, centred.
+
+Whatever needs an un-augmented ``S x S`` image (validation, the k-NN monitor, ``medssl
+evaluate``/``predict``) takes :func:`eval_images`: the cached image itself at scale 1, else
+the source's shorter side resized to ``S`` (antialiased) and a centred ``S x S`` crop.
 """
 
 from __future__ import annotations
@@ -14,24 +27,28 @@ import hashlib
 import json
 import os
 import sys
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from medssl.data.imageio import read_image, resize_square, to_rgb
+from medssl.data.imageio import fit_shape, image_shape, read_image, resize_square, to_rgb
 from medssl.data.manifest import Manifest
 from medssl.errors import MedsslError
 from medssl.fileio import atomic_write
+from medssl.options import spelled
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("MEDSSL_CACHE", Path.home() / ".cache" / "medssl"))
 
 
-def _cache_key(manifest: Manifest, size: int) -> str:
-    digest = hashlib.sha1(f"v1|{manifest.name}|{size}".encode())
+def _cache_key(manifest: Manifest, size: int, shape: tuple[int, int]) -> str:
+    square = shape == (size, size)  # source scale 1: the key of caches made before scales
+    head = f"v1|{manifest.name}|{size}" if square else f"v2|{manifest.name}|{size}|{shape}"
+    digest = hashlib.sha1(head.encode())
     if manifest.pixels is not None:  # in-memory images: the pixels are the identity
         digest.update(np.ascontiguousarray(manifest.pixels).tobytes())
         return digest.hexdigest()[:20]
@@ -44,24 +61,66 @@ def _cache_key(manifest: Manifest, size: int) -> str:
     return digest.hexdigest()[:20]
 
 
-def _decode_one(manifest: Manifest, row: int, size: int) -> np.ndarray:
+def check_source_scale(source_scale: float) -> float:
+    """``source_scale`` as a float >= 1, else a one-line error naming the option."""
+    try:
+        value = float(source_scale)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if not value >= 1:  # NaN too
+        raise MedsslError(f"{spelled('source_scale')} must be >= 1, got {source_scale!r}")
+    return value
+
+
+def _stored_shape(manifest: Manifest, row: int) -> tuple[int, int] | None:
+    image = manifest.table.at[row, "image"]
+    if manifest.pixels is not None:
+        return tuple(manifest.pixels[int(image.removeprefix("array:"))].shape[:2])
+    return image_shape(image)
+
+
+def common_aspect(manifest: Manifest) -> float:
+    """The most common width / height of the manifest's images (to 2 decimals; 1 if none
+    can be read). Read from the files' headers, in threads."""
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+        shapes = [s for s in pool.map(lambda r: _stored_shape(manifest, r), range(len(manifest)))
+                  if s and min(s) > 0]  # fmt: skip
+    if not shapes:
+        return 1.0
+    counts = Counter(round(w / h, 2) for h, w in shapes)
+    return counts.most_common(1)[0][0]
+
+
+def source_shape(size: int, source_scale: float, aspect: float) -> tuple[int, int]:
+    """``(height, width)`` of the cached source: ``S x S`` at scale 1, else the shorter side
+    ``round(source_scale * S)`` at the aspect ratio ``aspect`` (width / height)."""
+    if source_scale == 1:
+        return size, size
+    short = round(source_scale * size)
+    if aspect >= 1:
+        return short, max(short, round(short * aspect))
+    return max(short, round(short / aspect)), short
+
+
+def _decode_one(manifest: Manifest, row: int, shape: tuple[int, int]) -> np.ndarray:
     image = manifest.table.at[row, "image"]
     if manifest.pixels is not None:
         array = to_rgb(manifest.pixels[int(image.removeprefix("array:"))])
     else:
-        array = read_image(image, min_side=size)
-    return resize_square(array, size)
+        array = read_image(image, min_side=max(shape))
+    return fit_shape(array, *shape)
 
 
 def _decode_all(
-    manifest: Manifest, size: int, skip_unreadable: bool, progress: bool
+    manifest: Manifest, shape: tuple[int, int], skip_unreadable: bool, progress: bool
 ) -> tuple[np.ndarray, list[int]]:
-    pixels = np.zeros((len(manifest), size, size, 3), dtype=np.uint8)
+    pixels = np.zeros((len(manifest), *shape, 3), dtype=np.uint8)
     bad: list[int] = []
+    size = "x".join(map(str, shape)) if shape[0] != shape[1] else str(shape[0])
 
     def work(row: int) -> None:
         try:
-            pixels[row] = _decode_one(manifest, row, size)
+            pixels[row] = _decode_one(manifest, row, shape)
         except MedsslError:
             if not skip_unreadable:
                 raise
@@ -91,17 +150,23 @@ def decoded_images(
     skip_unreadable: bool = False,
     progress: bool = True,
     use_cache: bool = True,
+    source_scale: float = 1.0,
 ) -> tuple[Manifest, np.ndarray]:
-    """The manifest (minus skipped unreadable rows) and its pixels, ``(N, S, S, 3)`` uint8.
+    """The manifest (minus skipped unreadable rows) and its pixels, ``(N, H, W, 3)`` uint8:
+    ``H = W = size`` at ``source_scale`` 1, else :func:`source_shape` (module docstring).
 
     Unreadable images are an error naming the file, unless ``skip_unreadable``; then they
     are dropped and counted in ``manifest.warnings``.
     """
     if size < 8:
         raise MedsslError(f"--image-size must be at least 8, got {size}")
+    source_scale = check_source_scale(source_scale)
+    aspect = 1.0 if source_scale == 1 else common_aspect(manifest)
+    shape = source_shape(size, source_scale, aspect)
     directory = Path(cache_dir) if cache_dir else default_cache_dir()
-    key = _cache_key(manifest, size)
-    data_path = directory / f"{manifest.name}-{size}px-{key}.npy"
+    key = _cache_key(manifest, size, shape)
+    source = "" if shape == (size, size) else f"-source{shape[0]}x{shape[1]}"
+    data_path = directory / f"{manifest.name}-{size}px{source}-{key}.npy"
     bad_path = data_path.with_suffix(".skipped.json")
     if use_cache and data_path.is_file():
         pixels = np.load(data_path, mmap_mode="r")
@@ -112,7 +177,7 @@ def decoded_images(
                 f"{manifest.table.at[bad[0], 'image']} (use --skip-unreadable to drop them)"
             )
     else:
-        pixels, bad = _decode_all(manifest, size, skip_unreadable, progress)
+        pixels, bad = _decode_all(manifest, shape, skip_unreadable, progress)
         if use_cache:
             directory.mkdir(parents=True, exist_ok=True)
             atomic_write(data_path, lambda tmp: _write_npy(tmp, pixels))
@@ -124,3 +189,19 @@ def decoded_images(
         reduced.unreadable_dropped = len(bad)
         return reduced, np.asarray(pixels[keep])
     return manifest, np.asarray(pixels)
+
+
+def eval_images(pixels: np.ndarray, size: int, chunk: int = 256) -> np.ndarray:
+    """Un-augmented ``(N, size, size, 3)`` images from cached sources ``(N, H, W, 3)``.
+
+    Square ``size`` sources (``source_scale`` 1) are returned as they are, so evaluation
+    sees exactly the cached pixels. Larger sources are each resized, shorter side to
+    ``size`` (antialiased), and centre-cropped to ``size x size``: deterministic, and the
+    same as :func:`~medssl.data.imageio.resize_square` of each source image.
+    """
+    if pixels.shape[1:3] == (size, size):
+        return pixels
+    out = np.empty((len(pixels), size, size, 3), dtype=np.uint8)
+    for start in range(0, len(pixels), chunk):
+        out[start : start + chunk] = resize_square(np.asarray(pixels[start : start + chunk]), size)
+    return out

@@ -83,10 +83,50 @@ def read_image(path: str | Path, min_side: int | None = None) -> np.ndarray:
 
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
-    """Shorter side to ``size`` (antialiased), then a centred square crop."""
+    """Shorter side to ``size`` (antialiased), then a centred square crop.
+
+    ``image`` is one ``(H, W, 3)`` image or a batch ``(N, H, W, 3)`` of one shape; a batch
+    gives each image exactly what it would get alone.
+    """
     from torchvision.transforms.v2 import functional as F
 
-    tensor = torch.from_numpy(image if image.flags.writeable else image.copy()).permute(2, 0, 1)
+    tensor = torch.from_numpy(image if image.flags.writeable else image.copy())
+    tensor = tensor.movedim(-1, -3)
     tensor = F.resize(tensor, size, antialias=True)
     tensor = F.center_crop(tensor, [size, size])
+    return tensor.movedim(-3, -1).contiguous().numpy()
+
+
+def fit_shape(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``image`` scaled (aspect kept, antialiased) to cover ``height x width``, then the
+    excess centre-cropped: nothing is lost for an image of that aspect ratio.
+
+    A square target is :func:`resize_square` itself (the cache's images at source scale 1).
+    """
+    if height == width:
+        return resize_square(image, height)
+    from torchvision.transforms.v2 import functional as F
+
+    h, w = image.shape[:2]
+    scale = max(height / h, width / w)
+    size = [max(height, round(h * scale)), max(width, round(w * scale))]
+    tensor = torch.from_numpy(image if image.flags.writeable else image.copy()).permute(2, 0, 1)
+    tensor = F.resize(tensor, size, antialias=True)
+    tensor = F.center_crop(tensor, [height, width])
     return tensor.permute(1, 2, 0).contiguous().numpy()
+
+
+def image_shape(path: str | Path) -> tuple[int, int] | None:
+    """``(height, width)`` of an image file from its header (no pixel decoding); None when
+    the file cannot be read (decoding reports it later)."""
+    path = str(path)
+    try:
+        if Path(path).suffix.lower() in _DICOM_EXTS:
+            import pydicom
+
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            return int(ds.Rows), int(ds.Columns)
+        with Image.open(path) as img:
+            return img.height, img.width
+    except Exception:  # noqa: BLE001 - unreadable here means unreadable when decoded
+        return None

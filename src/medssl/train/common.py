@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from medssl.data.cache import decoded_images
+from medssl.data.cache import decoded_images, eval_images
 from medssl.data.manifest import Manifest
 from medssl.data.notices import announce
 from medssl.data.spec import DataSpec
@@ -147,8 +147,11 @@ def load_data(
     cache_dir: str | None = None,
     skip_unreadable: bool = False,
     progress: bool = True,
+    source_scale: float = 1.0,
 ) -> tuple[Manifest, Splits, np.ndarray]:
-    """Manifest, splits and decoded pixels for a run's data spec.
+    """Manifest, splits and decoded pixels for a run's data spec: the sources training
+    views are cut from (``(N, S, S, 3)`` at ``source_scale`` 1, larger above it; see
+    :mod:`medssl.data.cache`).
 
     The one place every command loads data through, so it is also where the data layer's
     warnings (the manifest's and the split's) are shown: once per process, on stderr, by
@@ -162,12 +165,30 @@ def load_data(
         cache_dir,
         skip_unreadable,
         progress=progress and dist.is_main_process(),
+        source_scale=source_scale,
     )
     if len(reduced) != len(manifest):  # unreadable rows dropped: split the remaining cases
         splits = data.splits(reduced)
     if dist.is_main_process():
         announce([*reduced.warnings, *splits.warnings])
     return reduced, splits, pixels
+
+
+def load_eval_data(
+    spec: dict[str, Any],
+    image_size: int,
+    source_scale: float = 1.0,
+    cache_dir: str | None = None,
+    skip_unreadable: bool = False,
+    progress: bool = True,
+) -> tuple[Manifest, Splits, np.ndarray]:
+    """:func:`load_data` with un-augmented ``(N, S, S, 3)`` images (evaluation, prediction
+    references): the cache itself at ``source_scale`` 1, else
+    :func:`~medssl.data.cache.eval_images` of the sources."""
+    manifest, splits, pixels = load_data(
+        spec, image_size, cache_dir, skip_unreadable, progress, source_scale=source_scale
+    )
+    return manifest, splits, eval_images(pixels, image_size)
 
 
 def _init_path(init: str) -> Path | None:

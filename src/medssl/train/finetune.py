@@ -29,6 +29,7 @@ from medssl.augment import (
     resolve_augment_mode,
     view_transform,
 )
+from medssl.data.cache import eval_images
 from medssl.data.datasets import LabeledImages, unchanged
 from medssl.data.spec import checked_data
 from medssl.data.splits import label_fraction
@@ -51,7 +52,7 @@ from medssl.train.common import (
 )
 from medssl.train.monitor import model_outputs
 from medssl.train.optim import OPTIMIZERS, build_optimizer, epoch_scheduler
-from medssl.train.pretrain import PretrainConfig
+from medssl.train.pretrain import SOURCE_SCALE_HELP, PretrainConfig
 from medssl.train.run import RunDir, adopt_resumed_choices, check_out, field_defaults
 
 BEST = "best.pt"
@@ -81,6 +82,7 @@ class FinetuneConfig:
     backbone: str = option("", help=_from_init("backbone"))
     small_stem: bool | None = option(None, help=_from_init("small_stem"))
     image_size: int = option(0, minimum=8, help=_from_init("image_size"))
+    source_scale: float = option(1.0, minimum=1, help=SOURCE_SCALE_HELP)
     epochs: int = option(30, minimum=1)
     batch_size: int = option(128, minimum=2)
     optimizer: str = option("adamw", choices=OPTIMIZERS)
@@ -113,6 +115,9 @@ class FinetuneConfig:
     progress: bool = option(True, user=False)  # the command line's --quiet
     resume: bool = option(False, help="continue the run in --out")
     class_names: list[str] = option(factory=list, user=False)  # filled from the data
+    #: (height, width) of the cached sources when source_scale > 1 (``medssl predict`` fits
+    #: new images to it); empty: S x S
+    source_shape: list[int] = option(factory=list, user=False)
     task: str = option("", user=False)
 
     def resolved(self) -> FinetuneConfig:
@@ -167,10 +172,14 @@ class Finetuner:
         self.cfg = cfg = config.resolved()
         self.device = resolve_device(cfg.device)
         self.manifest, self.splits, self.pixels = load_data(
-            cfg.data, cfg.image_size, cfg.cache_dir, cfg.skip_unreadable, cfg.progress
-        )
+            cfg.data, cfg.image_size, cfg.cache_dir, cfg.skip_unreadable, cfg.progress,
+            source_scale=cfg.source_scale,
+        )  # fmt: skip
+        self.eval_pixels = eval_images(self.pixels, cfg.image_size)  # validation: S x S
         m = self.manifest
         cfg.class_names, cfg.task = list(m.class_names), m.task
+        shape = list(self.pixels.shape[1:3])
+        cfg.source_shape = [] if shape == [cfg.image_size] * 2 else shape
         self.run = RunDir(cfg.out, asdict(cfg), cfg.resume, field_defaults(FinetuneConfig))
         try:  # a failed set-up leaves nothing behind
             self._set_up()
@@ -261,7 +270,7 @@ class Finetuner:
     def validate(self) -> dict[str, Any]:
         rows = self.splits["val"]
         logits = model_outputs(
-            self.model, self.pixels, rows, self.device, precision=self.cfg.precision
+            self.model, self.eval_pixels, rows, self.device, precision=self.cfg.precision
         )
         m = self.manifest
         return score(m.task, probabilities(m.task, logits), m.targets[rows], m.class_names)

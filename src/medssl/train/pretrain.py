@@ -29,6 +29,7 @@ from medssl.augment import (
     resolve_augment_mode,
     view_transform,
 )
+from medssl.data.cache import eval_images
 from medssl.data.datasets import PairViews, unchanged
 from medssl.data.pairs import METHODS, CaseBags, PairSampler
 from medssl.data.spec import checked_data
@@ -54,6 +55,11 @@ from medssl.train.monitor import backbone_knn_scores, knn_metrics
 from medssl.train.optim import OPTIMIZERS, build_optimizer, epoch_scheduler, scaled_lr
 from medssl.train.run import RunDir, adopt_resumed_choices, check_out, field_defaults
 
+SOURCE_SCALE_HELP = (
+    "training views are cut from each image cached with its shorter side at source_scale x "
+    "image_size (aspect kept), then resized to image_size; 1: a centre-cropped "
+    "image_size square (as before); 2 is the paper-like setting"
+)
 _WORKERS_HELP = (
     "DataLoader worker processes (default: 0 for batch views on the CPU, else one per core up to 8)"
 )
@@ -73,6 +79,7 @@ class PretrainConfig:
         False, help="3x3 stride-1 stem without max-pool (CIFAR-style; ~16x the compute at 64 px)"
     )
     image_size: int = option(64, minimum=8, help="image side in pixels")
+    source_scale: float = option(1.0, minimum=1, help=SOURCE_SCALE_HELP)
     epochs: int = option(100, minimum=1)
     batch_size: int = option(256, minimum=2, help="global batch (all processes)")
     optimizer: str = option("lars", choices=OPTIMIZERS)
@@ -178,9 +185,11 @@ class Pretrainer:
     def _load_data(self) -> None:
         cfg = self.cfg
         manifest, splits, pixels = load_data(
-            cfg.data, cfg.image_size, cfg.cache_dir, cfg.skip_unreadable, cfg.progress
-        )
+            cfg.data, cfg.image_size, cfg.cache_dir, cfg.skip_unreadable, cfg.progress,
+            source_scale=cfg.source_scale,
+        )  # fmt: skip
         self.manifest, self.splits, self.pixels = manifest, splits, pixels
+        self._eval_pixels: np.ndarray | None = None
         self.train_rows = splits["train"]
         world = dist.world_size()
         if cfg.batch_size % world:
@@ -321,8 +330,10 @@ class Pretrainer:
         if "val" not in self.splits or not len(self.splits["val"]):
             return {}
         m, val_rows = self.manifest, self.splits["val"]
+        if self._eval_pixels is None:  # un-augmented S x S images of the sources
+            self._eval_pixels = eval_images(self.pixels, self.cfg.image_size)
         scores = backbone_knn_scores(
-            self.model.backbone, self.pixels, self.train_rows, val_rows, m.targets,
+            self.model.backbone, self._eval_pixels, self.train_rows, val_rows, m.targets,
             m.num_classes, self.device, k=self.cfg.knn_k,
         )  # fmt: skip
         found = knn_metrics(m.task, scores, m.targets[val_rows], m.class_names)
