@@ -172,6 +172,33 @@ def test_projection_head_and_simclr_model() -> None:
     assert prefixes == {"backbone", "head"}
 
 
+def test_projection_head_output_bn_is_scale_only_batch_norm() -> None:
+    """SimCLR's reference head: a batch norm on the output layer too, a learned scale and no
+    shift (center=False); it trains, its shift stays zero, also after the distributed
+    batch-norm conversion."""
+    from medssl.train.distributed import convert_batchnorm_for_distributed
+
+    torch.manual_seed(0)
+    head = ProjectionHead(32, out_dim=8, output_bn=True)
+    layers = list(head.net)
+    assert [type(m) for m in layers] == [nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Linear,
+                                         nn.BatchNorm1d]  # fmt: skip
+    out_bn = layers[-1]
+    assert out_bn.num_features == 8 and out_bn.weight.requires_grad
+    assert not out_bn.bias.requires_grad and not out_bn.bias.any()
+    z = head(torch.randn(16, 32))
+    assert z.shape == (16, 8)
+    torch.testing.assert_close(z.mean(0), torch.zeros(8), rtol=0, atol=1e-5)  # normalised
+    optimizer = torch.optim.SGD([p for p in head.parameters() if p.requires_grad], lr=0.5)
+    (head(torch.randn(16, 32)) * torch.randn(16, 8)).sum().backward()
+    optimizer.step()
+    assert not out_bn.bias.any() and not torch.equal(out_bn.weight, torch.ones(8))
+    converted = convert_batchnorm_for_distributed(head)
+    assert not converted.net[-1].bias.requires_grad and converted.net[-1].weight.requires_grad
+    # off (the default) is the head of before: its checkpoints have no output-BN keys
+    assert not any(k.startswith("net.4") for k in ProjectionHead(32).state_dict())
+
+
 def test_classifier_frozen_backbone() -> None:
     torch.manual_seed(0)
     backbone, dim = build_backbone("resnet18", small_images=True)

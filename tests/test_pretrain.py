@@ -74,13 +74,36 @@ def test_resume_accepts_a_run_made_before_a_setting_existed(ham_root, tmp_path, 
     interrupted(tiny_config(ham_root, tmp_path / "run", epochs=2), monkeypatch, at_epoch=1)
     config_file = tmp_path / "run" / "config.yaml"
     old = yaml.safe_load(config_file.read_text())
-    for key in ("prefetch_factor", "knn_k", "source_scale"):
+    for key in ("prefetch_factor", "knn_k", "source_scale", "head_output_bn"):
         del old[key]  # as if written before these settings existed
     config_file.write_text(yaml.safe_dump(old, sort_keys=False))
     with pytest.raises(MedsslError, match=r"different configuration \(knn_k: None -> 5\)"):
         pretrain(tiny_config(ham_root, tmp_path / "run", epochs=2, knn_k=5, resume=True))
     metrics = pretrain(tiny_config(ham_root, tmp_path / "run", epochs=2, resume=True))
     assert metrics["epochs"] == 2
+
+
+def test_head_output_bn_trains_resumes_and_initialises(ham_root, tmp_path, monkeypatch):
+    """--head-output-bn: the head's last layer is a batch norm, the run records it and
+    resumes with it (its checkpoint holds that layer); its backbone initialises a run of
+    today's head; source_scale 2 with the k-NN monitor on its S x S evaluation images."""
+    config = tiny_config(ham_root, tmp_path / "bn", epochs=2, head_output_bn=True,
+                         source_scale=2, knn_every=1)  # fmt: skip
+    interrupted(config, monkeypatch, at_epoch=1)
+    saved = yaml.safe_load((tmp_path / "bn" / "config.yaml").read_text())
+    assert saved["head_output_bn"] is True and saved["source_scale"] == 2
+    state = torch.load(tmp_path / "bn" / "checkpoints" / "last.pt", weights_only=True)
+    assert "head.net.4.weight" in state["model"]  # the output batch norm
+    trainer = Pretrainer(tiny_config(ham_root, tmp_path / "bn", epochs=2, head_output_bn=True,
+                                     source_scale=2, knn_every=1, resume=True))  # fmt: skip
+    assert isinstance(trainer.model.head.net[-1], torch.nn.BatchNorm1d)
+    assert trainer.pixels.shape[1:] == (32, 43, 3)  # the 4:3 sources the views are cut from
+    metrics = trainer.fit()
+    assert metrics["epochs"] == 2 and 0 <= metrics["knn_accuracy"] <= 1
+    with pytest.raises(MedsslError, match="different configuration.*head_output_bn"):
+        pretrain(tiny_config(ham_root, tmp_path / "bn", epochs=3, source_scale=2,
+                             knn_every=1, resume=True))  # fmt: skip
+    pretrain(tiny_config(ham_root, tmp_path / "plain", epochs=1, init=str(tmp_path / "bn")))
 
 
 def test_export_loads_into_torchvision_and_run_logs(ham_root, tmp_path):

@@ -102,6 +102,8 @@ def _to_global_bn(module: torch.nn.Module) -> torch.nn.Module:
             module.track_running_stats,
         )  # fmt: skip
         out.load_state_dict(module.state_dict())
+        for name, param in out.named_parameters(recurse=False):  # a frozen shift stays so
+            param.requires_grad_(getattr(module, name).requires_grad)
         out.train(module.training)
     for name, child in module.named_children():
         out.add_module(name, _to_global_bn(child))

@@ -91,6 +91,11 @@ class PretrainConfig:
     warmup_epochs: float = option(10.0, minimum=0)
     temperature: float = option(0.1, above=0, help="NT-Xent temperature")
     proj_dim: int = option(128, minimum=1, help="projection head output size")
+    head_output_bn: bool = option(
+        False, help="batch norm (no bias) on the projection head's output layer too, as "
+        "SimCLR's reference code has it (default off: today's head; which is better is not "
+        "yet measured)",
+    )  # fmt: skip
     augment: str = option("", choices=tuple(PRESETS), help="preset (default: the dataset's)")
     augment_overrides: dict[str, float] = option(
         factory=dict, flag="", nested=AugmentConfig,
@@ -233,7 +238,9 @@ class Pretrainer:
         torch.manual_seed(cfg.seed)
         backbone, feat_dim = build_backbone(cfg.backbone, small_images=bool(cfg.small_stem))
         initialise_backbone(backbone, cfg.init)
-        model = SimCLRModel(backbone, feat_dim, out_dim=cfg.proj_dim)
+        model = SimCLRModel(
+            backbone, feat_dim, out_dim=cfg.proj_dim, output_bn=bool(cfg.head_output_bn)
+        )
         if dist.is_distributed():
             model = dist.convert_batchnorm_for_distributed(model)
         model = model.to(self.device)
