@@ -305,7 +305,7 @@ def test_medmnist_pixels_feed_the_cache(tmp_path: Path) -> None:
 
     np.savez(tmp_path / "a.npz", **medmnist_arrays())
     m = load_medmnist(tmp_path / "a.npz")
-    image = _decode_one(m, 3, 16)
+    image = _decode_one(m, 3, (16, 16))
     assert image.shape == (16, 16, 3) and image.dtype == np.uint8
 
 
