@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from helpers.data import write_ham_layout
+from helpers.runs import tiny_finetune_config
 from medssl.cli import main
 from medssl.commands.evaluate import evaluate_run
 from medssl.data.spec import DataSpec
@@ -21,18 +22,7 @@ from medssl.train.finetune import FinetuneConfig, finetune
 def finetuned(tmp_path_factory):
     root = write_ham_layout(tmp_path_factory.mktemp("ham"), n_lesions=36)
     out = tmp_path_factory.mktemp("runs") / "ft"
-    finetune(
-        FinetuneConfig(
-            data=DataSpec("ham10000", str(root)).to_dict(),
-            out=str(out),
-            image_size=16,
-            epochs=2,
-            batch_size=8,
-            num_workers=0,
-            progress=False,
-            cache_dir=str(root / "cache"),
-        )  # fmt: skip
-    )
+    finetune(tiny_finetune_config(root, out, precision="auto"))
     return root, out
 
 

@@ -92,6 +92,8 @@ def demo_protocol(
     SimCLR first, then MICLe continuing from it (the paper's order); random, SimCLR and MICLe
     initialisations fine-tuned (and linearly probed) at a low and the full label fraction.
     """
+    if root and not dataset:
+        raise MedsslError("--root needs --dataset (the demo runs on synthetic data without)")
     synthetic = dataset in (None, "synthetic")
     table = _SYNTHETIC_BUDGETS if synthetic else _REAL_BUDGETS
     if budget not in table:

@@ -19,6 +19,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from helpers.data import write_ham_layout
+from helpers.runs import tiny_finetune_config
 from medssl.cli import main
 from medssl.commands.evaluate import (
     SALT_FILE,
@@ -34,7 +35,7 @@ from medssl.errors import MedsslError
 from medssl.metrics import multiclass_calibration, multiclass_metrics
 from medssl.subgroups import age_band, sex_group
 from medssl.train.common import load_data
-from medssl.train.finetune import FinetuneConfig, finetune
+from medssl.train.finetune import finetune
 from medssl.train.monitor import model_outputs
 
 MERGE = {"malignant": ["mel", "bcc", "akiec"], "benign": ["nv", "bkl", "df", "vasc"]}
@@ -55,19 +56,7 @@ def finetuned(tmp_path_factory):
     meta["localization"] = np.where(lesion % 3 == 0, "back", "face")
     meta.to_csv(root / "HAM10000_metadata.csv", index=False)
     out = tmp_path_factory.mktemp("runs") / "ft"
-    finetune(
-        FinetuneConfig(
-            data=DataSpec("ham10000", str(root)).to_dict(),
-            out=str(out),
-            image_size=16,
-            epochs=2,
-            batch_size=8,
-            num_workers=0,
-            progress=False,
-            precision="fp32",
-            cache_dir=str(root / "cache"),
-        )  # fmt: skip
-    )
+    finetune(tiny_finetune_config(root, out))
     return root, out
 
 

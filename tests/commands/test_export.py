@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from helpers.data import write_ham_layout
+from helpers.runs import tiny_finetune_config
 from medssl.cli import main
 from medssl.commands.export import export_model, read_metadata
 from medssl.commands.predict import predict_images
 from medssl.data.imageio import read_image, resize_square
-from medssl.data.spec import DataSpec
 from medssl.errors import MedsslError
-from medssl.train.finetune import FinetuneConfig, finetune
+from medssl.train.finetune import finetune
 
 #: exported vs medssl's own probabilities: the same float32 operations, but in other kernels
 #: (contiguous instead of channels-last memory, onnxruntime's convolutions), so they agree to
@@ -28,19 +28,7 @@ TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
 def finetuned(tmp_path_factory):
     root = write_ham_layout(tmp_path_factory.mktemp("ham"), n_lesions=24)
     out = tmp_path_factory.mktemp("runs") / "ft"
-    finetune(
-        FinetuneConfig(
-            data=DataSpec("ham10000", str(root)).to_dict(),
-            out=str(out),
-            image_size=16,
-            epochs=1,
-            batch_size=8,
-            num_workers=0,
-            progress=False,
-            precision="fp32",
-            cache_dir=str(root / "cache"),
-        )  # fmt: skip
-    )
+    finetune(tiny_finetune_config(root, out, epochs=1))
     files = sorted((root / "HAM10000_images_part_1").glob("*.png"))[:6]
     expected = predict_images(out, files, progress=False).probs
     # the images as the exported model takes them: medssl's decoding and resizing, NCHW uint8

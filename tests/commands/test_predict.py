@@ -11,31 +11,20 @@ import torch
 from PIL import Image
 
 from helpers.data import write_ham_layout
+from helpers.runs import tiny_finetune_config
 from medssl.cli import main
 from medssl.commands.evaluate import evaluate_run
 from medssl.commands.predict import predict_images
 from medssl.data.spec import DataSpec
 from medssl.errors import MedsslError
-from medssl.train.finetune import FinetuneConfig, finetune
+from medssl.train.finetune import finetune
 
 
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory):
     root = write_ham_layout(tmp_path_factory.mktemp("ham"), n_lesions=24)
     out = tmp_path_factory.mktemp("runs") / "ft"
-    finetune(
-        FinetuneConfig(
-            data=DataSpec("ham10000", str(root)).to_dict(),
-            out=str(out),
-            image_size=16,
-            epochs=1,
-            batch_size=8,
-            num_workers=0,
-            progress=False,
-            precision="fp32",
-            cache_dir=str(root / "cache"),
-        )  # fmt: skip
-    )
+    finetune(tiny_finetune_config(root, out, epochs=1))
     return root, out
 
 

@@ -22,3 +22,18 @@ def tiny_pretrain_config(root: Path, out: Path, **overrides):  # noqa: ANN201 - 
     )  # fmt: skip
     settings.update(overrides)
     return PretrainConfig(**settings)
+
+
+def tiny_finetune_config(root: Path, out: Path, **overrides):  # noqa: ANN201 - FinetuneConfig
+    """A seconds-long fine-tune from random init on a ``write_ham_layout`` dataset (16 px,
+    batch 8, fp32 for the reason given in :func:`tiny_pretrain_config`)."""
+    from medssl.data.spec import DataSpec
+    from medssl.train.finetune import FinetuneConfig
+
+    settings = dict(
+        data=DataSpec("ham10000", str(root)).to_dict(), out=str(out), image_size=16, epochs=2,
+        batch_size=8, num_workers=0, progress=False, precision="fp32",
+        cache_dir=str(Path(root) / "cache"),
+    )  # fmt: skip
+    settings.update(overrides)
+    return FinetuneConfig(**settings)
