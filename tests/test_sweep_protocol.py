@@ -344,6 +344,9 @@ def test_paired_bootstrap_matches_runs_by_case_grouping_not_by_hashed_ids() -> N
     clear = paired_bootstrap(a, {**b, "case_ids": a["case_ids"]}, ["auc_macro", "ece"], 50)
     hashed = {**b, "case_ids": np.array([f"h{hash(c) % 10**9}" for c in a["case_ids"]])}
     assert paired_bootstrap(a, hashed, ["auc_macro", "ece"], 50) == clear
+    # another salt for the first run too (two runs of one demo): the same draws, same interval
+    resalted = {**a, "case_ids": np.array([f"s{hash((c, 7)) % 10**9}" for c in a["case_ids"]])}
+    assert paired_bootstrap(resalted, hashed, ["auc_macro", "ece"], 50) == clear
     regrouped = {**b, "case_ids": np.array([f"c{i // 4}" for i in range(40)])}
     with pytest.raises(MedsslError, match="different images"):
         paired_bootstrap(a, regrouped, ["auc_macro"], n_boot=5)

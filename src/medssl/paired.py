@@ -146,7 +146,10 @@ def paired_bootstrap(
     )  # fmt: skip
     if not same:
         raise MedsslError("paired bootstrap: the two prediction files hold different images")
-    layout = _CaseLayout(np.asarray(a["case_ids"]).astype(str))
+    # cases numbered by first appearance, not by id: the ids are salted per run, and sorted
+    # hashes would put the cases in another order (so other draws) for every pair of runs
+    codes, _ = pd.factorize(np.asarray(a["case_ids"]).astype(str))
+    layout = _CaseLayout(codes)
     fa, fb = _fast_metrics(a, mean_over), _fast_metrics(b, mean_over)
     rng = np.random.default_rng(seed)
     diffs = np.full((len(metrics), int(n_boot)), np.nan)
