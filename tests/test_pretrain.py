@@ -10,31 +10,18 @@ import torchvision
 import yaml
 
 from helpers.data import write_ham_layout
+from helpers.runs import interrupted_pretrain as interrupted
 from helpers.runs import tiny_pretrain_config as tiny_config
 from medssl.cli import main
 from medssl.errors import MedsslError
 from medssl.models.checkpoint import load_backbone_state
-from medssl.train.pretrain import PretrainConfig, Pretrainer, pretrain
+from medssl.train.pretrain import Pretrainer, pretrain
 
 
 @pytest.fixture(scope="module")
 def ham_root(tmp_path_factory):
     return write_ham_layout(tmp_path_factory.mktemp("ham"), n_lesions=30)
 
-
-def interrupted(config: PretrainConfig, monkeypatch, at_epoch: int) -> None:
-    """Run ``config`` and kill it (KeyboardInterrupt) when epoch ``at_epoch`` starts."""
-    original = Pretrainer.train_epoch
-
-    def crash(self, epoch):
-        if epoch == at_epoch:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Pretrainer, "train_epoch", crash)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(config)
-    monkeypatch.setattr(Pretrainer, "train_epoch", original)
 
 
 def test_resume_ends_with_the_same_weights(ham_root, tmp_path, monkeypatch):

@@ -17,11 +17,12 @@ import torch
 import yaml
 
 from helpers.data import write_ham_layout
+from helpers.runs import interrupted_pretrain as interrupted
 from helpers.runs import tiny_pretrain_config as tiny_config
 from medssl.data.spec import DataSpec
 from medssl.errors import MedsslError
 from medssl.train.finetune import FinetuneConfig, finetune
-from medssl.train.pretrain import PretrainConfig, Pretrainer, pretrain
+from medssl.train.pretrain import pretrain
 from medssl.train.run import CONFIG, LOCK, METRICS, RunDir
 
 TIMING = {"pairs_per_s", "epoch_seconds"}
@@ -31,20 +32,6 @@ TIMING = {"pairs_per_s", "epoch_seconds"}
 def ham_root(tmp_path_factory):
     return write_ham_layout(tmp_path_factory.mktemp("ham"), n_lesions=30)
 
-
-def interrupted(config: PretrainConfig, monkeypatch, at_epoch: int) -> None:
-    """Run ``config`` and kill it (KeyboardInterrupt) when epoch ``at_epoch`` starts."""
-    original = Pretrainer.train_epoch
-
-    def crash(self, epoch, max_steps=None):  # noqa: ANN001, ANN202
-        if epoch == at_epoch:
-            raise KeyboardInterrupt
-        return original(self, epoch, max_steps)
-
-    monkeypatch.setattr(Pretrainer, "train_epoch", crash)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(config)
-    monkeypatch.setattr(Pretrainer, "train_epoch", original)
 
 
 def status(run) -> str:  # noqa: ANN001

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from helpers.data import write_ham_layout
-from helpers.runs import tiny_pretrain_config
+from helpers.runs import interrupted_pretrain, tiny_pretrain_config
 from medssl.augment import finetune_augment, finetune_transform, resolve_augment_mode
 from medssl.cli import main
 from medssl.data.spec import DataSpec
@@ -17,7 +17,7 @@ from medssl.errors import MedsslError
 from medssl.train import common
 from medssl.train.common import resolve_num_workers, resolve_precision
 from medssl.train.finetune import FinetuneConfig, Finetuner, finetune
-from medssl.train.pretrain import Pretrainer, pretrain
+from medssl.train.pretrain import pretrain
 
 CPU = torch.device("cpu")
 
@@ -84,27 +84,13 @@ def test_pretrain_records_its_automatic_choices(ham_root, tmp_path, monkeypatch)
     assert (saved["augment_mode"], saved["precision"], saved["num_workers"]) == ("batch", "bf16", 0)
 
 
-def _interrupted_pretrain(config, monkeypatch) -> None:  # noqa: ANN001
-    """Run ``config`` and stop it (KeyboardInterrupt) when its second epoch starts."""
-    original = Pretrainer.train_epoch
-
-    def crash(self, epoch, max_steps=None):  # noqa: ANN001, ANN202
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return original(self, epoch, max_steps)
-
-    monkeypatch.setattr(Pretrainer, "train_epoch", crash)
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(config)
-    monkeypatch.setattr(Pretrainer, "train_epoch", original)
-
 
 def test_resuming_an_old_run_keeps_its_choices(ham_root, tmp_path, monkeypatch):
     """A run made before --augment-mode (augment_on: cpu, fp32) resumes as it began."""
     monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: True)
     whole = pretrain(tiny_pretrain_config(ham_root, tmp_path / "whole", augment_mode="per-sample"))
     old = tiny_pretrain_config(ham_root, tmp_path / "old", augment_mode="per-sample")
-    _interrupted_pretrain(old, monkeypatch)
+    interrupted_pretrain(old, monkeypatch, at_epoch=1)
     config_file = tmp_path / "old" / "config.yaml"
     legacy = yaml.safe_load(config_file.read_text())
     legacy.pop("augment_mode")
@@ -124,9 +110,8 @@ def test_pretrain_resumes_identically_in_both_modes(ham_root, tmp_path, monkeypa
     if mode == "batch":
         pytest.importorskip("kornia")
     whole = pretrain(tiny_pretrain_config(ham_root, tmp_path / "whole", augment_mode=mode))
-    _interrupted_pretrain(
-        tiny_pretrain_config(ham_root, tmp_path / "split", augment_mode=mode), monkeypatch
-    )
+    split = tiny_pretrain_config(ham_root, tmp_path / "split", augment_mode=mode)
+    interrupted_pretrain(split, monkeypatch, at_epoch=1)
     resumed = pretrain(
         tiny_pretrain_config(ham_root, tmp_path / "split", augment_mode=mode, resume=True)
     )

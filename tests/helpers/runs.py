@@ -37,3 +37,23 @@ def tiny_finetune_config(root: Path, out: Path, **overrides):  # noqa: ANN201 - 
     )  # fmt: skip
     settings.update(overrides)
     return FinetuneConfig(**settings)
+
+
+def interrupted_pretrain(config, monkeypatch, at_epoch: int) -> None:  # noqa: ANN001
+    """Run the PretrainConfig ``config`` and kill it (KeyboardInterrupt) when epoch
+    ``at_epoch`` starts, as a Ctrl-C or kill would; ``monkeypatch`` is pytest's fixture."""
+    import pytest
+
+    from medssl.train.pretrain import Pretrainer, pretrain
+
+    original = Pretrainer.train_epoch
+
+    def crash(self, epoch, max_steps=None):  # noqa: ANN001, ANN202
+        if epoch == at_epoch:
+            raise KeyboardInterrupt
+        return original(self, epoch, max_steps)
+
+    monkeypatch.setattr(Pretrainer, "train_epoch", crash)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config)
+    monkeypatch.setattr(Pretrainer, "train_epoch", original)
