@@ -23,6 +23,7 @@ from medssl.options import (
     Where,
     parse_flag_value,
     read,
+    read_yaml_mapping,
     settings,
 )
 
@@ -143,17 +144,7 @@ def load_config_file(path: str | None) -> dict[str, Any]:
     """Options from a YAML/JSON config file, keyed by option name (dashes or underscores)."""
     if not path:
         return {}
-    import yaml
-
-    try:
-        with open(path) as fh:
-            data = yaml.safe_load(fh) or {}
-    except OSError as exc:
-        raise MedsslError(f"--config {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        raise MedsslError(f"--config {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise MedsslError(f"--config {path}: expected a mapping of option names to values")
+    data = read_yaml_mapping(path, f"--config {path}", "option names to values", allow_empty=True)
     return {str(k).replace("-", "_"): v for k, v in data.items()}
 
 

@@ -141,6 +141,29 @@ def _as_flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def read_yaml_mapping(
+    path: str | os.PathLike[str], where: str, holds: str, allow_empty: bool = False
+) -> dict[str, Any]:
+    """The mapping in the YAML (or JSON) file ``path``; every problem is one line starting
+    with ``where`` (``--config run.yaml``, ``protocol p.yaml``) and a file that is not a
+    mapping is said to need ``holds`` (what its keys and values are). ``allow_empty``: an
+    empty file reads as ``{}``."""
+    import yaml
+
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh)
+    except OSError as exc:
+        raise MedsslError(f"{where}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise MedsslError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if data is None and allow_empty:
+        return {}
+    if not isinstance(data, dict):
+        raise MedsslError(f"{where}: expected a mapping of {holds}")
+    return data
+
+
 def spelled(name: str) -> str:
     """Option ``name`` as the user gave it: ``--batch-size`` (a flag, and the default),
     ``batch_size`` (a protocol), ``--config run.yaml: batch_size`` (a config file key)."""

@@ -86,7 +86,7 @@ import yaml
 
 from medssl.data.spec import DataSpec, read_spec
 from medssl.errors import MedsslError
-from medssl.options import Given, Where, read, spelling
+from medssl.options import Given, Where, read, read_yaml_mapping, spelling
 from medssl.train.run import (
     CONFIG,
     RESUMABLE_CHANGES,
@@ -202,17 +202,6 @@ def _fail(source: str, key: str, message: str) -> MedsslError:
     return MedsslError(f"{source}: {key}: {message}")
 
 
-def _read_protocol_file(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except OSError as exc:
-        raise MedsslError(f"protocol {path}: {exc.strerror}") from None
-    except yaml.YAMLError as exc:
-        first = str(exc).splitlines()[0]
-        raise MedsslError(f"protocol {path}: not valid YAML ({first})") from None
-    if not isinstance(data, dict):
-        raise MedsslError(f"protocol {path}: expected a mapping of protocol keys to values")
-    return data
 
 
 def _int(value: Any, source: str, key: str, minimum: int | None = None) -> int:
@@ -337,7 +326,8 @@ def load_protocol(protocol: dict[str, Any] | str | Path) -> Protocol:
         raw, source, base = dict(protocol), "protocol", Path.cwd()
     else:
         path = Path(protocol).expanduser()
-        raw, source, base = _read_protocol_file(path), f"protocol {path}", path.resolve().parent
+        source, base = f"protocol {path}", path.resolve().parent
+        raw = read_yaml_mapping(path, source, "protocol keys to values")
     unknown = sorted(str(k) for k in raw if k not in PROTOCOL_KEYS)
     if unknown:
         raise MedsslError(
