@@ -1,4 +1,5 @@
-"""The batch (kornia) view augmentation against the CPU (torchvision v2) one; runs on CPU."""
+"""The batch view augmentation (kornia + medssl.batch_transforms) against the CPU (torchvision
+v2) one; runs on CPU."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from torchvision.transforms import v2
 from helpers.augment_family import describe_batch, describe_transform
 from medssl.augment import PRESETS, AugmentConfig, preset, view_transform
 from medssl.batch_augment import BatchViewAugment
+from medssl.batch_transforms import RandomGaussianBlur
 from medssl.errors import MedsslError
 
 #: Everything random switched off: the view is the normalised input itself.
@@ -102,7 +104,7 @@ def test_describe_transform_names_unknown_steps() -> None:
 def test_cxr_has_no_blur_in_either_path(kornia: Any) -> None:
     config = PRESETS["cxr"]
     aug = BatchViewAugment(config, 64)
-    assert not any(isinstance(m, kornia.augmentation.RandomGaussianBlur) for m in aug.modules())
+    assert not any(isinstance(m, RandomGaussianBlur) for m in aug.modules())
     assert not any(isinstance(m, kornia.augmentation.RandomGrayscale) for m in aug.modules())
     assert describe_batch(aug)["blur"] is False
     cpu = view_transform(config, 64)
@@ -240,18 +242,3 @@ def test_without_kornia_construction_is_a_user_error(monkeypatch: pytest.MonkeyP
     with pytest.raises(MedsslError) as info:
         BatchViewAugment(PRESETS["derm"], 32)
     assert str(info.value) == "--augment-mode batch needs kornia: pip install kornia"
-
-
-def test_shift_hue_equals_torchvision_adjust_hue() -> None:
-    from torchvision.transforms.v2 import functional as tvf
-
-    from medssl.batch_augment import shift_hue
-
-    g = torch.Generator().manual_seed(3)
-    images = torch.rand(6, 3, 9, 11, generator=g)
-    images[:, :, 0, :] = images[:, :1, 0, :]  # grey pixels: no hue
-    images[:, 1, 1, :] = images[:, 0, 1, :]  # ties between the largest channels
-    turns = torch.tensor([-0.5, -0.13, 0.0, 0.07, 0.25, 0.5])
-    pairs = zip(images, turns, strict=True)
-    expected = torch.stack([tvf.adjust_hue(im, float(t)) for im, t in pairs])
-    torch.testing.assert_close(shift_hue(images, turns), expected, atol=1e-5, rtol=0)

@@ -105,6 +105,18 @@ def test_resuming_an_old_run_keeps_its_choices(ham_root, tmp_path, monkeypatch):
     assert resumed["loss"] == pytest.approx(whole["loss"], rel=1e-6)
 
 
+@pytest.mark.filterwarnings("ignore:.*pin_memory.*:UserWarning")  # pinning without a GPU
+def test_a_run_resumes_with_another_pin_memory(ham_root, tmp_path, monkeypatch):
+    """pin_memory follows the device by default, so a run begun on a GPU (pinned) must
+    resume on the CPU (not pinned), and the other way round (tests/test_cuda.py)."""
+    run = tmp_path / "run"
+    pinned = tiny_pretrain_config(ham_root, run, pin_memory=True)
+    interrupted_pretrain(pinned, monkeypatch, at_epoch=1)
+    metrics = pretrain(tiny_pretrain_config(ham_root, run, resume=True))
+    assert metrics["epochs"] == 2
+    assert yaml.safe_load((run / "config.yaml").read_text())["pin_memory"] is False
+
+
 @pytest.mark.parametrize("mode", ["per-sample", "batch"])
 def test_pretrain_resumes_identically_in_both_modes(ham_root, tmp_path, monkeypatch, mode):
     if mode == "batch":
@@ -173,23 +185,29 @@ def test_cli_old_augment_on_flag_still_works_with_a_warning(ham_root, tmp_path, 
 
 
 def test_a_step_with_non_finite_gradients_is_skipped_and_a_run_of_them_is_an_error() -> None:
+    import warnings
+
     from medssl.train.common import FiniteStepGuard
 
     model = torch.nn.Linear(3, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
     guard = FiniteStepGuard(limit=3)
     before = model.weight.detach().clone()
     model(torch.ones(1, 3)).sum().backward()
     model.bias.grad[0] = float("nan")
-    assert guard.step(model, optimizer) is False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a skipped first step makes torch warn by default
+        assert guard.step(model, optimizer, scheduler) is False
     torch.testing.assert_close(model.weight.detach(), before)  # nothing written
     assert model.weight.grad is None  # and the bad gradients are gone
+    assert scheduler.last_epoch == 1  # the schedule moved on all the same
     model(torch.ones(1, 3)).sum().backward()
-    assert guard.step(model, optimizer) is True
+    assert guard.step(model, optimizer, scheduler) is True
     assert not torch.equal(model.weight.detach(), before)
     assert guard.end_epoch(0) == 1 and guard.end_epoch(1) == 0
     with pytest.raises(MedsslError, match="3 optimiser steps in a row had NaN or infinite"):
         for _ in range(3):
             model(torch.ones(1, 3)).sum().backward()
             model.weight.grad[0, 0] = float("inf")
-            guard.step(model, optimizer)
+            guard.step(model, optimizer, scheduler)

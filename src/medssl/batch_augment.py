@@ -1,16 +1,19 @@
 """Views of whole batches on the training device, CPU or GPU (``--augment-mode batch``).
 
-:class:`BatchViewAugment` builds, with :mod:`kornia.augmentation`, the same family of random
-transform as :func:`medssl.augment.view_transform` builds with torchvision v2 for the CPU
-path: the same steps in the same order, with the same ranges and probabilities, each drawn
-independently per sample. It takes a uint8 (or float in ``[0, 1]``) ``(B, 3, H, W)`` batch on
+:class:`BatchViewAugment` builds, with :mod:`kornia.augmentation` (rotation, crop, flip,
+grayscale, normalisation) and :mod:`medssl.batch_transforms` (colour jitter and blur, written
+for speed: see there), the same family of random transform as
+:func:`medssl.augment.view_transform` builds with torchvision v2 for the CPU path: the same
+steps in the same order, with the same ranges and probabilities, each drawn independently per
+sample. It takes a uint8 (or float in ``[0, 1]``) ``(B, 3, H, W)`` batch on
 any device and returns a normalised float ``(B, 3, image_size, image_size)`` batch.
 
 The tests read both built transforms back into plain dicts
 (``tests/helpers/augment_family.py``) and assert that both paths build the same family.
 
 Randomness: kornia draws its parameters from torch's *global* RNG (the CPU generator, or the
-CUDA generator of the module's device after ``.to("cuda")``), so ``torch.manual_seed`` makes a
+CUDA generator of the module's device after ``.to("cuda")``), the two medssl steps from the
+global RNG of the batch's device, so ``torch.manual_seed`` makes a
 run reproducible. ``forward(x, generator=g)`` instead derives one seed from ``g`` and runs
 under :func:`torch.random.fork_rng`, which leaves the global RNG state untouched.
 
@@ -20,10 +23,6 @@ Known differences from the CPU path (same family, not bit-identical):
   torchvision's antialiasing when downscaling;
 - rotation interpolates bilinearly (torchvision's ``RandomRotation`` uses nearest);
 - colour jitter draws one order of its four adjustments per batch (torchvision: per sample).
-
-The hue step is :func:`shift_hue` rather than kornia's ``adjust_hue``: the same HSV rotation
-(equal to torchvision's ``adjust_hue`` within float rounding) in about half the time, which
-matters because hue was the largest part of a view's cost at 64 px on a CPU.
 """
 
 from __future__ import annotations
@@ -33,6 +32,7 @@ from typing import Any
 import torch
 
 from medssl.augment import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig, blur_kernel_size
+from medssl.batch_transforms import RandomColorJitter, RandomGaussianBlur
 from medssl.errors import MedsslError
 
 _NO_KORNIA = "--augment-mode batch needs kornia: pip install kornia"
@@ -47,32 +47,6 @@ def _import_kornia_augmentation() -> Any:
     return kaug
 
 
-_SECTOR_OFFSETS = (5.0, 3.0, 1.0)  # HSV -> RGB: channel n uses k = (n + 6 h) mod 6
-
-
-def shift_hue(images: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
-    """Rotate the hue of ``(B, 3, H, W)`` RGB images in ``[0, 1]`` by ``turns[b]`` of a circle.
-
-    The HSV round trip written out for this one purpose: value (max) and chroma (max - min)
-    are kept, only the hue moves, so the conversion back needs neither saturation nor a
-    division by value. Grey pixels (chroma 0) are returned unchanged.
-    """
-    maxc, argmax = images.max(dim=1)
-    chroma = maxc - images.amin(dim=1)
-    safe = torch.where(chroma > 0, chroma, torch.ones_like(chroma))
-    r, g, b = images.unbind(dim=1)
-    sixths = torch.where(  # hue in [0, 6) from whichever channel is the largest
-        argmax == 0,
-        (g - b) / safe,
-        torch.where(argmax == 1, (b - r) / safe + 2.0, (r - g) / safe + 4.0),
-    )
-    sixths = torch.remainder(sixths + 6.0 * turns.reshape(-1, 1, 1).to(images), 6.0)
-    offsets = torch.tensor(_SECTOR_OFFSETS, dtype=images.dtype, device=images.device)
-    k = torch.remainder(offsets.view(1, 3, 1, 1) + sixths.unsqueeze(1), 6.0)
-    ramp = torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
-    return maxc.unsqueeze(1) - chroma.unsqueeze(1) * ramp
-
-
 class BatchViewAugment(torch.nn.Module):
     """One random contrastive view of every image in a batch, computed on the batch's device.
 
@@ -82,11 +56,11 @@ class BatchViewAugment(torch.nn.Module):
     2. ``RandomResizedCrop`` to ``image_size`` with scale ``(crop_scale_min, crop_scale_max)``
        and ratio ``(3/4, 4/3)``;
     3. ``RandomHorizontalFlip(hflip_p)``;
-    4. ``ColorJitter(0.8 s, 0.8 s, 0.8 s, 0.2 s, p=jitter_p)`` (``s = jitter_strength``)
+    4. ``RandomColorJitter(0.8 s, 0.8 s, 0.8 s, 0.2 s, p=jitter_p)`` (``s = jitter_strength``)
        when ``s > 0`` and ``jitter_p > 0``;
     5. ``RandomGrayscale(grayscale_p)`` when ``grayscale_p > 0``;
     6. ``RandomGaussianBlur(blur_kernel_size(image_size), (blur_sigma_min, blur_sigma_max),
-       p=blur_p)`` when ``blur_p > 0`` (so the ``cxr`` preset has no blur module);
+       p=blur_p)`` (medssl's) when ``blur_p > 0`` (so the ``cxr`` preset has no blur module);
     7. ``Normalize`` with the ImageNet mean and std.
 
     Every random parameter is drawn per sample. See the module docstring for reproducibility
@@ -124,19 +98,13 @@ class BatchViewAugment(torch.nn.Module):
             kaug.RandomHorizontalFlip(p=config.hflip_p),
         ]
         if s > 0 and config.jitter_p > 0:
-            jitter = kaug.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=config.jitter_p)
-            if hasattr(jitter, "_adjust_hue_turns"):  # kornia's hook for the hue step
-                jitter._adjust_hue_turns = shift_hue
-            steps.append(jitter)
+            steps.append(RandomColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=config.jitter_p))
         if config.grayscale_p > 0:
             steps.append(kaug.RandomGrayscale(p=config.grayscale_p))
         if config.blur_p > 0:
             k = blur_kernel_size(self.image_size)
-            steps.append(
-                kaug.RandomGaussianBlur(
-                    (k, k), (config.blur_sigma_min, config.blur_sigma_max), p=config.blur_p
-                )
-            )
+            sigma = (config.blur_sigma_min, config.blur_sigma_max)
+            steps.append(RandomGaussianBlur(k, sigma, p=config.blur_p))
         steps.append(
             kaug.Normalize(mean=torch.tensor(IMAGENET_MEAN), std=torch.tensor(IMAGENET_STD))
         )

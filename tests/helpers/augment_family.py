@@ -66,7 +66,7 @@ def _amount(value: Any, centre: float) -> float:
 
 
 def _jitter(jitter: Any, p: Any) -> tuple[float, ...]:
-    """(brightness, contrast, saturation, hue, p) of a torchvision or kornia ColorJitter."""
+    """(brightness, contrast, saturation, hue, p) of a torchvision or medssl colour jitter."""
     return (
         _amount(jitter.brightness, 1.0),
         _amount(jitter.contrast, 1.0),
@@ -185,12 +185,14 @@ def describe_transform(compose: v2.Compose) -> dict[str, Any]:
 
 
 def describe_batch(aug: BatchViewAugment) -> dict[str, Any]:
-    """The family of a batch view transform, read back from its kornia modules.
+    """The family of a batch view transform, read back from its kornia and medssl modules.
 
     Same keys and conventions as :func:`describe_transform` of the CPU path, so
     ``describe_batch(BatchViewAugment(c, n)) == describe_transform(view_transform(c, n))``.
     """
     import kornia.augmentation as kaug
+
+    from medssl.batch_transforms import RandomColorJitter, RandomGaussianBlur
 
     desc = _empty_description()
     for step in aug.steps:
@@ -208,18 +210,18 @@ def describe_batch(aug: BatchViewAugment) -> dict[str, Any]:
         elif isinstance(step, kaug.RandomHorizontalFlip):
             desc["order"].append("hflip")
             desc["hflip_p"] = _num(step.p)
-        elif isinstance(step, kaug.ColorJitter):
+        elif isinstance(step, RandomColorJitter):
             desc["order"].append("jitter")
             desc["jitter"] = _jitter(step, step.p)
         elif isinstance(step, kaug.RandomGrayscale):
             desc["order"].append("grayscale")
             desc["grayscale_p"] = _num(step.p)
-        elif isinstance(step, kaug.RandomGaussianBlur):
+        elif isinstance(step, RandomGaussianBlur):
             desc["order"].append("blur")
             desc.update(
                 blur=True,
-                blur_kernel=_size(step.flags["kernel_size"]),
-                blur_sigma=_pair(step._param_generator.sigma),
+                blur_kernel=step.kernel_size,
+                blur_sigma=_pair(step.sigma),
                 blur_p=_num(step.p),
             )
         elif isinstance(step, kaug.Normalize):

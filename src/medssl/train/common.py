@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
+import warnings
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -111,23 +113,36 @@ class FiniteStepGuard:
         self.skipped = 0  # this epoch; see :meth:`take_epoch_count`
         self._in_a_row = 0
 
-    def step(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> bool:
-        """``optimizer.step()`` if the gradients of ``model`` are finite; whether it stepped."""
+    def step(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ) -> bool:
+        """``optimizer.step()`` if the gradients of ``model`` are finite, then
+        ``scheduler.step()`` either way (the schedule stays aligned with the epochs); whether
+        the optimiser stepped."""
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         total = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
-        if bool(torch.isfinite(total)):
+        stepped = bool(torch.isfinite(total))
+        if stepped:
             optimizer.step()
             self._in_a_row = 0
-            return True
-        optimizer.zero_grad(set_to_none=True)
-        self.skipped += 1
-        self._in_a_row += 1
-        if self._in_a_row >= self.limit:
-            raise MedsslError(
-                f"{self.limit} optimiser steps in a row had NaN or infinite gradients: the run "
-                "has diverged (try a lower --lr, or --precision fp32)"
-            )
-        return False
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            self.skipped += 1
+            self._in_a_row += 1
+            if self._in_a_row >= self.limit:
+                raise MedsslError(
+                    f"{self.limit} optimiser steps in a row had NaN or infinite gradients: the "
+                    "run has diverged (try a lower --lr, or --precision fp32)"
+                )
+        with warnings.catch_warnings():
+            # torch warns when a schedule moves before the optimiser's first step; after a
+            # skipped first step that is intended.
+            warnings.filterwarnings("ignore", re.escape("Detected call of `lr_scheduler.step()`"))
+            scheduler.step()
+        return stepped
 
     def end_epoch(self, epoch: int) -> int:
         """The number of steps skipped in this epoch (for log.csv), said on stderr if any."""

@@ -285,8 +285,7 @@ class Pretrainer:
         loss = self.criterion(z_a, z_b)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self.guard.step(self.model, self.optimizer)
-        self.scheduler.step()
+        self.guard.step(self.model, self.optimizer, self.scheduler)
         return loss.detach()
 
     def train_epoch(self, epoch: int, max_steps: int | None = None) -> dict[str, float]:
