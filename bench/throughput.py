@@ -18,6 +18,10 @@ so the table shows what a user gets:
   ceiling-finetune / medssl-finetune / medssl-finetune-per-sample
                supervised fine-tuning (images/s): the classifier's forward + backward + AdamW
                step on fixed tensors, and ``medssl finetune``'s trainer in both modes
+  ceiling-compile / medssl-simclr-compile
+               the ceiling and medssl's SimCLR with the model under ``torch.compile``
+               (``--compile`` compiles them in the other variants too, except lightly and
+               ``medssl finetune``, which have no such option); only when asked for
 
 Prints pairs/s (images/s for fine-tuning), the ratios to the ceiling and to lightly and peak
 memory; writes JSON.
@@ -29,6 +33,7 @@ memory; writes JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -39,12 +44,17 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = (
+DEFAULT_VARIANTS = (
     "ceiling", "medssl-simclr", "medssl-micle", "medssl-micle-per-sample", "lightly",
     "ceiling-finetune", "medssl-finetune", "medssl-finetune-per-sample",
 )  # fmt: skip
+#: compiling takes about a minute per variant, so these run only when named in --variants
+COMPILE_VARIANTS = ("ceiling-compile", "medssl-simclr-compile")
+VARIANTS = DEFAULT_VARIANTS + COMPILE_VARIANTS
 #: variant -> the reference its speed is divided by
 REFERENCES = {
+    "ceiling-compile": ("ceiling",),
+    "medssl-simclr-compile": ("ceiling-compile", "medssl-simclr", "lightly"),
     "medssl-simclr": ("ceiling", "lightly"),
     "medssl-micle": ("ceiling", "lightly"),
     "medssl-micle-per-sample": ("ceiling", "lightly"),
@@ -66,6 +76,16 @@ def peak_memory_mb(device) -> float:  # noqa: ANN001
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def gpu_info(device) -> dict:  # noqa: ANN001
+    """The GPU's name and the CUDA and cuDNN versions, for the report's machine block."""
+    import torch
+
+    if device.type != "cuda":
+        return {}
+    return {"gpu": torch.cuda.get_device_name(device), "cuda": torch.version.cuda,
+            "cudnn": torch.backends.cudnn.version()}  # fmt: skip
 
 
 def sync(device) -> None:  # noqa: ANN001
@@ -91,12 +111,13 @@ def run_ceiling(args: argparse.Namespace) -> dict:
     model = SimCLRModel(backbone, dim).to(device).to(memory_format=torch.channels_last)
     optimizer = build_optimizer("lars", model, 0.3, 1e-6)
     criterion = NTXentLoss(0.1)
+    forward = torch.compile(model) if args.compile else model
     x = torch.randn(2 * args.batch_size, 3, args.image_size, args.image_size, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
 
     def step() -> None:
         with autocast(device, precision):
-            z = model(x)
+            z = forward(x)
         loss = criterion(*z.float().chunk(2))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -111,7 +132,8 @@ def run_ceiling(args: argparse.Namespace) -> dict:
     sync(device)
     seconds = time.perf_counter() - start
     return {"pairs_per_s": args.steps * args.batch_size / seconds, "device": str(device),
-            "precision": precision, "peak_memory_mb": peak_memory_mb(device)}  # fmt: skip
+            "precision": precision, "compile": args.compile,
+            "peak_memory_mb": peak_memory_mb(device)}  # fmt: skip
 
 
 def run_ceiling_finetune(args: argparse.Namespace) -> dict:
@@ -132,10 +154,11 @@ def run_ceiling_finetune(args: argparse.Namespace) -> dict:
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 7, (args.batch_size,), device=device)
+    forward = torch.compile(model) if args.compile else model
 
     def step() -> None:
         with autocast(device, precision):
-            logits = model(x)
+            logits = forward(x)
         loss = F.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -189,12 +212,13 @@ def run_medssl(args: argparse.Namespace, method: str, augment_mode: str) -> dict
             precision=args.precision, progress=False, compile=args.compile,
         )  # fmt: skip
         trainer = Pretrainer(config)
-        trainer.train_epoch(0, max_steps=args.warmup)
+        if args.warmup:  # an epoch of no steps has no loss to report
+            trainer.train_epoch(0, max_steps=args.warmup)
         row = trainer.train_epoch(1, max_steps=args.steps)
         cfg = trainer.cfg
         return {"pairs_per_s": row["pairs_per_s"], "device": str(trainer.device),
                 "precision": cfg.precision, "augment_mode": cfg.augment_mode,
-                "num_workers": cfg.num_workers,
+                "num_workers": cfg.num_workers, "compile": cfg.compile,
                 "peak_memory_mb": peak_memory_mb(trainer.device),
                 "distinct_pair_share": row["distinct_pair_share"]}  # fmt: skip
 
@@ -251,8 +275,11 @@ def run_lightly(args: argparse.Namespace) -> dict:
 
 
 def child(args: argparse.Namespace) -> None:
-    mode = "per-sample" if args.variant.endswith("-per-sample") else args.augment_mode
-    name = args.variant.removesuffix("-per-sample")
+    if args.variant.endswith("-compile"):
+        args.compile = True
+    variant = args.variant.removesuffix("-compile")
+    mode = "per-sample" if variant.endswith("-per-sample") else args.augment_mode
+    name = variant.removesuffix("-per-sample")
     if name == "ceiling":
         result = run_ceiling(args)
     elif name == "ceiling-finetune":
@@ -263,6 +290,9 @@ def child(args: argparse.Namespace) -> None:
         result = run_medssl(args, name.removeprefix("medssl-"), mode)
     else:
         result = run_lightly(args)
+    import torch
+
+    result.update(gpu_info(torch.device(result["device"])))
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -270,54 +300,75 @@ def speed(result: dict) -> float | None:
     return result.get("pairs_per_s") or result.get("images_per_s")
 
 
-def parent(args: argparse.Namespace) -> None:
-    results: dict[str, dict] = {}
-    for variant in args.variants:
-        cmd = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
-        started = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            results[variant] = {"error": tail[0]}
-            print(f"{variant:<14} failed: {tail[0]}")
-            continue
-        results[variant] = json.loads(lines[-1].removeprefix("RESULT "))
-        results[variant]["wall_s"] = time.perf_counter() - started
-        r = results[variant]
-        unit = "pairs/s" if "pairs_per_s" in r else "img/s  "
-        extra = ", ".join(f"{k} {r[k]}" for k in ("precision", "augment_mode", "num_workers")
-                          if k in r)  # fmt: skip
-        print(f"{variant:<27} {speed(r):8.1f} {unit}  peak {r['peak_memory_mb']:6.0f} MB  {extra}",
-              flush=True)  # fmt: skip
+def run_variant(args: argparse.Namespace, variant: str) -> dict:
+    """One variant in its own process: its RESULT line, or its error and the end of its stderr."""
+    cmd = [sys.executable, __file__, *sys.argv[1:], "--variant", variant]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-20:] or ["no output"]
+        print(f"{variant:<27} failed: {tail[-1]}", flush=True)
+        return {"error": tail[-1], "stderr_tail": tail}
+    result = json.loads(lines[-1].removeprefix("RESULT "))
+    result["wall_s"] = time.perf_counter() - started
+    unit = "pairs/s" if "pairs_per_s" in result else "img/s  "
+    keys = ("precision", "augment_mode", "num_workers", "compile")
+    extra = ", ".join(f"{k} {result[k]}" for k in keys if k in result and result[k] is not False)
+    print(f"{variant:<27} {speed(result):8.1f} {unit}  peak {result['peak_memory_mb']:6.0f} MB  "
+          f"{extra}", flush=True)  # fmt: skip
+    return result
+
+
+def ratios_of(results: dict[str, dict]) -> dict[str, float]:
     ratios = {}
     for variant, refs in REFERENCES.items():
         for ref in refs:
             ours, theirs = speed(results.get(variant, {})), speed(results.get(ref, {}))
             if ours and theirs:
                 ratios[f"{variant}/{ref}"] = ours / theirs
-                print(f"{variant} / {ref}: {ours / theirs:.2f}")
+    return ratios
+
+
+def machine_info(results: dict[str, dict]) -> dict:
+    """This machine, without importing torch here: the variants own the GPU (a CUDA
+    context in this process would take memory from them); they report its name."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    info = {"platform": platform.platform(), "cpus": os.cpu_count(),
+            "python": platform.python_version()}  # fmt: skip
+    with contextlib.suppress(PackageNotFoundError):
+        info["torch"] = version("torch")
+    for key in ("gpu", "cuda", "cudnn"):
+        found = {r[key] for r in results.values() if r.get(key)}
+        if found:
+            info[key] = found.pop() if len(found) == 1 else sorted(found)
+    return info
+
+
+def write_report(args: argparse.Namespace, results: dict[str, dict]) -> None:
     report = {
         "settings": {k: getattr(args, k) for k in (
             "dataset", "backbone", "image_size", "batch_size", "steps", "warmup",
             "num_workers", "augment_mode", "precision", "device", "compile")},
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "python": platform.python_version()},
+        "machine": machine_info(results),
         "results": results,
-        "ratios": ratios,
+        "ratios": ratios_of(results),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }  # fmt: skip
-    try:
-        import torch
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
 
-        report["machine"]["torch"] = torch.__version__
-        if torch.cuda.is_available():
-            report["machine"]["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
+
+def parent(args: argparse.Namespace) -> None:
+    results: dict[str, dict] = {}
+    for variant in args.variants:
+        results[variant] = run_variant(args, variant)
+        if args.out:  # after every variant: a run stopped part-way keeps what it measured
+            write_report(args, results)
+    for name, ratio in ratios_of(results).items():
+        print(f"{name.replace('/', ' / ')}: {ratio:.2f}")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
         print(f"wrote {args.out}")
 
 
@@ -337,8 +388,11 @@ def main() -> None:
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
                         default="auto")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model of the ceilings and of medssl's pretraining "
+                        "(see *-compile; fine-tuning and lightly run eagerly)")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(DEFAULT_VARIANTS),
+                        help=f"default: all but {', '.join(COMPILE_VARIANTS)}")
     parser.add_argument("--out", help="JSON file for the figures")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -48,8 +48,11 @@ METRICS = "metrics.json"
 CHECKPOINT = Path("checkpoints") / "last.pt"
 LOCK = ".lock"
 #: config keys that may differ between the original run and ``--resume`` (``out``: a moved
-#: run resumes at its new place)
-RESUMABLE_CHANGES = {"epochs", "num_workers", "resume", "log_every", "progress", "device", "out"}
+#: run resumes at its new place; ``device`` and ``pin_memory``, whose default follows the
+#: device: a run started on a GPU resumes on the CPU and the other way round)
+RESUMABLE_CHANGES = {
+    "epochs", "num_workers", "resume", "log_every", "progress", "device", "pin_memory", "out",
+}  # fmt: skip
 
 try:
     import fcntl
