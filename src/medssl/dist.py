@@ -107,8 +107,9 @@ def init_from_env(backend: str | None = None) -> bool:
 
     Does nothing (and returns False) unless the environment variable ``WORLD_SIZE`` is
     greater than 1. The backend defaults to ``nccl`` when CUDA is available and ``gloo``
-    otherwise; with CUDA, the current device is set from ``LOCAL_RANK`` *before* the group is
-    created so that NCCL binds each process to its own GPU. Calling it again once the
+    otherwise (trainers pass the one their device needs); with ``nccl``, the current device is
+    set from ``LOCAL_RANK`` *before* the group is created so that NCCL binds each process to
+    its own GPU. Calling it again once the
     group exists is harmless. Returns whether the run is distributed.
     """
     if is_distributed():
@@ -117,7 +118,7 @@ def init_from_env(backend: str | None = None) -> bool:
         return False
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if torch.cuda.is_available():
+    if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend, init_method="env://")
     return True

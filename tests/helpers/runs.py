@@ -10,6 +10,8 @@ def tiny_pretrain_config(root: Path, out: Path, **overrides):  # noqa: ANN201 - 
 
     fp32, because tests compare runs bit for bit (resume, world sizes) and oneDNN's bf16
     kernels on the CPU are not deterministic; ``precision="auto"`` is tested on its own.
+    On the CPU also on a GPU machine, for the same reason (``tests/test_cuda.py`` passes
+    ``device="cuda"``).
     """
     from medssl.data.spec import DataSpec
     from medssl.train.pretrain import PretrainConfig
@@ -18,7 +20,7 @@ def tiny_pretrain_config(root: Path, out: Path, **overrides):  # noqa: ANN201 - 
         data=DataSpec("ham10000", str(root)).to_dict(), out=str(out), method="micle",
         backbone="resnet18", image_size=16, epochs=2, batch_size=8, warmup_epochs=1,
         num_workers=0, progress=False, lr=0.3, cache_dir=str(Path(root) / "cache"),
-        precision="fp32",
+        precision="fp32", device="cpu",
     )  # fmt: skip
     settings.update(overrides)
     return PretrainConfig(**settings)
@@ -26,13 +28,13 @@ def tiny_pretrain_config(root: Path, out: Path, **overrides):  # noqa: ANN201 - 
 
 def tiny_finetune_config(root: Path, out: Path, **overrides):  # noqa: ANN201 - FinetuneConfig
     """A seconds-long fine-tune from random init on a ``write_ham_layout`` dataset (16 px,
-    batch 8, fp32 for the reason given in :func:`tiny_pretrain_config`)."""
+    batch 8, fp32 and CPU for the reasons given in :func:`tiny_pretrain_config`)."""
     from medssl.data.spec import DataSpec
     from medssl.train.finetune import FinetuneConfig
 
     settings = dict(
         data=DataSpec("ham10000", str(root)).to_dict(), out=str(out), image_size=16, epochs=2,
-        batch_size=8, num_workers=0, progress=False, precision="fp32",
+        batch_size=8, num_workers=0, progress=False, precision="fp32", device="cpu",
         cache_dir=str(Path(root) / "cache"),
     )  # fmt: skip
     settings.update(overrides)

@@ -83,11 +83,16 @@ class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
 
 
 def convert_batchnorm_for_distributed(module: torch.nn.Module) -> torch.nn.Module:
-    """Global batch norm, as in the paper: SyncBatchNorm on GPU, GlobalBatchNorm on CPU.
+    """Global batch norm, as in the paper: torch's SyncBatchNorm in an NCCL group (GPUs),
+    :class:`GlobalBatchNorm` otherwise (gloo on CPUs, or no group yet).
 
-    Call before moving the model to its device; parameters and buffers are kept.
+    Chosen by the process group's backend, not by whether this machine has a GPU, so that a
+    ``--device cpu`` run on a GPU machine stays on the CPU path. Call before moving the model
+    to its device; parameters and buffers are kept.
     """
-    if torch.cuda.is_available():
+    import torch.distributed as torch_dist
+
+    if is_distributed() and torch_dist.get_backend() == "nccl":
         return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
     return _to_global_bn(module)
 

@@ -171,9 +171,9 @@ class Pretrainer:
     """One pretraining job: data, model, optimiser, loop, checkpoints, export."""
 
     def __init__(self, config: PretrainConfig) -> None:
-        dist.init_from_env()
         self.cfg = config.resolved()
         self.device = resolve_device(self.cfg.device)
+        dist.init_from_env("nccl" if self.device.type == "cuda" else "gloo")
         self.run = RunDir(
             self.cfg.out, asdict(self.cfg), self.cfg.resume, field_defaults(PretrainConfig)
         )
