@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -211,3 +212,42 @@ def test_a_step_with_non_finite_gradients_is_skipped_and_a_run_of_them_is_an_err
             model(torch.ones(1, 3)).sum().backward()
             model.weight.grad[0, 0] = float("inf")
             guard.step(model, optimizer, scheduler)
+
+
+def test_fp16_steps_go_through_a_loss_scaler_whose_state_is_checkpointed() -> None:
+    from medssl.train.common import FiniteStepGuard
+
+    assert FiniteStepGuard.for_precision("bf16", torch.device("cpu")).scaler is None
+    guard = FiniteStepGuard.for_precision("fp16", torch.device("cpu"))
+    assert guard.scaler is not None and guard.limit == 26  # 10 + 16 halvings of 2**16
+    model = torch.nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    scale = guard.scaler.get_scale()
+    # a loss whose scaled gradient overflows: the step is skipped and the scale halves
+    guard.backward(model(torch.full((1, 3), 1e34)).sum())
+    before = model.weight.detach().clone()
+    assert guard.step(model, optimizer, scheduler) is False
+    assert torch.equal(model.weight.detach(), before)
+    assert guard.scaler.get_scale() == scale / 2
+    # an ordinary loss: the step applies the unscaled gradient (SGD: w -= lr * x)
+    guard.backward(model(torch.ones(1, 3)).sum())
+    assert guard.step(model, optimizer, scheduler) is True
+    torch.testing.assert_close(model.weight.detach(), before - 0.1)
+    saved = guard.state_dict()
+    fresh = FiniteStepGuard.for_precision("fp16", torch.device("cpu"))
+    fresh.load_state_dict(saved)
+    assert fresh.scaler.get_scale() == scale / 2
+    assert FiniteStepGuard.for_precision("fp32", torch.device("cpu")).state_dict() == {}
+
+
+def test_an_fp16_run_resumes_with_its_loss_scale(ham_root, tmp_path, monkeypatch):
+    from medssl.train.pretrain import pretrain
+
+    config = tiny_pretrain_config(ham_root, tmp_path / "r", precision="fp16", epochs=2)
+    interrupted_pretrain(config, monkeypatch, at_epoch=1)
+    state = torch.load(tmp_path / "r" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["grad_scaler"]["scale"] > 0
+    resumed = pretrain(tiny_pretrain_config(ham_root, tmp_path / "r", precision="fp16",
+                                            epochs=2, resume=True))  # fmt: skip
+    assert math.isfinite(resumed["loss"])

@@ -98,20 +98,52 @@ def autocast(device: torch.device, precision: str):  # noqa: ANN201 - a context 
 
 
 class FiniteStepGuard:
-    """Applies an optimiser step only when every gradient is finite.
+    """Applies an optimiser step only when every gradient is finite; scales fp16 losses.
 
     A step with a NaN or infinite gradient would write it into the weights and ruin the run
     for good. Such gradients come from divergence (too high a learning rate) or, rarely,
     from low-precision kernels: oneDNN's bf16 CPU backward has been seen to return a
     non-finite weight gradient for a 1x1 feature map at 16 px, once in a few runs. The guard
-    skips that step (as ``torch.amp.GradScaler`` does for fp16) and counts it; ``limit``
-    skipped steps in a row mean the run has diverged, which is a user-facing error.
+    skips that step and counts it; ``limit`` skipped steps in a row mean the run has
+    diverged, which is a user-facing error.
+
+    fp16 (what ``--precision auto`` picks on GPUs without bf16) also needs loss scaling, or
+    small gradients underflow to zero: :meth:`for_precision` gives the guard a
+    ``torch.amp.GradScaler``, :meth:`backward` scales the loss, :meth:`step` unscales the
+    gradients before checking them. While the scale calibrates, overflowing steps are
+    skipped as GradScaler's own are, so the limit is raised by the number of halvings from
+    its initial scale 2**16 to 1. The scaler's state travels in checkpoints
+    (:meth:`state_dict`).
+
+    Usage, once per batch::
+
+        guard.backward(loss)
+        guard.step(model, optimizer, scheduler)
     """
 
-    def __init__(self, limit: int = 10) -> None:
-        self.limit = limit
-        self.skipped = 0  # this epoch; see :meth:`take_epoch_count`
+    def __init__(self, limit: int = 10, scaler: torch.amp.GradScaler | None = None) -> None:
+        self.scaler = scaler
+        self.limit = limit + (16 if scaler is not None else 0)
+        self.skipped = 0  # this epoch; see :meth:`end_epoch`
         self._in_a_row = 0
+
+    @classmethod
+    def for_precision(cls, precision: str, device: torch.device) -> FiniteStepGuard:
+        """The guard a run at ``precision`` (resolved: fp32, bf16 or fp16) needs."""
+        return cls(scaler=torch.amp.GradScaler(device.type) if precision == "fp16" else None)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        """``loss.backward()``, through the fp16 loss scale when there is one."""
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Extra checkpoint entries (the loss scale for fp16; nothing otherwise)."""
+        return {} if self.scaler is None else {"grad_scaler": self.scaler.state_dict()}
+
+    def load_state_dict(self, checkpoint: dict[str, Any] | None) -> None:
+        """Restore what :meth:`state_dict` saved, from a checkpoint (None: a fresh run)."""
+        if self.scaler is not None and checkpoint and "grad_scaler" in checkpoint:
+            self.scaler.load_state_dict(checkpoint["grad_scaler"])
 
     def step(
         self,
@@ -122,11 +154,16 @@ class FiniteStepGuard:
         """``optimizer.step()`` if the gradients of ``model`` are finite, then
         ``scheduler.step()`` either way (the schedule stays aligned with the epochs); whether
         the optimiser stepped."""
+        if self.scaler is not None:
+            self.scaler.unscale_(optimizer)
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         total = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros(())
         stepped = bool(torch.isfinite(total))
         if stepped:
-            optimizer.step()
+            if self.scaler is None:
+                optimizer.step()
+            else:
+                self.scaler.step(optimizer)
             self._in_a_row = 0
         else:
             optimizer.zero_grad(set_to_none=True)
@@ -137,6 +174,8 @@ class FiniteStepGuard:
                     f"{self.limit} optimiser steps in a row had NaN or infinite gradients: the "
                     "run has diverged (try a lower --lr, or --precision fp32)"
                 )
+        if self.scaler is not None:
+            self.scaler.update()  # halves the scale after an overflow, grows it slowly
         with warnings.catch_warnings():
             # torch warns when a schedule moves before the optimiser's first step; after a
             # skipped first step that is intended.
@@ -148,9 +187,10 @@ class FiniteStepGuard:
         """The number of steps skipped in this epoch (for log.csv), said on stderr if any."""
         count, self.skipped = self.skipped, 0
         if count and dist.is_main_process():
+            why = " (fp16: the loss scale adjusting, expected)" if self.scaler else ""
             print(
                 f"warning: epoch {epoch + 1}: skipped {count} optimiser step(s) whose "
-                "gradients were NaN or infinite",
+                f"gradients were NaN or infinite{why}",
                 file=sys.stderr, flush=True,
             )  # fmt: skip
         return count

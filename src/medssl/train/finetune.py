@@ -212,13 +212,14 @@ class Finetuner:
         self.model = model.to(self.device).to(memory_format=torch.channels_last)
         trainable = model.fc if cfg.linear_probe else model
         self.optimizer = build_optimizer(cfg.optimizer, trainable, cfg.lr, cfg.weight_decay)
-        self.guard = FiniteStepGuard()
+        self.guard = FiniteStepGuard.for_precision(cfg.precision, self.device)
         self.steps_per_epoch = max(1, len(self.train_rows) // self.batch_size)
         self.scheduler = epoch_scheduler(
             self.optimizer, cfg.epochs, self.steps_per_epoch, cfg.warmup_epochs
         )
         self.val_metric = self._val_metric()
         state = self.run.restore_training_state(self.model, self.optimizer, self.scheduler)
+        self.guard.load_state_dict(state)
         self.start_epoch, self.best = (
             (int(state["epoch"]), float(state["best"])) if state else (0, -math.inf)
         )
@@ -254,7 +255,7 @@ class Finetuner:
                 logits = self.model(images)
             loss = task_loss(self.manifest.task, logits.float(), targets.to(self.device))
             self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            self.guard.backward(loss)
             self.guard.step(self.model, self.optimizer, self.scheduler)
             losses.append(loss.detach())
             seen += len(images)
@@ -295,7 +296,8 @@ class Finetuner:
                 )
             self.run.log(row)
             self.run.save_training_state(
-                epoch + 1, self.model, self.optimizer, self.scheduler, best=self.best
+                epoch + 1, self.model, self.optimizer, self.scheduler, best=self.best,
+                **self.guard.state_dict(),
             )
             done = epoch + 1 - self.start_epoch
             eta = (time.perf_counter() - started) / done * (cfg.epochs - epoch - 1)

@@ -258,11 +258,12 @@ class Pretrainer:
         self.criterion = NTXentLoss(cfg.temperature)
         lr = scaled_lr(cfg.lr, cfg.batch_size, cfg.lr_scaling)
         self.optimizer = build_optimizer(cfg.optimizer, model, lr, cfg.weight_decay)
-        self.guard = FiniteStepGuard()
+        self.guard = FiniteStepGuard.for_precision(cfg.precision, self.device)
         self.scheduler = epoch_scheduler(
             self.optimizer, cfg.epochs, len(self.loader), cfg.warmup_epochs
         )
         state = self.run.restore_training_state(model, self.optimizer, self.scheduler)
+        self.guard.load_state_dict(state)
         self.start_epoch = int(state["epoch"]) if state else 0
 
     # --- the loop ------------------------------------------------------------------------
@@ -284,7 +285,7 @@ class Pretrainer:
         z_a, z_b = z.float().chunk(2)
         loss = self.criterion(z_a, z_b)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.guard.backward(loss)
         self.guard.step(self.model, self.optimizer, self.scheduler)
         return loss.detach()
 
@@ -373,7 +374,9 @@ class Pretrainer:
             if due and dist.is_main_process():
                 row.update(self.knn_monitor())
             self.run.log(row)
-            self.run.save_training_state(epoch + 1, self.model, self.optimizer, self.scheduler)
+            self.run.save_training_state(
+                epoch + 1, self.model, self.optimizer, self.scheduler, **self.guard.state_dict()
+            )
             done = epoch + 1 - self.start_epoch
             eta = (time.perf_counter() - started) / done * (cfg.epochs - epoch - 1)
             knn = {k: v for k, v in row.items() if k.startswith("knn_")}
