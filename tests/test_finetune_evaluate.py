@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from helpers.data import write_ham_layout
@@ -62,6 +64,36 @@ def test_external_dataset_with_class_mapping(finetuned, tmp_path, capsys):
     with pytest.raises(MedsslError, match="not a model class"):
         evaluate_run(run, "all", DataSpec("csv", str(ext), {"csv_case": "patient"}).to_dict(),
                      str(bad), n_boot=10)  # fmt: skip
+
+
+def test_min_steps_repeats_the_few_labelled_images_within_each_epoch(finetuned, tmp_path):
+    from medssl.train.finetune import Finetuner
+
+    root, _ = finetuned
+    config = tiny_finetune_config(root, tmp_path / "few", label_fraction=0.25, batch_size=4)
+    plain = Finetuner(config)
+    n, batch = len(plain.dataset), plain.batch_size
+    assert plain.steps_per_epoch == n // batch  # default: one pass per epoch
+    # one pass draws the same batches as a shuffled DataLoader with drop_last would
+    reference = torch.utils.data.DataLoader(
+        plain.dataset, batch_size=batch, shuffle=True, drop_last=True,
+        generator=torch.Generator().manual_seed(config.seed * 1_000_003 + 0),
+    )  # fmt: skip
+    ours = [ids.tolist() for _, _, ids in plain._loader(0)]
+    assert ours == [ids.tolist() for _, _, ids in reference]
+
+    longer = tiny_finetune_config(
+        root, tmp_path / "few2", label_fraction=0.25, batch_size=4, epochs=2, min_steps=10 * n
+    )
+    trainer = Finetuner(longer)
+    assert trainer.steps_per_epoch == math.ceil(10 * n / 2)  # 10n steps over 2 epochs
+    ids = torch.cat([ids for _, _, ids in trainer._loader(0)])
+    assert len(ids) == trainer.steps_per_epoch * batch
+    counts = torch.bincount(ids, minlength=n)
+    assert counts.min() >= len(ids) // n and counts.max() <= len(ids) // n + 1  # whole passes
+    trainer.fit()
+    log = pd.read_csv(tmp_path / "few2" / "log.csv")
+    assert len(log) == 2 and np.isfinite(log["loss"]).all()
 
 
 def test_label_fraction_run_trains_on_the_nested_subset(finetuned, tmp_path):

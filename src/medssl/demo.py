@@ -51,7 +51,7 @@ WHY_NOTE = (
 _SYNTHETIC_BUDGETS: dict[str, dict[str, Any]] = {
     "default": {
         "cases": 1200, "image_size": 32, "simclr_epochs": 16, "micle_epochs": 6,
-        "pretrain_batch": 128, "warmup": 1, "finetune_epochs": 8, "finetune_batch": 128,
+        "pretrain_batch": 64, "warmup": 1, "finetune_epochs": 8, "finetune_batch": 128,
         "n_boot": 500, "fractions": [0.03, 1.0], "modes": ["linear", "finetune"],
     },
     "smoke": {

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
 from medssl.augment import (
@@ -84,6 +84,11 @@ class FinetuneConfig:
     image_size: int = option(0, minimum=8, help=_from_init("image_size"))
     source_scale: float = option(1.0, minimum=1, help=SOURCE_SCALE_HELP)
     epochs: int = option(30, minimum=1)
+    min_steps: int = option(
+        0, minimum=0,
+        help="at least this many optimiser steps in all: with few labels an epoch passes over "
+        "the labelled images more than once (0: one pass per epoch)",
+    )  # fmt: skip
     batch_size: int = option(128, minimum=2)
     optimizer: str = option("adamw", choices=OPTIMIZERS)
     lr: float = option(1e-3, above=0, help="learning rate")
@@ -213,7 +218,11 @@ class Finetuner:
         trainable = model.fc if cfg.linear_probe else model
         self.optimizer = build_optimizer(cfg.optimizer, trainable, cfg.lr, cfg.weight_decay)
         self.guard = FiniteStepGuard.for_precision(cfg.precision, self.device)
-        self.steps_per_epoch = max(1, len(self.train_rows) // self.batch_size)
+        self.steps_per_epoch = max(
+            1,
+            len(self.train_rows) // self.batch_size,
+            math.ceil(cfg.min_steps / cfg.epochs),
+        )
         self.scheduler = epoch_scheduler(
             self.optimizer, cfg.epochs, self.steps_per_epoch, cfg.warmup_epochs
         )
@@ -232,8 +241,15 @@ class Finetuner:
     def _loader(self, epoch: int) -> DataLoader:
         self.dataset.epoch = epoch
         generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+        # steps_per_epoch batches of shuffled images: one pass, or (--min-steps with few
+        # labels) several passes, each a new permutation. The loader and the sampler share the
+        # generator, as with shuffle=True, so one pass draws exactly the batches that
+        # shuffle=True with drop_last=True draws.
+        sampler = RandomSampler(
+            self.dataset, num_samples=self.steps_per_epoch * self.batch_size, generator=generator
+        )
         return DataLoader(
-            self.dataset, batch_size=self.batch_size, shuffle=True, generator=generator,
+            self.dataset, batch_size=self.batch_size, sampler=sampler, generator=generator,
             num_workers=self.cfg.num_workers, drop_last=True,
             pin_memory=self.device.type == "cuda",
         )  # fmt: skip
@@ -253,13 +269,15 @@ class Finetuner:
             images = images.contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.cfg.precision):
                 logits = self.model(images)
-            loss = task_loss(self.manifest.task, logits.float(), targets.to(self.device))
+            targets = targets.to(self.device, non_blocking=True)
+            loss = task_loss(self.manifest.task, logits.float(), targets)
             self.optimizer.zero_grad(set_to_none=True)
             self.guard.backward(loss)
             self.guard.step(self.model, self.optimizer, self.scheduler)
             losses.append(loss.detach())
             seen += len(images)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if step % 5 == 0 and self.cfg.progress:  # .item() waits for a GPU: not every step
+                bar.set_postfix(loss=f"{loss.item():.3f}")
         seconds = time.perf_counter() - start
         return {
             "loss": torch.stack(losses).nanmean().item(),
