@@ -42,8 +42,10 @@ WHY_NOTE = (
     "three-seed check is in docs/RESULTS.md)."
 )
 
-#: Budgets of the synthetic demo. ``default`` is sized to finish in about 3 minutes on a
+#: Budgets of the synthetic demo. ``default`` is sized to finish in about 3.5 minutes on a
 #: 2-core CPU (docs/RESULTS.md has the measured times and three seeds); ``smoke`` is for tests.
+#: Pretraining runs at batch 64 rather than 128: twice the contrastive steps for about 10 s
+#: more, and at 128 the outcome swung from seed to seed (docs/RESULTS.md says by how much).
 #: Views keep at least 30 % of the 32 px image and are not blurred: smaller crops of so small
 #: an image lose the lesion's outline, and blur erases the rings, streaks and dots that tell
 #: the synthetic classes apart (measured: with the derm defaults 150 SimCLR steps did not
