@@ -1,5 +1,5 @@
-"""The CUDA paths: bf16 autocast, torch.compile, SyncBatchNorm under NCCL, batch views on the
-GPU, page-locked host batches, and runs resumed across devices.
+"""The CUDA paths: bf16 autocast, fp16 loss scaling, torch.compile, SyncBatchNorm under NCCL,
+batch views on the GPU, page-locked host batches, and runs resumed across devices.
 
 Marked ``cuda`` and skipped where ``torch.cuda.is_available()`` is False, which includes CI:
 run them on a machine with a GPU with ``pytest -m cuda`` (scripts/gpu/README.md). They use
@@ -95,6 +95,22 @@ def test_bf16_autocast_pretraining_keeps_fp32_weights_and_a_finite_loss(ham_root
     assert {t.dtype for t in weights} == {torch.float32}  # ... on fp32 master weights
     assert all(torch.isfinite(t).all() for t in weights)
     assert _saved_config(tmp_path / "run")["precision"] == "bf16"
+
+
+def test_fp16_pretraining_scales_its_loss_and_resumes_on_the_same_scale(
+    ham_root, tmp_path, monkeypatch
+):
+    """fp16 (``--precision auto`` on GPUs without bf16) trains through a GradScaler."""
+    config = tiny_pretrain_config(ham_root, tmp_path / "run", device="cuda", precision="fp16")
+    interrupted_pretrain(config, monkeypatch, at_epoch=1)
+    state = torch.load(tmp_path / "run" / LAST, map_location="cpu", weights_only=True)
+    scale = state["grad_scaler"]["scale"]
+    assert 0 < scale <= 2.0**16
+    trainer = Pretrainer(tiny_pretrain_config(ham_root, tmp_path / "run", device="cuda",
+                                              precision="fp16", resume=True))  # fmt: skip
+    assert trainer.guard.scaler is not None and trainer.guard.scaler.get_scale() == scale
+    metrics = trainer.fit()
+    assert math.isfinite(metrics["loss"])
 
 
 def test_compiled_pretraining_saves_and_exports_plain_weights(ham_root, tmp_path):
