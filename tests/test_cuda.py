@@ -20,7 +20,12 @@ import yaml
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from helpers.data import write_ham_layout
-from helpers.runs import interrupted_pretrain, tiny_finetune_config, tiny_pretrain_config
+from helpers.runs import (
+    interrupted_finetune,
+    interrupted_pretrain,
+    tiny_finetune_config,
+    tiny_pretrain_config,
+)
 from medssl.augment import PRESETS, AugmentConfig, view_transform
 from medssl.models.backbones import build_backbone
 from medssl.models.checkpoint import load_backbone_state
@@ -321,17 +326,8 @@ def test_bf16_finetuning_on_cuda_resumes_on_the_cpu_in_bf16(ham_root, tmp_path, 
     if not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bfloat16")
     out = tmp_path / "ft"
-    original = Finetuner.train_epoch
-
-    def crash(self, epoch):  # noqa: ANN001, ANN202
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Finetuner, "train_epoch", crash)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(tiny_finetune_config(ham_root, out, device="cuda", precision="auto"))
-    monkeypatch.setattr(Finetuner, "train_epoch", original)
+    config = tiny_finetune_config(ham_root, out, device="cuda", precision="auto")
+    interrupted_finetune(config, monkeypatch, at_epoch=1)
     assert _saved_config(out)["precision"] == "bf16"
 
     metrics = finetune(tiny_finetune_config(ham_root, out, device="cpu", precision="auto",

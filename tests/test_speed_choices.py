@@ -10,14 +10,14 @@ import torch
 import yaml
 
 from helpers.data import write_ham_layout
-from helpers.runs import interrupted_pretrain, tiny_pretrain_config
+from helpers.runs import interrupted_finetune, interrupted_pretrain, tiny_pretrain_config
 from medssl.augment import finetune_augment, finetune_transform, resolve_augment_mode
 from medssl.cli import main
 from medssl.data.spec import DataSpec
 from medssl.errors import MedsslError
 from medssl.train import common
 from medssl.train.common import resolve_num_workers, resolve_precision
-from medssl.train.finetune import FinetuneConfig, Finetuner, finetune
+from medssl.train.finetune import FinetuneConfig, finetune
 from medssl.train.pretrain import pretrain
 
 CPU = torch.device("cpu")
@@ -148,17 +148,8 @@ def test_finetune_trains_and_resumes_identically_in_both_modes(
     if mode == "batch":
         pytest.importorskip("kornia")
     whole = finetune(_finetune_config(ham_root, tmp_path / "whole", augment_mode=mode))
-    original = Finetuner.train_epoch
-
-    def crash(self, epoch):  # noqa: ANN001, ANN202
-        if epoch == 1:
-            raise KeyboardInterrupt
-        return original(self, epoch)
-
-    monkeypatch.setattr(Finetuner, "train_epoch", crash)
-    with pytest.raises(KeyboardInterrupt):
-        finetune(_finetune_config(ham_root, tmp_path / "split", augment_mode=mode))
-    monkeypatch.setattr(Finetuner, "train_epoch", original)
+    config = _finetune_config(ham_root, tmp_path / "split", augment_mode=mode)
+    interrupted_finetune(config, monkeypatch, at_epoch=1)
     resumed = finetune(
         _finetune_config(ham_root, tmp_path / "split", augment_mode=mode, resume=True)
     )

@@ -44,18 +44,29 @@ def tiny_finetune_config(root: Path, out: Path, **overrides):  # noqa: ANN201 - 
 def interrupted_pretrain(config, monkeypatch, at_epoch: int) -> None:  # noqa: ANN001
     """Run the PretrainConfig ``config`` and kill it (KeyboardInterrupt) when epoch
     ``at_epoch`` starts, as a Ctrl-C or kill would; ``monkeypatch`` is pytest's fixture."""
-    import pytest
-
     from medssl.train.pretrain import Pretrainer, pretrain
 
-    original = Pretrainer.train_epoch
+    _interrupted(Pretrainer, pretrain, config, monkeypatch, at_epoch)
 
-    def crash(self, epoch, max_steps=None):  # noqa: ANN001, ANN202
+
+def interrupted_finetune(config, monkeypatch, at_epoch: int) -> None:  # noqa: ANN001
+    """:func:`interrupted_pretrain` for a FinetuneConfig."""
+    from medssl.train.finetune import Finetuner, finetune
+
+    _interrupted(Finetuner, finetune, config, monkeypatch, at_epoch)
+
+
+def _interrupted(trainer, run, config, monkeypatch, at_epoch: int) -> None:  # noqa: ANN001
+    import pytest
+
+    original = trainer.train_epoch
+
+    def crash(self, epoch, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
         if epoch == at_epoch:
             raise KeyboardInterrupt
-        return original(self, epoch, max_steps)
+        return original(self, epoch, *args, **kwargs)
 
-    monkeypatch.setattr(Pretrainer, "train_epoch", crash)
+    monkeypatch.setattr(trainer, "train_epoch", crash)
     with pytest.raises(KeyboardInterrupt):
-        pretrain(config)
-    monkeypatch.setattr(Pretrainer, "train_epoch", original)
+        run(config)
+    monkeypatch.setattr(trainer, "train_epoch", original)
