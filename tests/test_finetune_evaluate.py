@@ -115,3 +115,38 @@ def test_label_fraction_run_trains_on_the_nested_subset(finetuned, tmp_path):
     assert 0 < metrics["train_cases"] < full["train_cases"]
     with pytest.raises(MedsslError, match="not a finished medssl finetune run"):
         evaluate_run(tmp_path / "nothing", "test")
+
+
+def _labels_csv(root, labels):  # noqa: ANN001, ANN202
+    """A ``--dataset csv`` folder: one 16 px PNG per label."""
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(len(labels)):
+        pixels = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / f"i{i}.png")
+    frame = pd.DataFrame({"image": [f"i{i}.png" for i in range(len(labels))], "label": labels})
+    frame.to_csv(root / "labels.csv", index=False)
+    return root
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [(["a"], "1 labelled training image"), (["a"] * 12, "only class 'a'")],
+)
+def test_a_training_set_that_cannot_train_a_classifier_is_refused(
+    tmp_path, capsys, labels, expected
+):
+    """One labelled row (BatchNorm's ValueError mid-epoch) or one class (a 'complete' run
+    with a null AUC): one line before training, and no run directory left behind."""
+    root = _labels_csv(tmp_path / "data", labels)
+    out = tmp_path / "run"
+    code = main([
+        "finetune", "--dataset", "csv", "--root", str(root), "--image-size", "16",
+        "--epochs", "1", "--out", str(out), "--quiet", "--precision", "fp32", "--device", "cpu",
+        "--cache-dir", str(tmp_path / "cache"),
+    ])  # fmt: skip
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("medssl: error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert expected in lines[0] and "csv" in lines[0], lines[0]
+    assert not (out / "metrics.json").exists()

@@ -31,13 +31,15 @@ from medssl.augment import (
 )
 from medssl.data.cache import eval_images
 from medssl.data.datasets import LabeledImages, unchanged
+from medssl.data.manifest import Manifest
 from medssl.data.spec import checked_data
 from medssl.data.splits import label_fraction
+from medssl.errors import MedsslError
 from medssl.metrics import multiclass_metrics, multilabel_metrics
 from medssl.models.backbones import build_backbone
 from medssl.models.checkpoint import save_state_dict_atomic
 from medssl.models.heads import Classifier
-from medssl.options import check_fields, default_of, option
+from medssl.options import check_fields, default_of, option, spelled
 from medssl.train.common import (
     PRECISIONS,
     FiniteStepGuard,
@@ -172,6 +174,32 @@ def score(task: str, probs: np.ndarray, targets: np.ndarray, names: list[str]) -
     return multilabel_metrics(probs, targets, names, None)
 
 
+def check_trainable(manifest: Manifest, rows: np.ndarray, dataset: str, fraction: float) -> None:
+    """Refuse a labelled training set no classifier can learn from, before any training:
+    one image (batch norm cannot train on a batch of one) or one class (nothing to tell
+    apart; the run would finish with a null AUC)."""
+    share = "" if fraction == 1 else f" at {spelled('label_fraction')} {fraction}"
+    if len(rows) < 2:
+        raise MedsslError(
+            f"{dataset}: {len(rows)} labelled training image(s){share}; fine-tuning needs at "
+            "least 2 (more data, or a larger label fraction)"
+        )
+    targets = manifest.targets[rows]
+    if manifest.task == "multiclass":
+        present = np.unique(targets)
+        if len(present) < 2:
+            name = manifest.class_names[int(present[0])]
+            raise MedsslError(
+                f"{dataset}: every one of the {len(rows)} labelled training images{share} is "
+                f"of the only class '{name}'; fine-tuning needs at least 2 classes"
+            )
+    elif not any(len(np.unique(col[~np.isnan(col)])) > 1 for col in np.asarray(targets).T):
+        raise MedsslError(
+            f"{dataset}: no finding is both present and absent in the {len(rows)} labelled "
+            f"training images{share}; fine-tuning needs at least one that is"
+        )
+
+
 class Finetuner:
     def __init__(self, config: FinetuneConfig) -> None:
         self.cfg = cfg = config.resolved()
@@ -196,6 +224,7 @@ class Finetuner:
     def _set_up(self) -> None:
         cfg, m = self.cfg, self.manifest
         self.train_rows = label_fraction(m, self.splits["train"], cfg.label_fraction, cfg.seed)
+        check_trainable(m, self.train_rows, cfg.data["dataset"], cfg.label_fraction)
         preset = PRESETS[dataset_preset(cfg.data["dataset"])]
         augment = finetune_augment(preset.rotation_degrees)
         self.batch_augment = None
