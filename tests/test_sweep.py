@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from medssl import evaluation
 from medssl.cli import main
-from medssl.commands import evaluate
 from medssl.data.spec import DataSpec
 from medssl.data.synthetic import SYNTHETIC_SHIFT_SOURCE
 from medssl.demo import demo_protocol, run_demo
@@ -104,10 +104,10 @@ def test_second_run_retrains_nothing_and_redoes_only_missing_evals(
     out, _ = demo
     before = _results(out / "results.csv")
     pretrain_spy, finetune_spy = _Spy(), _Spy()
-    evaluate_spy = _Spy(evaluate.evaluate_run)
+    evaluate_spy = _Spy(evaluation.evaluate_run)
     monkeypatch.setattr(pretrain_module, "pretrain", pretrain_spy)
     monkeypatch.setattr(finetune_module, "finetune", finetune_spy)
-    monkeypatch.setattr(evaluate, "evaluate_run", evaluate_spy)
+    monkeypatch.setattr(evaluation, "evaluate_run", evaluate_spy)
 
     # a setting that medssl gained after a run was made does not make the run stale
     config_path = out / "pretrain" / "micle" / "config.yaml"

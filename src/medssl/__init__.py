@@ -34,7 +34,7 @@ _LAZY = {
     "FinetuneConfig": "medssl.train.finetune",
     "DataSpec": "medssl.data.spec",
     "LoadedData": "medssl.data",
-    "Predictions": "medssl.commands.predict",
+    "Predictions": "medssl.prediction",
 }
 
 

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from medssl.errors import MedsslError
 
 if TYPE_CHECKING:
-    from medssl.commands.predict import Predictions
     from medssl.data import LoadedData
     from medssl.data.spec import DataSpec
     from medssl.metrics import ClassMap
+    from medssl.prediction import Predictions
 
     DataLike = LoadedData | DataSpec | Mapping[str, Any]
 
@@ -115,9 +115,9 @@ def evaluate(
     whole); ``class_map`` maps that dataset's classes to the model's. Metrics carry case-level
     bootstrap CIs (``n_boot`` resamples) and are also written into the run
     (``eval_<split>.json``, ``predictions_<split>.npz``). ``options`` are ``medssl
-    evaluate``'s other options as keywords (see :func:`medssl.commands.evaluate.evaluate_run`).
+    evaluate``'s other options as keywords (see :func:`medssl.evaluation.evaluate_run`).
     """
-    from medssl.commands.evaluate import evaluate_run
+    from medssl.evaluation import evaluate_run
 
     spec = _spec_dict(data, "evaluate") if data is not None else None
     if split is not None:
@@ -144,10 +144,10 @@ def predict(
     """Class probabilities for unlabeled ``images`` from a finished finetune ``run``.
 
     ``images`` is a folder, a CSV (paths in ``image_column``; ``case_column`` adds per-case
-    means) or a list of paths. Returns :class:`~medssl.commands.predict.Predictions` (``.images``
+    means) or a list of paths. Returns :class:`~medssl.prediction.Predictions` (``.images``
     and ``.cases`` are DataFrames); with ``out`` the CSVs are written as by ``medssl predict``.
     """
-    from medssl.commands.predict import predict_images
+    from medssl.prediction import predict_images
 
     result = predict_images(
         run, images, image_column=image_column, case_column=case_column,

@@ -136,7 +136,7 @@ def paired_bootstrap(
     it. Draws where a metric is undefined are dropped (past half: NaN), as in
     :func:`medssl.metrics.bootstrap_ci`.
 
-    Stored case ids are salted hashes with a salt per run (:mod:`medssl.commands.evaluate`), so the
+    Stored case ids are salted hashes with a salt per run (:mod:`medssl.case_ids`), so the
     two files are matched by their targets and their grouping of rows into cases (rows
     i and j share a case in ``a`` exactly when they do in ``b``), not by the ids.
     """

@@ -53,7 +53,7 @@ keep the names ``<init>-f<fraction>-s<seed>``; linear probes are
 ``{dataset class: model class or null}`` and ``model_classes`` ``{evaluation class: [model
 classes]}``, which sums the model's probabilities per group, e.g. benign vs malignant) is
 scored with every fine-tuned model exactly as ``medssl evaluate --split all`` does
-(:func:`medssl.commands.evaluate.evaluate_run`): every image, no re-split. Its results.csv ``split``
+(:func:`medssl.evaluation.evaluate_run`): every image, no re-split. Its results.csv ``split``
 is ``external:<name>``, its files ``eval_external-<name>.json`` /
 ``predictions_external-<name>.npz``. The data and class map are checked before training.
 
@@ -790,7 +790,7 @@ def _device(p: Protocol) -> dict[str, str]:
 
 def _evaluate(p: Protocol, job: _Job, splits: list[str], where: str) -> None:
     """Evaluate a finished fine-tune on every split and external set not yet evaluated."""
-    from medssl.commands import evaluate
+    from medssl import evaluation
     from medssl.metrics import ClassMap
 
     for split, label in _eval_files(p, splits):
@@ -800,11 +800,11 @@ def _evaluate(p: Protocol, job: _Job, splits: list[str], where: str) -> None:
         t0 = time.perf_counter()
         try:
             if ext is None:
-                m = evaluate.evaluate_run(
+                m = evaluation.evaluate_run(
                     job.run, split, n_boot=p.n_boot, mean_over=p.mean_over, **_device(p)
                 )
             else:  # the whole external set, through medssl evaluate's own code path
-                m = evaluate.evaluate_run(
+                m = evaluation.evaluate_run(
                     job.run, "all", data=ext.data,
                     class_map=ClassMap(ext.class_map, ext.model_classes), n_boot=p.n_boot,
                     mean_over=p.mean_over, name=label, **_device(p),

@@ -20,18 +20,13 @@ from sklearn.metrics import roc_auc_score, roc_curve
 
 from helpers.data import write_ham_layout
 from helpers.runs import tiny_finetune_config
+from medssl.case_ids import SALT_FILE, hash_case_ids, run_salt
 from medssl.cli import main
-from medssl.commands.evaluate import (
-    SALT_FILE,
-    evaluate_run,
-    fit_temperature,
-    hash_case_ids,
-    load_classifier,
-    run_salt,
-)
 from medssl.data import notices
 from medssl.data.spec import DataSpec
 from medssl.errors import MedsslError
+from medssl.evaluation import evaluate_run, fit_temperature
+from medssl.inference import load_classifier
 from medssl.metrics import multiclass_calibration, multiclass_metrics
 from medssl.subgroups import age_band, sex_group
 from medssl.train.common import load_data

@@ -132,7 +132,7 @@ def metadata_for(cfg: dict[str, Any], fmt: str, run: Path) -> dict[str, Any]:
 
 def build_exportable(run: str | os.PathLike[str], fmt: str) -> tuple[ExportedClassifier, dict]:
     """The CPU wrapper module of ``run``'s classifier and the run's config."""
-    from medssl.commands.predict import load_finetuned
+    from medssl.inference import load_finetuned
 
     model, cfg = load_finetuned(run, torch.device("cpu"))
     model = model.to(memory_format=torch.contiguous_format)
