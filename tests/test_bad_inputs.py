@@ -288,3 +288,40 @@ def test_config_values_that_used_to_fail_after_building_the_model(capsys, tmp_pa
         line = fails(capsys, "pretrain", *SYNTHETIC, "--out", out, "--config", config)
         assert f"--config {config}: {message}" in line
         assert not out.exists()
+
+
+# --- files that are not UTF-8 text ------------------------------------------------------------
+
+NOT_UTF8 = b"epochs: 1\nname: caf\xe9 \xff\xfe\n"
+
+
+def test_a_config_file_or_protocol_that_is_not_utf8_is_one_line_naming_it(capsys, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_bytes(NOT_UTF8)
+    line = fails(capsys, "pretrain", *SYNTHETIC, "--out", tmp_path / "run", "--config", config)
+    assert f"--config {config}: not UTF-8 text" in line
+    protocol = tmp_path / "p.yaml"
+    protocol.write_bytes(NOT_UTF8)
+    line = fails(capsys, "sweep", protocol, "--out", tmp_path / "sweep")
+    assert f"protocol {protocol}: not UTF-8 text" in line
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_a_class_map_that_is_not_utf8_is_one_line_naming_it(tmp_path, suffix):
+    from medssl.metrics import load_class_map, load_class_mapping
+
+    path = tmp_path / f"map{suffix}"
+    path.write_bytes(b'{"caf\xe9": "nv"}\n')
+    for load in (load_class_map, load_class_mapping):
+        with pytest.raises(MedsslError, match=f"class mapping {path}: not UTF-8 text"):
+            load(path)
+
+
+def test_a_labels_csv_that_is_not_utf8_is_one_line_naming_it(tmp_path):
+    from medssl.data.adapters.generic import load_csv
+
+    (tmp_path / "labels.csv").write_bytes(b"image,label\na.png,caf\xe9\n")
+    with pytest.raises(MedsslError) as caught:
+        load_csv(tmp_path)
+    assert f"cannot parse {tmp_path / 'labels.csv'}" in str(caught.value)
+    assert "\n" not in str(caught.value)

@@ -30,6 +30,7 @@ from sklearn.metrics import (
 )
 
 from medssl.errors import MedsslError
+from medssl.options import read_text
 
 __all__ = [
     "CHEXPERT_FIVE",
@@ -900,10 +901,7 @@ def map_classes(
 
 def _read_class_map_file(p: Path) -> Any:
     """The parsed contents of a class mapping file (``.json`` as JSON, else YAML)."""
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise MedsslError(f"cannot read class mapping {p}: {e.strerror or e}") from None
+    text = read_text(p, f"class mapping {p}")
     if p.suffix.lower() == ".json":
         try:
             return json.loads(text)

@@ -47,6 +47,8 @@ __all__ = [
     "option",
     "parse_flag_value",
     "read",
+    "read_text",
+    "read_yaml_mapping",
     "settings",
     "spelled",
     "spelling",
@@ -141,6 +143,24 @@ def _as_flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def read_text(path: str | os.PathLike[str], where: str) -> str:
+    """The UTF-8 text of the file ``path``; a file that cannot be read or is not UTF-8 is
+    one line starting with ``where`` (``--config run.yaml``, ``class mapping m.yaml``)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except OSError as exc:
+        raise MedsslError(f"{where}: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise MedsslError(
+            f"{where}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); "
+            "save it as UTF-8"
+        ) from None
+
+
 def read_yaml_mapping(
     path: str | os.PathLike[str], where: str, holds: str, allow_empty: bool = False
 ) -> dict[str, Any]:
@@ -150,11 +170,9 @@ def read_yaml_mapping(
     empty file reads as ``{}``."""
     import yaml
 
+    text = read_text(path, where)
     try:
-        with open(path) as fh:
-            data = yaml.safe_load(fh)
-    except OSError as exc:
-        raise MedsslError(f"{where}: {exc.strerror}") from None
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise MedsslError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if data is None and allow_empty:
