@@ -175,11 +175,17 @@ def same_case_grouping(a: np.ndarray, b: np.ndarray) -> bool:
 # --------------------------------------------------------------------------- the table
 
 
-def comparisons(inits: list[str]) -> list[tuple[str, str]]:
-    """(a, b) pairs: every init against ``random``, and ``micle`` against ``simclr``."""
+def comparisons(
+    inits: list[str], extra: list[tuple[str, str]] | None = None
+) -> list[tuple[str, str]]:
+    """(a, b) pairs: every init against ``random``, ``micle`` against ``simclr``, then the
+    ``extra`` pairs (a protocol's ``compare``) whose inits are both present."""
     pairs = [(i, "random") for i in inits if i != "random" and "random" in inits]
     if "micle" in inits and "simclr" in inits:
         pairs.append(("micle", "simclr"))
+    for a, b in extra or []:
+        if a in inits and b in inits and (a, b) not in pairs:
+            pairs.append((a, b))
     return pairs
 
 
@@ -219,8 +225,12 @@ def _row(key: tuple, metric: str, a: str, b: str, seed: Any, diff: float, ci: tu
     }  # fmt: skip
 
 
-def paired_differences(results: pd.DataFrame, base: Path, n_boot: int = 1000) -> pd.DataFrame:
-    """The rows of ``paired.csv`` for a results table whose ``run`` paths are under ``base``.
+def paired_differences(
+    results: pd.DataFrame, base: Path, n_boot: int = 1000,
+    extra: list[tuple[str, str]] | None = None,
+) -> pd.DataFrame:  # fmt: skip
+    """The rows of ``paired.csv`` for a results table whose ``run`` paths are under ``base``
+    (``extra``: more (a, b) comparisons, see :func:`comparisons`).
 
     ``n_boot = 0`` leaves the per-seed bootstrap intervals out (empty cells); a seed whose
     prediction files are missing gets its difference without an interval.
@@ -233,7 +243,7 @@ def paired_differences(results: pd.DataFrame, base: Path, n_boot: int = 1000) ->
     rows: list[dict[str, Any]] = []
     for key, group in df.groupby(["mode", "label_fraction", "split"], sort=False):
         by_init = {i: g.set_index("seed") for i, g in group.groupby("init", sort=False)}
-        for a, b in comparisons(list(by_init)):
+        for a, b in comparisons(list(by_init), extra):
             seeds = sorted(set(by_init[a].index) & set(by_init[b].index))
             per_seed = {m: [] for m in metrics}
             for seed in seeds:
@@ -269,10 +279,14 @@ def _seed_cis(
         return {}
 
 
-def write_paired(results_csv: Path, out_dir: Path, n_boot: int = 1000) -> Path:
-    """Write ``paired.csv`` into ``out_dir`` from a sweep's ``results.csv``; return its path."""
+def write_paired(
+    results_csv: Path, out_dir: Path, n_boot: int = 1000,
+    comparisons: list[tuple[str, str]] | None = None,
+) -> Path:  # fmt: skip
+    """Write ``paired.csv`` into ``out_dir`` from a sweep's ``results.csv``; return its path.
+    ``comparisons``: (a, b) pairs beyond the default ones (a protocol's ``compare``)."""
     results = pd.read_csv(results_csv)
-    table = paired_differences(results, Path(results_csv).parent, n_boot)
+    table = paired_differences(results, Path(results_csv).parent, n_boot, comparisons)
     path = Path(out_dir) / "paired.csv"
     tmp = path.with_suffix(".csv.tmp")
     table.to_csv(tmp, index=False, quoting=csv.QUOTE_MINIMAL)

@@ -104,13 +104,25 @@ _METRIC_COLUMNS = [
 _CI_COLUMNS = [f"{m}_ci_{end}" for m in _METRIC_COLUMNS for end in ("low", "high")]
 RESULT_COLUMNS = [
     "dataset", "init", "mode", "label_fraction", "seed", "split", "n", "n_cases",
-    *_METRIC_COLUMNS, *_CI_COLUMNS, "run",
+    *_METRIC_COLUMNS, *_CI_COLUMNS, "selected", "selected_val", "skipped_steps", "run",
+]  # fmt: skip
+SELECTION_COLUMNS = [
+    "init", "mode", "label_fraction", "seed", "candidate", "val_score", "selected", "run",
+]  # fmt: skip
+PRETRAINING_COLUMNS = [
+    "run", "entry", "seed", "method", "dataset", "epoch", "loss", "knn_accuracy",
+    "knn_balanced_accuracy", "knn_auc_macro", "val_accuracy", "val_auc_macro",
+    "skipped_steps",
 ]  # fmt: skip
 PROTOCOL_KEYS = {
     "data", "image_size", "backbone", "small_stem", "pretrain", "pretrain_seeds", "inits",
-    "label_fractions", "seeds", "finetune", "finetune_modes", "splits", "external", "n_boot",
-    "mean_over", "device", "title", "notes",
+    "label_fractions", "seeds", "finetune", "finetune_grid", "finetune_modes", "splits",
+    "external", "compare", "n_boot", "mean_over", "device", "title", "notes",
 }  # fmt: skip
+#: keys of a pretraining entry that the sweep reads itself (the others are run options)
+ENTRY_KEYS = ("data", "shared")
+#: ``method`` of a pretraining entry that is a supervised run (medssl finetune options)
+SUPERVISED = "supervised"
 #: protocol keys that set one option of every run (pretraining and fine-tuning)
 _SHARED = ("image_size", "backbone", "small_stem", "device")
 #: fine-tuning modes: the whole network, or a linear probe on the frozen backbone
@@ -121,9 +133,15 @@ _BY_SWEEP = "is set by the sweep"
 _PRETRAIN_RESERVED = dict.fromkeys(("data", "out", "resume", "progress"), _BY_SWEEP)
 _FINETUNE_RESERVED = dict.fromkeys(
     ("data", "out", "init", "label_fraction", "seed", "resume", "progress", "class_names",
-     "task"),
+     "task", "export_backbone"),
     _BY_SWEEP,
 )  # fmt: skip
+#: a supervised pretraining entry: finetune options, but its init, fraction and seed its own
+_SUPERVISED_RESERVED = {
+    **dict.fromkeys(("data", "out", "resume", "progress", "class_names", "task",
+                     "export_backbone"), _BY_SWEEP),
+    "linear_probe": "is not a pretraining (the backbone would stay as it started)",
+}  # fmt: skip
 #: config keys that may differ between a finished run and the sweep that reuses it
 _REUSE_IGNORES = RESUMABLE_CHANGES - {"epochs"} | {"out", "precision", "class_names", "task"}
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
@@ -154,6 +172,15 @@ class External:
 
 
 @dataclass
+class EntryRole:
+    """What a pretraining entry is besides its run options (``pretrain.<name>``)."""
+
+    supervised: bool = False  # method: supervised -- a medssl finetune run, backbone exported
+    data: dict[str, Any] | None = None  # its own data (None: the protocol's ``data``)
+    shared: bool = False  # with pretrain_seeds: one run (its own seed) serves every seed
+
+
+@dataclass
 class Protocol:
     """A validated sweep protocol (paths resolved, defaults filled)."""
 
@@ -166,11 +193,15 @@ class Protocol:
     backbone: str | None = None
     small_stem: bool | None = None
     pretrain: dict[str, dict[str, Any]] = field(default_factory=dict)  # dependency order
+    roles: dict[str, EntryRole] = field(default_factory=dict)  # every pretrain entry's role
     pretrain_seeds: list[int] | None = None  # None: one pretraining run serves every seed
     finetune: dict[str, Any] = field(default_factory=dict)
+    #: fine-tuning options tried per (init, mode, fraction, seed); the best on val is kept
+    finetune_grid: dict[str, list[Any]] = field(default_factory=dict)
     finetune_modes: list[str] | None = None  # None: ["finetune"], run names without a mode
     splits: list[str] = field(default_factory=list)
     external: list[External] = field(default_factory=list)
+    compare: list[tuple[str, str]] = field(default_factory=list)  # extra paired comparisons
     n_boot: int = 1000
     mean_over: list[str] | None = None
     device: str | None = None
@@ -182,17 +213,35 @@ class Protocol:
         """The protocol as plain YAML-able data (inits back in their written form)."""
         out = asdict(self)
         out.pop("source")
+        roles = out.pop("roles")
+        out["pretrain"] = {name: _written_entry(s, roles.get(name, {}))
+                           for name, s in out["pretrain"].items()}  # fmt: skip
         for key in ("pretrain_seeds", "finetune_modes", *_SHARED):
             if out[key] is None:
                 out.pop(key)
-        if not out["external"]:
-            out.pop("external")
+        for key in ("external", "finetune_grid", "compare"):
+            if not out[key]:
+                out.pop(key)
+        if "compare" in out:
+            out["compare"] = [list(pair) for pair in out["compare"]]
         out["inits"] = [
             i.label if i.kind == "random" or (i.kind == "pretrain" and i.label == i.target)
             else {i.label: i.target}
             for i in self.inits
         ]  # fmt: skip
         return out
+
+
+def _written_entry(settings: dict[str, Any], role: dict[str, Any]) -> dict[str, Any]:
+    """A pretraining entry in its written form: run options plus the sweep's own keys."""
+    out = dict(settings)
+    if role.get("supervised"):
+        out["method"] = SUPERVISED
+    if role.get("data") is not None:
+        out["data"] = role["data"]
+    if role.get("shared"):
+        out["shared"] = True
+    return out
 
 
 # --------------------------------------------------------------------------- validation
@@ -313,6 +362,92 @@ def _externals(value: Any, source: str, base: Path, splits: list[str]) -> list[E
     return out
 
 
+def _entry_role(
+    settings: Any, source: str, key: str, base: Path
+) -> tuple[dict[str, Any], EntryRole]:
+    """Split a pretraining entry into its run options and its :class:`EntryRole`."""
+    if settings is None:
+        return {}, EntryRole()
+    if not isinstance(settings, dict):
+        raise _fail(source, key, f"expected a mapping of settings, got {settings!r}")
+    settings = dict(settings)
+    role = EntryRole(supervised=settings.get("method") == SUPERVISED)
+    if role.supervised:
+        del settings["method"]
+    if "data" in settings:
+        role.data = _data_spec(settings.pop("data"), source, f"{key}.data", base)
+    if "shared" in settings:
+        shared = settings.pop("shared")
+        if not isinstance(shared, bool):
+            raise _fail(source, f"{key}.shared", f"expected true or false, got {shared!r}")
+        role.shared = shared
+    return settings, role
+
+
+def _check_shared_chains(
+    pretrain: dict[str, dict[str, Any]], roles: dict[str, EntryRole],
+    pretrain_seeds: list[int] | None, source: str,
+) -> None:  # fmt: skip
+    """A shared entry is one run, so it cannot start from a run that exists per seed."""
+    for name, settings in pretrain.items():
+        if roles[name].shared and pretrain_seeds is None:
+            raise _fail(source, f"pretrain.{name}.shared", "needs pretrain_seeds (without "
+                        "them every entry is already one run for all seeds)")  # fmt: skip
+        parent = settings.get("init")
+        if roles[name].shared and parent in pretrain and not roles[parent].shared:
+            raise _fail(
+                source, f"pretrain.{name}.init",
+                f"a shared entry cannot start from {parent!r}, which runs once per seed",
+            )  # fmt: skip
+
+
+def _finetune_grid(value: Any, finetune: dict[str, Any], source: str) -> dict[str, list[Any]]:
+    """``finetune_grid: {option: [values]}``: each value checked as that fine-tuning option."""
+    from medssl.train.finetune import FinetuneConfig
+
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not value:
+        raise _fail(source, "finetune_grid", "expected a mapping {option: [values]}")
+    grid: dict[str, list[Any]] = {}
+    for key, values in value.items():
+        where = f"finetune_grid.{key}"
+        values = _list(values, source, where)
+        checked = [
+            _config_section({key: v}, FinetuneConfig, _FINETUNE_RESERVED, source,
+                            "finetune_grid")  # fmt: skip
+            for v in values
+        ]
+        name = next(iter(checked[0]))  # the option's field name (batch-size -> batch_size)
+        if name in finetune:
+            raise _fail(source, where, "is also set in finetune; remove one of them")
+        if name in ("linear_probe",):
+            raise _fail(source, where, "is set by finetune_modes")
+        options = [c[name] for c in checked]
+        if len(set(map(repr, options))) != len(options):
+            raise _fail(source, where, "a value appears twice")
+        grid[name] = options
+    return grid
+
+
+def _comparisons(value: Any, labels: list[str], source: str) -> list[tuple[str, str]]:
+    """``compare: [[a, b], ...]``: paired differences a - b beyond the default ones."""
+    if value is None:
+        return []
+    pairs: list[tuple[str, str]] = []
+    for item in _list(value, source, "compare"):
+        if not (isinstance(item, list) and len(item) == 2):
+            raise _fail(source, "compare", f"expected pairs [a, b] of init labels, got {item!r}")
+        a, b = (str(x) for x in item)
+        unknown = [x for x in (a, b) if x not in labels]
+        if unknown or a == b:
+            what = f"{unknown[0]!r} is not an init" if unknown else "compares an init with itself"
+            raise _fail(source, "compare", f"{[a, b]}: {what} (inits: {', '.join(labels)})")
+        if (a, b) not in pairs:
+            pairs.append((a, b))
+    return pairs
+
+
 def load_protocol(protocol: dict[str, Any] | str | Path) -> Protocol:
     """Validate a protocol (a dict, or a YAML file path); every problem is a MedsslError.
 
@@ -349,14 +484,18 @@ def load_protocol(protocol: dict[str, Any] | str | Path) -> Protocol:
     if not isinstance(pretrain_raw, dict):
         raise _fail(source, "pretrain", "expected a mapping {name: settings}")
     pretrain: dict[str, dict[str, Any]] = {}
+    roles: dict[str, EntryRole] = {}
     for name, settings in pretrain_raw.items():
         name = str(name)
         if not _LABEL.match(name) or name == "random":
             raise _fail(source, f"pretrain.{name}", "names must be letters, digits, _.+- "
                         "and not 'random'")  # fmt: skip
-        settings = _config_section(
-            settings, PretrainConfig, _PRETRAIN_RESERVED, source, f"pretrain.{name}"
-        )
+        settings, roles[name] = _entry_role(settings, source, f"pretrain.{name}", base)
+        cls, reserved = (
+            (FinetuneConfig, _SUPERVISED_RESERVED) if roles[name].supervised
+            else (PretrainConfig, _PRETRAIN_RESERVED)
+        )  # fmt: skip
+        settings = _config_section(settings, cls, reserved, source, f"pretrain.{name}")
         init = settings.get("init")
         if isinstance(init, str) and init not in ("", "random") and init not in pretrain_raw:
             path = _resolve_path(init, base)
@@ -373,9 +512,11 @@ def load_protocol(protocol: dict[str, Any] | str | Path) -> Protocol:
     if raw.get("pretrain_seeds") is not None:
         pretrain_seeds = _seeds(raw["pretrain_seeds"], source, "pretrain_seeds")
         for name, settings in pretrain.items():
-            if "seed" in settings:
+            if "seed" in settings and not roles[name].shared:
                 raise _fail(source, f"pretrain.{name}.seed", "is set by the sweep from "
-                            "pretrain_seeds; remove one of them")  # fmt: skip
+                            "pretrain_seeds (or add shared: true for one run that serves "
+                            "every seed); remove one of them")  # fmt: skip
+    _check_shared_chains(pretrain, roles, pretrain_seeds, source)
 
     inits: list[Init] = []
     for item in _list(raw["inits"], source, "inits"):
@@ -427,6 +568,7 @@ def load_protocol(protocol: dict[str, Any] | str | Path) -> Protocol:
     finetune = _config_section(
         raw.get("finetune"), FinetuneConfig, _FINETUNE_RESERVED, source, "finetune"
     )
+    grid = _finetune_grid(raw.get("finetune_grid"), finetune, source)
     modes = raw.get("finetune_modes")
     if modes is not None:
         modes = [str(m) for m in _list(modes, source, "finetune_modes")]
@@ -444,6 +586,7 @@ def load_protocol(protocol: dict[str, Any] | str | Path) -> Protocol:
     if any(not _LABEL.match(s) for s in splits):
         raise _fail(source, "splits", f"{splits} are not split names (test, shift, val)")
     external = _externals(raw.get("external"), source, base, splits)
+    compare = _comparisons(raw.get("compare"), [i.label for i in inits], source)
     n_boot = _int(raw.get("n_boot", 1000), source, "n_boot", minimum=0)
     mean_over = raw.get("mean_over")
     if mean_over is not None:
@@ -451,8 +594,9 @@ def load_protocol(protocol: dict[str, Any] | str | Path) -> Protocol:
     title, notes = str(raw.get("title") or ""), str(raw.get("notes") or "")
     return Protocol(
         data=data, inits=inits, label_fractions=fractions, seeds=seeds, **shared,
-        pretrain=pretrain, pretrain_seeds=pretrain_seeds, finetune=finetune,
-        finetune_modes=modes, splits=splits, external=external, n_boot=n_boot,
+        pretrain=pretrain, roles=roles, pretrain_seeds=pretrain_seeds, finetune=finetune,
+        finetune_grid=grid, finetune_modes=modes, splits=splits, external=external,
+        compare=compare, n_boot=n_boot,
         mean_over=mean_over, title=title, notes=notes, source=source,
     )  # fmt: skip
 
@@ -470,10 +614,37 @@ def pretrain_run_name(name: str, seed: int | None) -> str:
     return name if seed is None else f"{name}-s{seed}"
 
 
-def finetune_run_name(label: str, fraction: float, seed: int, mode: str = "finetune") -> str:
-    """``simclr-f0.1-s0``; linear probes get ``-linear``: ``simclr-linear-f0.1-s0``."""
+def finetune_run_name(
+    label: str, fraction: float, seed: int, mode: str = "finetune",
+    candidate: dict[str, Any] | None = None,
+) -> str:  # fmt: skip
+    """``simclr-f0.1-s0``; linear probes get ``-linear``: ``simclr-linear-f0.1-s0``; a
+    ``finetune_grid`` candidate appends its values: ``simclr-f0.1-s0-lr0.001``."""
     middle = "" if mode == "finetune" else f"-{mode}"
-    return f"{label}{middle}-f{fraction_name(fraction)}-s{seed}"
+    tail = "".join(f"-{_short(k)}{_value_name(v)}" for k, v in (candidate or {}).items())
+    return f"{label}{middle}-f{fraction_name(fraction)}-s{seed}{tail}"
+
+
+def _short(key: str) -> str:
+    return {"learning_rate": "lr", "weight_decay": "wd"}.get(key, key)
+
+
+def _value_name(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def candidate_name(candidate: dict[str, Any]) -> str:
+    """``lr=0.001`` (``wd=0.01`` ...): a grid candidate as results.csv records it."""
+    return ",".join(f"{_short(k)}={_value_name(v)}" for k, v in candidate.items())
+
+
+def grid_candidates(p: Protocol) -> list[dict[str, Any]]:
+    """Every combination of the ``finetune_grid`` values ([{}] without a grid)."""
+    import itertools
+
+    keys = list(p.finetune_grid)
+    combos = itertools.product(*p.finetune_grid.values())
+    return [dict(zip(keys, values, strict=True)) for values in combos]
 
 
 def modes(p: Protocol) -> list[str]:
@@ -486,6 +657,17 @@ def _pretrain_seed(p: Protocol, seed: int) -> int | None:
     return seed if p.pretrain_seeds is not None else None
 
 
+def entry_run_name(p: Protocol, name: str, seed: int | None) -> str:
+    """The run directory name of entry ``name`` for pretraining seed ``seed``: a shared
+    entry has one run whatever the seed."""
+    role = p.roles.get(name, EntryRole())
+    return pretrain_run_name(name, None if role.shared else seed)
+
+
+def _entry_run(p: Protocol, name: str, seed: int | None, out_dir: Path) -> str:
+    return str(out_dir / "pretrain" / entry_run_name(p, name, seed))
+
+
 @dataclass
 class _Job:
     kind: str  # "pretrain" or "finetune"
@@ -496,6 +678,8 @@ class _Job:
     fraction: float = 1.0
     seed: int = 0
     mode: str = "finetune"
+    candidate: dict[str, Any] = field(default_factory=dict)  # its finetune_grid values
+    last_of_group: bool = True  # the last candidate of its (init, mode, fraction, seed)
 
     @property
     def run(self) -> Path:
@@ -510,26 +694,30 @@ def _shared(p: Protocol) -> dict[str, Any]:
 def _pretrain_config(
     p: Protocol, name: str, seed: int | None, out_dir: Path, progress: bool
 ) -> Any:
+    """The run of entry ``name`` for pretraining seed ``seed``: a PretrainConfig, or a
+    FinetuneConfig exporting its backbone for a supervised entry."""
+    from medssl.train.finetune import FinetuneConfig
     from medssl.train.pretrain import PretrainConfig
 
+    role = p.roles.get(name, EntryRole())
     settings = {**_shared(p), **p.pretrain[name]}
-    if seed is not None:
+    if seed is not None and not role.shared:
         settings["seed"] = seed
     parent = settings.get("init")
     if isinstance(parent, str) and parent in p.pretrain:  # chained: the same seed's run
-        settings["init"] = str(out_dir / "pretrain" / pretrain_run_name(parent, seed))
-    return PretrainConfig(
-        data=p.data,
-        out=str(out_dir / "pretrain" / pretrain_run_name(name, seed)),
-        progress=progress,
-        resume=True,
-        **settings,
-    )
+        settings["init"] = _entry_run(p, parent, seed, out_dir)
+    common = {
+        "data": role.data or p.data, "out": _entry_run(p, name, seed, out_dir),
+        "progress": progress, "resume": True,
+    }  # fmt: skip
+    if role.supervised:
+        return FinetuneConfig(**common, export_backbone=True, **settings)
+    return PretrainConfig(**common, **settings)
 
 
 def _finetune_config(
     p: Protocol, init: Init, fraction: float, seed: int, out_dir: Path, progress: bool,
-    mode: str = "finetune",
+    mode: str = "finetune", candidate: dict[str, Any] | None = None,
 ) -> Any:  # fmt: skip
     from medssl.options import default_of
     from medssl.train.finetune import FinetuneConfig
@@ -540,8 +728,7 @@ def _finetune_config(
     architecture: dict[str, Any] = {}
     if init.kind == "pretrain":  # fine-tune the architecture that was pretrained
         architecture = p.pretrain[init.target]
-        run_name = pretrain_run_name(init.target, _pretrain_seed(p, seed))
-        target = str(out_dir / "pretrain" / run_name)
+        target = _entry_run(p, init.target, _pretrain_seed(p, seed), out_dir)
     elif init.kind == "path":
         target = init.target
         if Path(target).is_dir() and (Path(target) / CONFIG).is_file():
@@ -550,38 +737,49 @@ def _finetune_config(
         target = "random"
     settings.update({k: architecture[k] for k in ("backbone", "small_stem") if k in architecture})
     settings.update(p.finetune)
+    settings.update(candidate or {})
     if p.finetune_modes is not None:
         settings["linear_probe"] = mode == "linear"
-    name = finetune_run_name(init.label, fraction, seed, mode)
+    name = finetune_run_name(init.label, fraction, seed, mode, candidate)
     return FinetuneConfig(
         data=p.data, out=str(out_dir / "finetune" / name), init=target,
         label_fraction=fraction, seed=seed, progress=progress, resume=True, **settings,
     )  # fmt: skip
 
 
-def _pretrain_jobs(p: Protocol, seed: int | None, out_dir: Path, progress: bool) -> list[_Job]:
+def _pretrain_jobs(
+    p: Protocol, seed: int | None, out_dir: Path, progress: bool, names: list[str]
+) -> list[_Job]:
     jobs = []
-    for name in p.pretrain:  # dependency order
+    for name in names:  # dependency order
         cfg = _pretrain_config(p, name, seed, out_dir, progress)
-        run_name = pretrain_run_name(name, seed)
+        run_name = entry_run_name(p, name, seed)
         parent = p.pretrain[name].get("init")
-        start = f", from {pretrain_run_name(parent, seed)}" if parent in p.pretrain else ""
-        desc = f"pretrain {run_name} ({cfg.method}, {cfg.epochs} epochs{start})"
+        start = f", from {entry_run_name(p, parent, seed)}" if parent in p.pretrain else ""
+        role = p.roles.get(name, EntryRole())
+        method = SUPERVISED if role.supervised else cfg.method
+        data = f" on {role.data['dataset']}" if role.data else ""
+        desc = f"pretrain {run_name} ({method}{data}, {cfg.epochs} epochs{start})"
         jobs.append(_Job("pretrain", run_name, desc, cfg, seed=seed or 0))
     return jobs
 
 
 def _finetune_jobs(p: Protocol, seed: int, out_dir: Path, progress: bool) -> list[_Job]:
     jobs = []
+    candidates = grid_candidates(p)
     for mode in modes(p):
         for fraction in p.label_fractions:
             for init in p.inits:
-                cfg = _finetune_config(p, init, fraction, seed, out_dir, progress, mode)
-                what = "finetune" if mode == "finetune" else f"finetune ({mode})"
-                desc = f"{what} {init.label} f={fraction_name(fraction)} seed={seed}"
-                jobs.append(
-                    _Job("finetune", Path(cfg.out).name, desc, cfg, init, fraction, seed, mode)
-                )
+                for i, cand in enumerate(candidates):
+                    cfg = _finetune_config(p, init, fraction, seed, out_dir, progress, mode,
+                                           cand)  # fmt: skip
+                    what = "finetune" if mode == "finetune" else f"finetune ({mode})"
+                    tried = f" {candidate_name(cand)}" if cand else ""
+                    desc = f"{what} {init.label} f={fraction_name(fraction)} seed={seed}{tried}"
+                    jobs.append(_Job(
+                        "finetune", Path(cfg.out).name, desc, cfg, init, fraction, seed, mode,
+                        cand, last_of_group=i == len(candidates) - 1,
+                    ))  # fmt: skip
     return jobs
 
 
@@ -594,13 +792,15 @@ def plan(p: Protocol, out_dir: Path, progress: bool = True) -> list[_Job]:
     seed's pretraining runs come just before its fine-tunes, for the same reason.
     """
     if p.pretrain_seeds is None:
-        jobs = _pretrain_jobs(p, None, out_dir, progress)
+        jobs = _pretrain_jobs(p, None, out_dir, progress, list(p.pretrain))
         for seed in p.seeds:
             jobs += _finetune_jobs(p, seed, out_dir, progress)
         return jobs
-    jobs = []
+    shared = [n for n in p.pretrain if p.roles.get(n, EntryRole()).shared]
+    jobs = _pretrain_jobs(p, None, out_dir, progress, shared)  # once, before every seed
     for seed in p.pretrain_seeds:
-        jobs += _pretrain_jobs(p, seed, out_dir, progress)
+        per_seed = [n for n in p.pretrain if n not in shared]
+        jobs += _pretrain_jobs(p, seed, out_dir, progress, per_seed)
         if seed in p.seeds:
             jobs += _finetune_jobs(p, seed, out_dir, progress)
     return jobs
@@ -720,14 +920,112 @@ def _ci_cells(ci: dict[str, Any]) -> dict[str, Any]:
     return cells
 
 
+def _groups(jobs: list[_Job]) -> list[list[_Job]]:
+    """The fine-tuning jobs grouped by (init, mode, fraction, seed): a group's runs differ
+    only in their ``finetune_grid`` candidate."""
+    groups: list[list[_Job]] = []
+    current: list[_Job] = []
+    for job in jobs:
+        if job.kind != "finetune":
+            continue
+        current.append(job)
+        if job.last_of_group:
+            groups.append(current)
+            current = []
+    return groups
+
+
+def validation_score(run: Path) -> float | None:
+    """The best validation score a finished fine-tune recorded (its model selection metric)."""
+    import json
+
+    path = run / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    value = next((v for k, v in metrics.items() if k.startswith("best_val_")), None)
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def select_candidate(group: list[_Job]) -> tuple[_Job, float | None]:
+    """The candidate with the best validation score (the first on ties, or when none
+    scored), and that score. Only validation decides: test splits are never read here."""
+    scored = [(validation_score(job.run), i) for i, job in enumerate(group)]
+    best = max(scored, key=lambda x: (x[0] is not None, x[0] or 0.0, -x[1]))
+    return group[best[1]], best[0]
+
+
+def skipped_steps(run: Path) -> int | None:
+    """Optimiser steps the finite-step guard skipped in a run (the sum of log.csv's column;
+    None when the run has no log)."""
+    path = run / "log.csv"
+    if not path.is_file():
+        return None
+    with path.open(newline="") as fh:
+        return sum(int(float(r.get("skipped_steps") or 0)) for r in csv.DictReader(fh))
+
+
+def collect_selection(p: Protocol, out_dir: Path) -> Path:
+    """(Re)write ``selection.csv``: every grid candidate's validation score, the chosen one
+    marked (one row per fine-tune without a grid)."""
+    rows = []
+    for group in _groups(plan(p, out_dir, progress=False)):
+        if not all(is_complete(j.run) for j in group):
+            continue
+        chosen, _ = select_candidate(group)
+        for job in group:
+            rows.append({
+                "init": job.init.label, "mode": job.mode, "label_fraction": job.fraction,
+                "seed": job.seed, "candidate": candidate_name(job.candidate),
+                "val_score": _metric(validation_score(job.run)),
+                "selected": job is chosen, "run": job.run.relative_to(out_dir).as_posix(),
+            })  # fmt: skip
+    return _write_csv(out_dir / "selection.csv", SELECTION_COLUMNS, rows)
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> Path:
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+    return path
+
+
+def collect_pretraining(p: Protocol, out_dir: Path) -> Path:
+    """(Re)write ``pretraining.csv``: each pretraining run's log.csv rows (loss, k-NN
+    validation scores, skipped steps per epoch), the curves behind a budget choice."""
+    rows = []
+    seen: set[str] = set()
+    for job in plan(p, out_dir, progress=False):
+        if job.kind != "pretrain" or job.name in seen or not (job.run / "log.csv").is_file():
+            continue
+        seen.add(job.name)
+        entry = job.name if job.name in p.pretrain else job.name.rsplit("-s", 1)[0]
+        role = p.roles.get(entry, EntryRole())
+        method = SUPERVISED if role.supervised else job.config.method
+        dataset = (role.data or p.data)["dataset"]
+        with (job.run / "log.csv").open(newline="") as fh:
+            for r in csv.DictReader(fh):
+                rows.append({
+                    "run": job.name, "entry": entry, "seed": "" if role.shared else job.seed,
+                    "method": method, "dataset": dataset,
+                    **{k: r.get(k, "") for k in PRETRAINING_COLUMNS[5:]},
+                })  # fmt: skip
+    return _write_csv(out_dir / "pretraining.csv", PRETRAINING_COLUMNS, rows)
+
+
 def collect_results(p: Protocol, out_dir: Path, splits: list[str]) -> Path:
-    """(Re)write ``results.csv`` from the evaluation files of the protocol's runs."""
+    """(Re)write ``results.csv`` from the evaluation files of the protocol's runs: one row
+    per (init, mode, fraction, seed, split), from the grid candidate chosen on validation."""
     import json
 
     rows = []
-    for job in plan(p, out_dir, progress=False):
-        if job.kind != "finetune":
+    for group in _groups(plan(p, out_dir, progress=False)):
+        if not all(is_complete(j.run) for j in group):
             continue
+        job, score = select_candidate(group)
         for split, label in _eval_files(p, splits):
             path = job.run / f"eval_{label}.json"
             if not path.is_file():
@@ -739,16 +1037,11 @@ def collect_results(p: Protocol, out_dir: Path, splits: list[str]) -> Path:
                 "n": metrics.get("n", ""), "n_cases": metrics.get("n_cases", ""),
                 **{k: _metric(metrics.get(k)) for k in _METRIC_COLUMNS},
                 **_ci_cells(metrics.get("ci") or {}),
+                "selected": candidate_name(job.candidate), "selected_val": _metric(score),
+                "skipped_steps": _metric(skipped_steps(job.run)),
                 "run": job.run.relative_to(out_dir).as_posix(),
             })  # fmt: skip
-    results = out_dir / "results.csv"
-    tmp = results.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=RESULT_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(results)
-    return results
+    return _write_csv(out_dir / "results.csv", RESULT_COLUMNS, rows)
 
 
 def _notes(p: Protocol) -> str:
@@ -818,6 +1111,15 @@ def _evaluate(p: Protocol, job: _Job, splits: list[str], where: str) -> None:
         _say(f"    evaluated on {split}: {score} ({time.perf_counter() - t0:.0f} s)")
 
 
+def _select(p: Protocol, group: list[_Job], where: str) -> _Job:
+    """The grid candidate to evaluate, said when there was a choice."""
+    chosen, score = select_candidate(group)
+    if len(group) > 1:
+        shown = "none scored" if score is None else f"val {score:.4f}"
+        _say(f"    chose {candidate_name(chosen.candidate)} on validation ({shown})")
+    return chosen
+
+
 def run_sweep(
     protocol: dict[str, Any] | str | Path, out_dir: str | Path, progress: bool = True
 ) -> Path:
@@ -842,6 +1144,7 @@ def run_sweep(
         raise MedsslError(f"--out {out_dir} is a run directory, not a sweep folder")
     (out_dir / "protocol.yaml").write_text(yaml.safe_dump(p.to_dict(), sort_keys=False))
 
+    groups = {g[-1].name: g for g in _groups(jobs)}  # by the name of each group's last job
     done = sum(is_complete(j.run) for j in jobs)
     n_ft = sum(j.kind == "finetune" for j in jobs)
     tested = ", ".join([*splits, *(e.split for e in p.external)])
@@ -872,10 +1175,13 @@ def run_sweep(
             except MedsslError as exc:
                 raise MedsslError(f"{where}: {exc}") from None
             _say(f"{head} ... finished in {time.perf_counter() - t0:.0f} s")
-        if job.kind == "finetune":
-            _evaluate(p, job, splits, where)
+        if job.kind == "finetune" and job.last_of_group:
+            chosen = _select(p, groups[job.name], where)
+            _evaluate(p, chosen, splits, f"{p.source}: finetune {chosen.name}")
     results = collect_results(p, out_dir, splits)
-    paired = write_paired(results, out_dir, n_boot=p.n_boot)
+    collect_selection(p, out_dir)
+    collect_pretraining(p, out_dir)
+    paired = write_paired(results, out_dir, n_boot=p.n_boot, comparisons=p.compare)
     title = p.title or f"medssl sweep: {p.data['dataset']}"
     report = write_report(results, out_dir, title, _notes(p), paired_csv=paired)
     _say(

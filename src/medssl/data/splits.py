@@ -135,6 +135,7 @@ SPLIT_SCHEMES = ("canonical", "official")
 #: test set is hidden, so its public ``valid`` set is the test set everyone reports on.
 OFFICIAL_ROLES: dict[str, dict[str, str]] = {
     "chexpert": {"train": "train", "valid": "test"},
+    "tiny-imagenet": {"train": "train", "val": "test"},  # its test labels are hidden too
 }
 _GENERIC_ROLES = {
     "train": "train", "training": "train", "val": "val", "valid": "val", "validation": "val",

@@ -36,8 +36,8 @@ from medssl.data.spec import checked_data
 from medssl.data.splits import label_fraction
 from medssl.errors import MedsslError
 from medssl.metrics import multiclass_metrics, multilabel_metrics
-from medssl.models.backbones import build_backbone
-from medssl.models.checkpoint import save_state_dict_atomic
+from medssl.models.backbones import backbone_from_config, backbone_traits
+from medssl.models.checkpoint import export_backbone, save_state_dict_atomic
 from medssl.models.heads import Classifier
 from medssl.options import check_fields, default_of, option, spelled
 from medssl.train.common import (
@@ -60,7 +60,7 @@ from medssl.train.run import RunDir, adopt_resumed_choices, check_out, field_def
 BEST = "best.pt"
 
 
-_ARCHITECTURE = ("backbone", "small_stem", "image_size")
+_ARCHITECTURE = ("backbone", "small_stem", "image_size", "patch_size")
 
 
 def _from_init(name: str) -> str:
@@ -84,6 +84,10 @@ class FinetuneConfig:
     backbone: str = option("", help=_from_init("backbone"))
     small_stem: bool | None = option(None, help=_from_init("small_stem"))
     image_size: int = option(0, minimum=8, help=_from_init("image_size"))
+    patch_size: int = option(
+        0, minimum=1, help="patch side of a timm transformer such as ViT (default: the --init "
+        "run's, else the model's)",
+    )  # fmt: skip
     source_scale: float = option(1.0, minimum=1, help=SOURCE_SCALE_HELP)
     epochs: int = option(30, minimum=1)
     min_steps: int = option(
@@ -97,6 +101,10 @@ class FinetuneConfig:
     weight_decay: float = option(1e-4, minimum=0)
     warmup_epochs: float = option(1.0, minimum=0)
     linear_probe: bool = option(False, help="freeze the backbone")
+    export_backbone: bool = option(
+        False, help="also write the best epoch's backbone as backbone.safetensors / .pt, so "
+        "the run can be another run's --init (supervised pretraining)",
+    )  # fmt: skip
     val_metric: str = option(
         "auto", choices=VAL_METRICS, help="model selection metric (auto: auc_macro)"
     )
@@ -140,6 +148,8 @@ class FinetuneConfig:
         cfg.backbone = cfg.backbone or arch["backbone"]
         cfg.small_stem = bool(arch["small_stem"]) if cfg.small_stem is None else cfg.small_stem
         cfg.image_size = cfg.image_size or int(arch["image_size"])
+        patch = cfg.patch_size or int(arch["patch_size"] or 0)
+        cfg.patch_size = backbone_traits(cfg.backbone, cfg.image_size, patch).patch_size
         adopt_resumed_choices(cfg, ("augment_mode", "precision"))
         cfg.augment_mode = resolve_augment_mode(cfg.augment_mode)
         device = resolve_device(cfg.device)
@@ -240,7 +250,7 @@ class Finetuner:
         )
         self.batch_size = min(cfg.batch_size, len(self.train_rows))
         torch.manual_seed(cfg.seed)
-        backbone, feat_dim = build_backbone(cfg.backbone, small_images=bool(cfg.small_stem))
+        backbone, feat_dim = backbone_from_config(asdict(cfg))
         initialise_backbone(backbone, cfg.init)
         model = Classifier(backbone, feat_dim, m.num_classes, freeze_backbone=cfg.linear_probe)
         self.model = model.to(self.device).to(memory_format=torch.channels_last)
@@ -358,6 +368,8 @@ class Finetuner:
         if not (self.run.path / BEST).is_file():  # validation never scored: keep the last
             save_state_dict_atomic({"model": self.model.state_dict(), "epoch": cfg.epochs},
                                    self.run.path / BEST)  # fmt: skip
+        if cfg.export_backbone:
+            self._export_best_backbone()
         metrics = {
             f"best_val_{self.val_metric}": self.best if math.isfinite(self.best) else None,
             "train_images": int(len(self.train_rows)),
@@ -366,6 +378,14 @@ class Finetuner:
         }
         self.run.finish(metrics)
         return metrics
+
+
+    def _export_best_backbone(self) -> None:
+        """The best epoch's backbone in the layout pretraining exports (``--init`` reads it)."""
+        best = torch.load(self.run.path / BEST, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(best["model"])
+        meta = {"backbone": self.cfg.backbone, "small_stem": str(self.cfg.small_stem)}
+        export_backbone(self.model.backbone, self.run.path, metadata=meta)
 
 
 def finetune(config: FinetuneConfig) -> dict[str, Any]:

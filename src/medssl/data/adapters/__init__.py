@@ -20,6 +20,7 @@ from medssl.data.adapters.ham10000 import load_ham10000
 from medssl.data.adapters.medmnist import load_medmnist
 from medssl.data.adapters.nih import load_nih
 from medssl.data.adapters.pneumonia import load_pneumonia
+from medssl.data.adapters.tinyimagenet import load_tiny_imagenet
 from medssl.data.manifest import Manifest
 from medssl.data.synthetic import SYNTHETIC_SHIFT_SOURCE, make_synthetic
 from medssl.errors import MedsslError
@@ -97,6 +98,8 @@ DATASETS: dict[str, Dataset] = {
         Dataset("chexpert", load_chexpert, ChexpertOptions, preset="cxr",
                 about="CheXpert (train.csv, valid.csv)"),
         Dataset("medmnist", load_medmnist, about="a MedMNIST .npz file"),
+        Dataset("tiny-imagenet", load_tiny_imagenet,
+                about="Tiny ImageNet, natural images (labels.csv + images/{train,val}/<wnid>)"),
         Dataset("csv", load_csv, CsvOptions, about="a labels CSV of image paths"),
         Dataset("folder", load_folder, about="class subfolders of images"),
         Dataset("synthetic", _synthetic, SyntheticOptions, needs_root=False,
