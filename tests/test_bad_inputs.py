@@ -325,3 +325,58 @@ def test_a_labels_csv_that_is_not_utf8_is_one_line_naming_it(tmp_path):
         load_csv(tmp_path)
     assert f"cannot parse {tmp_path / 'labels.csv'}" in str(caught.value)
     assert "\n" not in str(caught.value)
+
+
+# --- seeds ------------------------------------------------------------------------------------
+
+HUGE_SEED = 2**70  # overflowed torch.manual_seed (and numpy's legacy seeding) deep in a run
+
+
+@pytest.mark.parametrize(
+    ("argv", "name"),
+    [
+        (("pretrain", "--seed"), "--seed"),
+        (("finetune", "--seed"), "--seed"),
+        (("pretrain", "--split-seed"), "--split-seed"),
+        (("knn", "--seed"), "--seed"),
+        (("demo", "--budget", "smoke", "--seed"), "--seed"),
+    ],
+)
+def test_a_seed_beyond_what_every_generator_takes_is_one_line(capsys, tmp_path, argv, name):
+    from medssl.options import MAX_SEED
+
+    out = ("--out", tmp_path / "out")
+    data = () if argv[0] == "demo" else SYNTHETIC
+    line = fails(capsys, argv[0], *data, *out, *argv[1:], HUGE_SEED)
+    assert f"{name}: must be at most {MAX_SEED}, got {HUGE_SEED}" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_huge_seed_in_a_config_file_a_protocol_or_the_dataset_options(capsys, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(f"seed: {HUGE_SEED}\n")
+    line = fails(capsys, "finetune", *SYNTHETIC, "--out", tmp_path / "r", "--config", config)
+    assert f"--config {config}: seed: must be at most" in line
+    for key in ("seeds", "pretrain_seeds"):
+        protocol = _protocol(tmp_path / "p.yaml", **{key: [0, HUGE_SEED]})
+        line = fails(capsys, "sweep", protocol, "--out", tmp_path / "sweep")
+        assert f"protocol {protocol}: {key}: must be at most" in line
+    protocol = _protocol(tmp_path / "p.yaml")
+    text = yaml.safe_load(protocol.read_text())
+    text["data"]["options"]["synthetic_seed"] = HUGE_SEED
+    protocol.write_text(yaml.safe_dump(text))
+    assert "synthetic_seed: must be at most" in fails(capsys, "sweep", protocol, "--out", tmp_path)
+
+
+def test_the_largest_seed_trains(tmp_path):
+    """Every seeding path of a run takes MAX_SEED (finetune's per-epoch generator multiplies
+    the seed, the data split and the augmentations hash it)."""
+    from helpers.data import write_ham_layout
+    from helpers.runs import tiny_finetune_config
+    from medssl.options import MAX_SEED
+    from medssl.train.finetune import finetune
+
+    root = write_ham_layout(tmp_path / "ham", n_lesions=12)
+    config = tiny_finetune_config(root, tmp_path / "ft", epochs=1, seed=MAX_SEED)
+    config.data["split_seed"] = MAX_SEED
+    assert finetune(config)["train_images"] > 0

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from medssl.errors import MedsslError
+from medssl.options import check_seed
 from medssl.paired import PAIRED_BOOTSTRAP
 from medssl.sweep import run_sweep
 
@@ -103,8 +104,7 @@ def demo_protocol(
     table = _SYNTHETIC_BUDGETS if synthetic else _REAL_BUDGETS
     if budget not in table:
         raise MedsslError(f"--budget {budget!r} is not one of {', '.join(sorted(table))}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise MedsslError(f"--seed must be a whole number >= 0, got {seed!r}")
+    seed = check_seed(seed, "--seed")
     b = table[budget]
     common: dict[str, Any] = {
         "batch_size": b["pretrain_batch"], "warmup_epochs": b["warmup"], "seed": seed,

@@ -38,11 +38,13 @@ from typing import Any
 from medssl.errors import MedsslError
 
 __all__ = [
+    "MAX_SEED",
     "Given",
     "Option",
     "Setting",
     "Where",
     "check_fields",
+    "check_seed",
     "default_of",
     "option",
     "parse_flag_value",
@@ -71,6 +73,12 @@ class Option:
     #: a dict field whose keys and values are the options of this dataclass
     nested: type | None = None
     metavar: str | None = None
+
+
+#: The largest seed: what every generator medssl seeds takes, with room to spare
+#: (``torch.manual_seed`` overflows at 2**64, numpy's legacy seeding at 2**32, and fine-tuning
+#: seeds each epoch's sampler with ``seed * 1_000_003 + epoch``). Every seed option's maximum.
+MAX_SEED = 2**32 - 1
 
 
 def option(default: Any = MISSING, *, factory: Any = MISSING, **meta: Any) -> Any:
@@ -445,6 +453,13 @@ def check_fields(config: Any, skip: tuple[str, ...] = ()) -> None:
     for name, s in settings(type(config)).items():
         if name not in skip:
             setattr(config, name, check(s, getattr(config, name), spelled(name)))
+
+
+def check_seed(value: Any, name: str) -> int:
+    """A seed given outside a configuration dataclass (``medssl knn --seed``, a protocol's
+    ``seeds``): an integer from 0 to :data:`MAX_SEED`, else one line naming it ``name``."""
+    s = Setting("seed", int, MISSING, Option(minimum=0, maximum=MAX_SEED))
+    return check(s, value, name)
 
 
 def parse_flag_value(text: str, hint: Any) -> Any:

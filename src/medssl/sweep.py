@@ -86,7 +86,7 @@ import yaml
 
 from medssl.data.spec import DataSpec, read_spec
 from medssl.errors import MedsslError
-from medssl.options import Given, Where, read, read_yaml_mapping, spelling
+from medssl.options import Given, Where, check_seed, read, read_yaml_mapping, spelling
 from medssl.train.run import (
     CONFIG,
     RESUMABLE_CHANGES,
@@ -287,7 +287,7 @@ def _resolve_path(value: str, base: Path) -> str:
 
 
 def _seeds(value: Any, source: str, key: str) -> list[int]:
-    seeds = [_int(s, source, key, 0) for s in _list(value, source, key)]
+    seeds = [check_seed(s, f"{source}: {key}") for s in _list(value, source, key)]
     if len(set(seeds)) != len(seeds):
         raise _fail(source, key, "a seed appears twice")
     return seeds

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from medssl.errors import MedsslError
+from medssl.options import check_seed
 from medssl.metrics import bootstrap_cis
 from medssl.models.backbones import build_backbone
 from medssl.train.common import init_source, initialise_backbone, load_data, resolve_device
@@ -81,6 +82,7 @@ def compare_backbones(
     """
     if k < 1:
         raise MedsslError(f"--k must be at least 1, got {k}")
+    seed = check_seed(seed, "--seed")
     labels = {"random": "random"}
     for init in inits:
         label = _label(init)

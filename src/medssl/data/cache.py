@@ -37,7 +37,7 @@ from tqdm import tqdm
 from medssl.data.imageio import fit_shape, image_shape, read_image, resize_square, to_rgb
 from medssl.data.manifest import Manifest
 from medssl.errors import MedsslError
-from medssl.fileio import atomic_write
+from medssl.fileio import WriteRefused, atomic_write
 from medssl.options import spelled
 
 
@@ -143,6 +143,22 @@ def _write_npy(path: str, array: np.ndarray) -> None:
         np.save(fh, array)
 
 
+def _store(data_path: Path, bad_path: Path, pixels: np.ndarray, bad: list[int]) -> None:
+    """Write the cache file, its list of unreadable rows first (a cache file is only ever
+    read with the list it was made with). A full disk is one line that says which folder."""
+    try:
+        if bad:
+            atomic_write(bad_path, lambda tmp: Path(tmp).write_text(json.dumps(bad)))
+        else:
+            bad_path.unlink(missing_ok=True)
+        atomic_write(data_path, lambda tmp: _write_npy(tmp, pixels))
+    except WriteRefused as exc:
+        raise MedsslError(
+            f"{exc} (the decoded-image cache: free space there, or choose another folder "
+            f"with {spelled('cache_dir')} or MEDSSL_CACHE)"
+        ) from exc
+
+
 def decoded_images(
     manifest: Manifest,
     size: int,
@@ -179,9 +195,7 @@ def decoded_images(
     else:
         pixels, bad = _decode_all(manifest, shape, skip_unreadable, progress)
         if use_cache:
-            directory.mkdir(parents=True, exist_ok=True)
-            atomic_write(data_path, lambda tmp: _write_npy(tmp, pixels))
-            bad_path.write_text(json.dumps(bad)) if bad else bad_path.unlink(missing_ok=True)
+            _store(data_path, bad_path, pixels, bad)
     if bad:
         keep = np.setdiff1d(np.arange(len(manifest)), bad)
         reduced = manifest.subset(keep)

@@ -15,7 +15,7 @@ from medssl.data.adapters import DATASETS, load_manifest
 from medssl.data.manifest import Manifest
 from medssl.data.splits import SPLIT_SCHEMES, Splits, make_splits
 from medssl.errors import MedsslError
-from medssl.options import Given, option, read, settings
+from medssl.options import MAX_SEED, Given, option, read, settings
 
 
 @dataclass
@@ -30,7 +30,7 @@ class DataSpec:
         help="hold out this source as the shift split (repeatable; default: the dataset's, "
         "HAM10000: rosendahl, synthetic: site-B)",
     )  # fmt: skip
-    split_seed: int = option(0, minimum=0, help="seed of the case split")
+    split_seed: int = option(0, minimum=0, maximum=MAX_SEED, help="seed of the case split")
     split_scheme: str = option(
         "canonical", choices=SPLIT_SCHEMES,
         help="canonical: medssl's 70/10/20 re-split by case; official: the publisher's split "

@@ -39,7 +39,7 @@ from medssl.metrics import multiclass_metrics, multilabel_metrics
 from medssl.models.backbones import backbone_from_config, backbone_traits
 from medssl.models.checkpoint import export_backbone, save_state_dict_atomic
 from medssl.models.heads import Classifier
-from medssl.options import check_fields, default_of, option, spelled
+from medssl.options import MAX_SEED, check_fields, default_of, option, spelled
 from medssl.train.common import (
     PRECISIONS,
     FiniteStepGuard,
@@ -80,7 +80,7 @@ class FinetuneConfig:
     label_fraction: float = option(
         1.0, above=0, maximum=1, help="share of the training cases whose labels are used"
     )
-    seed: int = option(0, minimum=0)
+    seed: int = option(0, minimum=0, maximum=MAX_SEED)
     backbone: str = option("", help=_from_init("backbone"))
     small_stem: bool | None = option(None, help=_from_init("small_stem"))
     image_size: int = option(0, minimum=8, help=_from_init("image_size"))

@@ -38,7 +38,7 @@ from medssl.losses import NTXentLoss
 from medssl.models.backbones import build_backbone
 from medssl.models.checkpoint import export_backbone
 from medssl.models.heads import SimCLRModel
-from medssl.options import Given, check_fields, option, spelled
+from medssl.options import MAX_SEED, Given, check_fields, option, spelled
 from medssl.train import distributed as dist
 from medssl.train.common import (
     PRECISIONS,
@@ -103,7 +103,7 @@ class PretrainConfig:
         "augment: block)",
     )  # fmt: skip
     init: str = option("random", help="random, a checkpoint file, or a run")
-    seed: int = option(0, minimum=0)
+    seed: int = option(0, minimum=0, maximum=MAX_SEED)
     num_workers: int | None = option(None, minimum=0, help=_WORKERS_HELP)
     prefetch_factor: int = option(4, minimum=1, help="batches queued per worker")
     pin_memory: bool | None = option(None, help="page-locked host batches (default: on with a GPU)")

@@ -24,7 +24,7 @@ from medssl.data.adapters.tinyimagenet import load_tiny_imagenet
 from medssl.data.manifest import Manifest
 from medssl.data.synthetic import SYNTHETIC_SHIFT_SOURCE, make_synthetic
 from medssl.errors import MedsslError
-from medssl.options import Given, Where, option, read, settings
+from medssl.options import MAX_SEED, Given, Where, option, read, settings
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,9 @@ class CsvOptions:
 class SyntheticOptions:
     synthetic_cases: int = option(600, minimum=8, help="number of generated cases")
     image_size: int = option(32, minimum=8, flag="", help="render size in pixels")
-    synthetic_seed: int = option(0, minimum=0, flag="", help="seed of the generator")
+    synthetic_seed: int = option(
+        0, minimum=0, maximum=MAX_SEED, flag="", help="seed of the generator"
+    )
 
 
 @dataclass(frozen=True)
