@@ -249,7 +249,9 @@ def knn_command(args: argparse.Namespace) -> int:
 
 
 #: options of ``medssl knn`` passed on only when given (the defaults are compare_backbones')
-_KNN_OPTIONS = ("split", "k", "backbone", "small_stem", "image_size", "n_boot", "seed", "device")
+_KNN_OPTIONS = (
+    "split", "k", "backbone", "small_stem", "image_size", "patch_size", "n_boot", "seed", "device",
+)  # fmt: skip
 
 
 def add_knn_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
@@ -272,6 +274,9 @@ def add_knn_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
     p.add_argument("--backbone", help="default: the --init run's backbone, else resnet18")
     p.add_argument("--small-stem", action=argparse.BooleanOptionalAction)
     p.add_argument("--image-size", type=int, help="default: the --init run's size, else 64")
+    p.add_argument("--patch-size", type=int,
+                   help="a timm transformer's patch side (default: the --init run's, else the "
+                   "model's)")  # fmt: skip
     p.add_argument("--n-boot", type=int,
                    help=f"bootstrap resamples (by case; default {defaults['n_boot']})")  # fmt: skip
     p.add_argument("--seed", type=int,

@@ -61,7 +61,7 @@ def load_classifier(run: Path, num_classes: int, device: torch.device) -> Classi
     """The fine-tuned classifier of ``run`` (its best checkpoint) on ``device``, channels-last."""
     import torch
 
-    from medssl.models.backbones import build_backbone
+    from medssl.models.backbones import backbone_from_config
     from medssl.models.checkpoint import read_checkpoint
     from medssl.models.heads import Classifier
     from medssl.train.finetune import BEST
@@ -70,7 +70,7 @@ def load_classifier(run: Path, num_classes: int, device: torch.device) -> Classi
     cfg = read_config(run)
     if not (run / BEST).is_file():
         raise MedsslError(f"--model {run} has no {BEST}: is it a finished finetune run?")
-    backbone, feat_dim = build_backbone(cfg["backbone"], small_images=bool(cfg["small_stem"]))
+    backbone, feat_dim = backbone_from_config(cfg)
     model = Classifier(backbone, feat_dim, num_classes)
     state = read_checkpoint(run / BEST)
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):

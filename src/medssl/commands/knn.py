@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from medssl.errors import MedsslError
-from medssl.options import check_seed
 from medssl.metrics import bootstrap_cis
-from medssl.models.backbones import build_backbone
+from medssl.models.backbones import backbone_from_config
+from medssl.options import check_seed
 from medssl.train.common import init_source, initialise_backbone, load_data, resolve_device
 from medssl.train.monitor import KNN_METRICS, backbone_knn_scores, knn_metrics
 
@@ -30,27 +30,31 @@ def _label(init: str) -> str:
 
 
 def _architecture(
-    inits: list[str], backbone: str, image_size: int, small_stem: bool | None
-) -> tuple[str, int, bool]:
-    """Backbone, image size and stem: from the init runs (which must agree), else the options."""
-    found: dict[tuple[str, int, bool], list[str]] = {}
+    inits: list[str], backbone: str, image_size: int, small_stem: bool | None, patch_size: int = 0
+) -> tuple[str, int, bool, int]:
+    """Backbone, image size, stem and patch size: from the init runs (which must agree), else
+    the options."""
+    found: dict[tuple[str, int, bool, int], list[str]] = {}
     for init in inits:
         config = init_source(init)
         if config is not None:
-            key = (config["backbone"], int(config["image_size"]), bool(config["small_stem"]))
+            key = (config["backbone"], int(config["image_size"]), bool(config["small_stem"]),
+                   int(config.get("patch_size") or 0))  # fmt: skip
             found.setdefault(key, []).append(init)
     if len(found) > 1:
         listed = "; ".join(f"{', '.join(v)}: {k[0]} at {k[1]} px" for k, v in found.items())
         raise MedsslError(f"--init runs were trained with different architectures ({listed})")
     if found:
-        run_backbone, run_size, run_stem = next(iter(found))
+        run_backbone, run_size, run_stem, run_patch = next(iter(found))
         for option, given, used in (
             ("--backbone", backbone, run_backbone),
             ("--image-size", image_size, run_size),
+            ("--patch-size", patch_size, run_patch),
         ):
             if given and given != used:
                 raise MedsslError(f"{option} {given} differs from the --init run's {used}")
-        return run_backbone, run_size, run_stem if small_stem is None else bool(small_stem)
+        stem = run_stem if small_stem is None else bool(small_stem)
+        return run_backbone, run_size, stem, run_patch
     from medssl.options import default_of
     from medssl.train.pretrain import PretrainConfig  # a pretraining run's defaults
 
@@ -58,6 +62,7 @@ def _architecture(
         backbone or default_of(PretrainConfig, "backbone"),
         image_size or default_of(PretrainConfig, "image_size"),
         bool(small_stem),
+        patch_size,
     )
 
 
@@ -68,6 +73,7 @@ def compare_backbones(
     backbone: str = "",
     image_size: int = 0,
     small_stem: bool | None = None,
+    patch_size: int = 0,
     k: int = 20,
     n_boot: int = 1000,
     seed: int = 0,
@@ -89,7 +95,8 @@ def compare_backbones(
         if label in labels:
             raise MedsslError(f"--init {init}: two backbones would both be called {label!r}")
         labels[label] = init
-    arch, size, stem = _architecture(inits, backbone, image_size, small_stem)
+    arch, size, stem, patch = _architecture(inits, backbone, image_size, small_stem, patch_size)
+    architecture = {"backbone": arch, "image_size": size, "small_stem": stem, "patch_size": patch}
     manifest, splits, pixels = load_data(data, size, cache_dir, progress=progress)
     if split not in splits.indices or split == "train":
         choices = ", ".join(s for s in splits.indices if s != "train")
@@ -105,7 +112,7 @@ def compare_backbones(
     scores: dict[str, np.ndarray] = {}
     for label, init in labels.items():
         torch.manual_seed(seed)
-        net, _ = build_backbone(arch, small_images=stem)
+        net, _ = backbone_from_config(architecture)
         initialise_backbone(net, init)
         scores[label] = backbone_knn_scores(
             net.to(dev), pixels, train_rows, query_rows, targets, manifest.num_classes, dev, k=k

@@ -14,20 +14,41 @@ for inputs of about 64 px or less. ``conv1.weight`` then has shape ``[64k, 3, 3,
 of ``[64k, 3, 7, 7]``: a checkpoint made with the ImageNet stem does not fit it, and
 :func:`medssl.models.checkpoint.load_into_backbone` refuses it unless told to drop ``conv1``
 (``drop_mismatched_conv1=True``, which keeps the model's freshly initialised ``conv1``).
+
+``timm:<name>`` is a model from timm (:mod:`medssl.models.timm_backbones`): every backbone,
+torchvision's or timm's, is built by :func:`build_backbone`, and a run's backbone from its
+config by :func:`backbone_from_config`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 from torchvision.models import resnet as tv_resnet
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from medssl.errors import MedsslError
+from medssl.models.timm_backbones import (
+    TIMM_PREFIX,
+    build_timm_backbone,
+    is_timm_name,
+    patch_size_of,
+)
+from medssl.options import spelled
 
-__all__ = ["BACKBONES", "WidthMultipliedResNet", "build_backbone", "build_resnet"]
+__all__ = [
+    "BACKBONES",
+    "WidthMultipliedResNet",
+    "backbone_from_config",
+    "build_backbone",
+    "build_resnet",
+    "BackboneTraits",
+    "backbone_traits",
+]
 
 
 class WidthMultipliedResNet(ResNet):
@@ -90,21 +111,43 @@ BACKBONES: tuple[str, ...] = tuple(_SPECS)
 def build_resnet(name: str, num_classes: int = 1000) -> ResNet:
     """Build the full ResNet ``name`` (with its ``fc``), randomly initialised, no weights."""
     if name not in _SPECS:
-        raise MedsslError(f"unknown backbone {name!r}; valid names: {', '.join(BACKBONES)}")
+        raise MedsslError(
+            f"unknown backbone {name!r}; valid names: {', '.join(BACKBONES)}, or "
+            f"{TIMM_PREFIX}<name> for a timm model"
+        )
     builder, block, layers, width = _SPECS[name]
     if width == 1:
         return builder(weights=None, num_classes=num_classes)
     return WidthMultipliedResNet(block, layers, width=width, num_classes=num_classes)
 
 
-def build_backbone(name: str, small_images: bool = False) -> tuple[nn.Module, int]:
+def build_backbone(
+    name: str, small_images: bool = False, image_size: int | None = None, patch_size: int = 0
+) -> tuple[nn.Module, int]:
     """Build backbone ``name`` without its classifier; return it and its feature dimension.
 
     The returned module maps ``[N, 3, H, W]`` images to ``[N, feat_dim]`` features
-    (``fc`` is ``nn.Identity``). Nothing is downloaded: weights are random, load a
-    checkpoint with :mod:`medssl.models.checkpoint`. Build under ``torch.device("meta")``
-    to inspect shapes or parameter counts of wide models without allocating memory.
+    (``fc`` is ``nn.Identity``; a timm model is built with ``num_classes=0``). Nothing is
+    downloaded: weights are random, load a checkpoint with :mod:`medssl.models.checkpoint`.
+    Build under ``torch.device("meta")`` to inspect shapes or parameter counts of wide
+    models without allocating memory.
+
+    ``image_size`` and ``patch_size`` (0: the model's own) matter to timm transformers only
+    (ViT, DeiT, ...: position embeddings for the image size); ``small_images`` to the
+    torchvision ResNets only.
     """
+    if is_timm_name(name):
+        if small_images:
+            raise MedsslError(
+                f"{spelled('small_stem')} is for medssl's torchvision ResNets; {name} keeps "
+                "timm's own stem"
+            )
+        return build_timm_backbone(name, image_size, patch_size)
+    if patch_size:
+        raise MedsslError(
+            f"{spelled('patch_size')} {patch_size}: {name} has no patch size (only timm "
+            "transformers such as timm:vit_small_patch16_224 have one)"
+        )
     model = build_resnet(name)
     feat_dim = model.fc.in_features
     model.fc = nn.Identity()
@@ -114,3 +157,38 @@ def build_backbone(name: str, small_images: bool = False) -> tuple[nn.Module, in
         nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
         model.maxpool = nn.Identity()
     return model, feat_dim
+
+
+def backbone_from_config(config: Mapping[str, Any]) -> tuple[nn.Module, int]:
+    """The (random) backbone of a run from its config: ``backbone``, ``small_stem``,
+    ``image_size`` and ``patch_size`` (absent from runs made before timm backbones: 0)."""
+    return build_backbone(
+        str(config["backbone"]),
+        small_images=bool(config.get("small_stem")),
+        image_size=int(config.get("image_size") or 0) or None,
+        patch_size=int(config.get("patch_size") or 0),
+    )
+
+
+@dataclass(frozen=True)
+class BackboneTraits:
+    """What the training defaults depend on: batch norm or not, and the patch size."""
+
+    batch_norm: bool  #: ResNets and EfficientNets: True; ViT, DeiT, Swin, ConvNeXt: False
+    patch_size: int  #: a transformer's patch side; 0 for networks without patches
+
+
+def backbone_traits(
+    name: str, image_size: int | None = None, patch_size: int = 0
+) -> BackboneTraits:
+    """:class:`BackboneTraits` of backbone ``name``, checking that it can be built at that
+    size (a one-line error otherwise). A timm model is built on the meta device to find
+    out, which allocates nothing."""
+    if not is_timm_name(name):
+        if patch_size or name not in _SPECS:
+            build_backbone(name, patch_size=patch_size)  # the one-line error
+        return BackboneTraits(batch_norm=True, patch_size=0)
+    with torch.device("meta"):
+        model, _ = build_backbone(name, image_size=image_size, patch_size=patch_size)
+    batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return BackboneTraits(batch_norm=batch_norm, patch_size=patch_size_of(model))

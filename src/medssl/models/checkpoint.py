@@ -36,8 +36,10 @@ __all__ = [
     "BACKBONE_FILE",
     "export_backbone",
     "load_backbone_state",
+    "load_backbone_weights",
     "load_into_backbone",
     "read_checkpoint",
+    "read_state_dict",
     "save_safetensors_atomic",
     "save_state_dict_atomic",
 ]
@@ -172,8 +174,31 @@ def load_backbone_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]
     Prefixes ``module.``, ``backbone.``, ``encoder.`` and ``model.`` are stripped; projection
     head and classifier keys (``head.``, ``projection_head.``, ``projector.``, ``fc.``) are
     dropped. Raises :class:`MedsslError` naming the file when it cannot be read or holds no
-    state dict.
+    state dict. (timm backbones, whose own keys may start with ``head.``, read the state dict
+    with :func:`read_state_dict` and map it with
+    :func:`medssl.models.timm_backbones.timm_backbone_state`.)
     """
+    p, obj = read_state_dict(path)
+    state: dict[str, torch.Tensor] = {}
+    origin: dict[str, str] = {}
+    for key, value in obj.items():
+        name = _strip(key)
+        if name.startswith(_HEAD_PREFIXES):
+            continue
+        if name in state:
+            raise MedsslError(
+                f"{p}: keys {origin[name]!r} and {key!r} both give backbone key {name!r}"
+            )
+        state[name], origin[name] = value, key
+    if not state:
+        raise MedsslError(f"{p} holds only projection-head / classifier weights, no backbone")
+    return state
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The file read and the state dict in it, keys as stored: a state dict file, one nested
+    under ``state_dict`` / ``model`` / ``model_state_dict``, or a run directory's
+    ``backbone.safetensors``. Problems are one :class:`MedsslError` line naming the file."""
     p = Path(path)
     if p.is_dir():
         if not (p / BACKBONE_FILE).is_file():
@@ -198,21 +223,7 @@ def load_backbone_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]
             f"{p} holds no state dict (expected a mapping of names to tensors, possibly under "
             f"one of the keys {', '.join(_CONTAINER_KEYS)})"
         )
-
-    state: dict[str, torch.Tensor] = {}
-    origin: dict[str, str] = {}
-    for key, value in obj.items():
-        name = _strip(key)
-        if name.startswith(_HEAD_PREFIXES):
-            continue
-        if name in state:
-            raise MedsslError(
-                f"{p}: keys {origin[name]!r} and {key!r} both give backbone key {name!r}"
-            )
-        state[name], origin[name] = value, key
-    if not state:
-        raise MedsslError(f"{p} holds only projection-head / classifier weights, no backbone")
-    return state
+    return p, dict(obj)
 
 
 def _listing(names: list[str]) -> str:
@@ -279,6 +290,25 @@ def load_into_backbone(
 
     loadable = {k: v for k, v in state.items() if k in expected}
     backbone.load_state_dict(loadable, strict=False)
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Load the checkpoint file or medssl run ``path`` into ``backbone``, strictly.
+
+    torchvision ResNets read it with :func:`load_backbone_state` (an ImageNet-stem ``conv1``
+    is dropped for a small-image stem); timm backbones with
+    :func:`~medssl.models.timm_backbones.timm_backbone_state` (timm's layout, classifier
+    dropped, ViT embeddings resampled). A checkpoint of another architecture is one line
+    naming the keys that do not fit.
+    """
+    from medssl.models.timm_backbones import is_timm_model, timm_backbone_state
+
+    if is_timm_model(backbone):
+        p, state = read_state_dict(path)
+        load_into_backbone(backbone, timm_backbone_state(state, backbone), str(p))
+    else:
+        state = load_backbone_state(path)
+        load_into_backbone(backbone, state, str(path), drop_mismatched_conv1=True)
 
 
 def export_backbone(

@@ -19,7 +19,7 @@ from medssl.data.notices import announce
 from medssl.data.spec import DataSpec
 from medssl.data.splits import Splits
 from medssl.errors import MedsslError
-from medssl.models.checkpoint import load_backbone_state, load_into_backbone
+from medssl.models.checkpoint import load_backbone_weights
 from medssl.options import spelled
 from medssl.train import distributed as dist
 from medssl.train.run import CONFIG, LOCK, METRICS, checkpoint_epoch, is_complete, read_config
@@ -293,4 +293,4 @@ def initialise_backbone(backbone: torch.nn.Module, init: str) -> None:
     path = _init_path(init)
     if path is None:
         return
-    load_into_backbone(backbone, load_backbone_state(path), str(path), drop_mismatched_conv1=True)
+    load_backbone_weights(backbone, path)

@@ -26,6 +26,7 @@ from medssl.dist import (
 
 __all__ = [
     "GlobalBatchNorm",
+    "GlobalBatchNormAct",
     "all_reduce_mean",
     "all_reduce_sum",
     "barrier",
@@ -82,27 +83,50 @@ class GlobalBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
         return y.to(x.dtype)
 
 
+class GlobalBatchNormAct(GlobalBatchNorm):
+    """:class:`GlobalBatchNorm` followed by the ``drop`` and ``act`` modules of the timm
+    ``BatchNormAct2d`` it replaces (timm's EfficientNets fuse the activation into the norm
+    layer; the state dict keys stay the same)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(self.drop(super().forward(x)))
+
+
+def _fused_activation(module: torch.nn.Module) -> bool:
+    return hasattr(module, "act") and hasattr(module, "drop")
+
+
 def convert_batchnorm_for_distributed(module: torch.nn.Module) -> torch.nn.Module:
     """Global batch norm, as in the paper: torch's SyncBatchNorm in an NCCL group (GPUs),
     :class:`GlobalBatchNorm` otherwise (gloo on CPUs, or no group yet).
 
     Chosen by the process group's backend, not by whether this machine has a GPU, so that a
     ``--device cpu`` run on a GPU machine stays on the CPU path. Call before moving the model
-    to its device; parameters and buffers are kept.
+    to its device; parameters and buffers are kept. A model without batch norm (a ViT: layer
+    norm, which needs no synchronisation) comes back as it was, but for the projection
+    head's batch norms. timm's batch norms with a fused activation keep it (timm's own
+    converter under NCCL, :class:`GlobalBatchNormAct` otherwise).
     """
     import torch.distributed as torch_dist
 
     if is_distributed() and torch_dist.get_backend() == "nccl":
+        if any(_fused_activation(m) for m in module.modules() if _is_batch_norm(m)):
+            from timm.layers import convert_sync_batchnorm
+
+            return convert_sync_batchnorm(module)
         return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
     return _to_global_bn(module)
 
 
+def _is_batch_norm(module: torch.nn.Module) -> bool:
+    return isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+
+
 def _to_global_bn(module: torch.nn.Module) -> torch.nn.Module:
     out = module
-    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not isinstance(
-        module, GlobalBatchNorm
-    ):
-        out = GlobalBatchNorm(
+    if _is_batch_norm(module) and not isinstance(module, GlobalBatchNorm):
+        kind = GlobalBatchNormAct if _fused_activation(module) else GlobalBatchNorm
+        out = kind(
             module.num_features, module.eps, module.momentum, module.affine,
             module.track_running_stats,
         )  # fmt: skip

@@ -16,15 +16,35 @@ from medssl.errors import MedsslError
 __all__ = [
     "LARS",
     "OPTIMIZERS",
+    "PRETRAIN_DEFAULTS",
     "build_optimizer",
     "build_scheduler",
     "epoch_scheduler",
     "param_groups_for_lars",
+    "pretrain_optimizer",
     "scaled_lr",
     "warmup_cosine",
 ]
 
 OPTIMIZERS = ("lars", "sgd", "adamw")
+
+#: each optimiser's pretraining defaults (``--lr``, ``--lr-scaling``, ``--weight-decay`` left
+#: unset). LARS (and SGD): SimCLR's, base 0.075 x sqrt(batch). AdamW: the recipe of
+#: self-supervised ViTs (DINO's base 5e-4 x batch / 256; weight decay 0.05, between DINO's
+#: 0.04 start and MoCo v3's 0.1); not yet tuned on medical images in medssl.
+PRETRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
+    "lars": {"lr": 0.075, "lr_scaling": "sqrt", "weight_decay": 1e-6},
+    "sgd": {"lr": 0.075, "lr_scaling": "sqrt", "weight_decay": 1e-6},
+    "adamw": {"lr": 5e-4, "lr_scaling": "linear", "weight_decay": 0.05},
+}
+
+
+def pretrain_optimizer(batch_norm: bool) -> str:
+    """What ``--optimizer auto`` pretrains with: LARS for batch-norm networks (ResNets,
+    EfficientNets: SimCLR's recipe, for which LARS was made), AdamW for networks with layer
+    norm (ViT, DeiT, Swin, ConvNeXt: the recipe of MoCo v3 and DINO, with the same linear
+    warmup and cosine decay)."""
+    return "lars" if batch_norm else "adamw"
 
 
 class LARS(Optimizer):

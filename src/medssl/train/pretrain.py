@@ -35,7 +35,7 @@ from medssl.data.pairs import METHODS, CaseBags, PairSampler
 from medssl.data.spec import checked_data
 from medssl.errors import MedsslError
 from medssl.losses import NTXentLoss
-from medssl.models.backbones import build_backbone
+from medssl.models.backbones import backbone_from_config, backbone_traits
 from medssl.models.checkpoint import export_backbone
 from medssl.models.heads import SimCLRModel
 from medssl.options import MAX_SEED, Given, check_fields, option, spelled
@@ -52,7 +52,14 @@ from medssl.train.common import (
     resolve_precision,
 )
 from medssl.train.monitor import backbone_knn_scores, knn_metrics
-from medssl.train.optim import OPTIMIZERS, build_optimizer, epoch_scheduler, scaled_lr
+from medssl.train.optim import (
+    OPTIMIZERS,
+    PRETRAIN_DEFAULTS,
+    build_optimizer,
+    epoch_scheduler,
+    pretrain_optimizer,
+    scaled_lr,
+)
 from medssl.train.run import RunDir, adopt_resumed_choices, check_out, field_defaults
 
 SOURCE_SCALE_HELP = (
@@ -60,9 +67,23 @@ SOURCE_SCALE_HELP = (
     "image_size (aspect kept), then resized to image_size; 1: a centre-cropped "
     "image_size square (as before); 2 is the paper-like setting"
 )
+
+
+def _by_optimizer(name: str) -> str:
+    """An optimiser's default for help texts: ``0.075 for lars/sgd, 0.0005 for adamw``."""
+    values: dict[Any, list[str]] = {}
+    for optimizer, defaults in PRETRAIN_DEFAULTS.items():
+        values.setdefault(defaults[name], []).append(optimizer)
+    return ", ".join(f"{v} for {'/'.join(names)}" for v, names in values.items())
+
+
 _WORKERS_HELP = (
     "DataLoader worker processes (default: 0 for batch views on the CPU, else one per core up to 8)"
 )
+
+
+#: options whose default follows the backbone (unset or ``auto``: see ``PretrainConfig.resolved``)
+_BY_BACKBONE = ("optimizer", "lr", "lr_scaling", "weight_decay")
 
 
 @dataclass
@@ -74,20 +95,35 @@ class PretrainConfig:
     out: str = option(help="run directory")
     method: str = option("micle", choices=METHODS, help="positive pairs: two views of one "
                          "image (simclr) or of two images of one case (micle)")  # fmt: skip
-    backbone: str = option("resnet18", help="resnet18/34/50/101/152, optionally _w2 / _w4")
+    backbone: str = option(
+        "resnet18", help="resnet18/34/50/101/152, resnet50_2x/_4x, resnet152_2x (torchvision), or "
+        "timm:<name> for a timm model (random weights; pretrained ones come from --init)",
+    )  # fmt: skip
     small_stem: bool = option(
         False, help="3x3 stride-1 stem without max-pool (CIFAR-style; ~16x the compute at 64 px)"
     )
     image_size: int = option(64, minimum=8, help="image side in pixels")
+    patch_size: int = option(
+        0, minimum=1, help="patch side of a timm transformer such as ViT (default: the model's)"
+    )
     source_scale: float = option(1.0, minimum=1, help=SOURCE_SCALE_HELP)
     epochs: int = option(100, minimum=1)
     batch_size: int = option(256, minimum=2, help="global batch (all processes)")
-    optimizer: str = option("lars", choices=OPTIMIZERS)
-    lr: float = option(0.075, above=0, help="base learning rate")
-    lr_scaling: str = option(
-        "sqrt", choices=("sqrt", "linear"), help="sqrt: lr*sqrt(batch); linear: lr*batch/256"
+    optimizer: str = option(
+        "auto", choices=OPTIMIZERS,
+        help="auto: lars for batch-norm backbones (ResNets, EfficientNets), adamw for "
+        "layer-norm ones (ViT, DeiT, Swin, ConvNeXt)",
+    )  # fmt: skip
+    lr: float | None = option(
+        None, above=0, help=f"base learning rate (default: {_by_optimizer('lr')})"
     )
-    weight_decay: float = option(1e-6, minimum=0)
+    lr_scaling: str = option(
+        "auto", choices=("sqrt", "linear"),
+        help=f"sqrt: lr*sqrt(batch); linear: lr*batch/256 (default: {_by_optimizer('lr_scaling')})",
+    )  # fmt: skip
+    weight_decay: float | None = option(
+        None, minimum=0, help=f"default: {_by_optimizer('weight_decay')}"
+    )
     warmup_epochs: float = option(10.0, minimum=0)
     temperature: float = option(0.1, above=0, help="NT-Xent temperature")
     proj_dim: int = option(128, minimum=1, help="projection head output size")
@@ -150,8 +186,15 @@ class PretrainConfig:
         cfg.init = resolve_init(cfg.init)
         if cfg.augment_on:
             cfg.augment_mode, cfg.augment_on = cfg.augment_on, ""
-        adopt_resumed_choices(cfg, ("augment_mode", "precision"))
+        adopt_resumed_choices(cfg, ("augment_mode", "precision", *_BY_BACKBONE))
         cfg.augment_mode = resolve_augment_mode(cfg.augment_mode)
+        traits = backbone_traits(cfg.backbone, cfg.image_size, cfg.patch_size)
+        cfg.patch_size = traits.patch_size
+        if cfg.optimizer == "auto":
+            cfg.optimizer = pretrain_optimizer(traits.batch_norm)
+        for key, value in PRETRAIN_DEFAULTS[cfg.optimizer].items():
+            if getattr(cfg, key) in (None, "auto"):
+                setattr(cfg, key, value)
         device = resolve_device(cfg.device)
         if cfg.pin_memory is None:
             cfg.pin_memory = device.type == "cuda"
@@ -236,7 +279,7 @@ class Pretrainer:
     def _build_model(self) -> None:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
-        backbone, feat_dim = build_backbone(cfg.backbone, small_images=bool(cfg.small_stem))
+        backbone, feat_dim = backbone_from_config(asdict(cfg))
         initialise_backbone(backbone, cfg.init)
         model = SimCLRModel(
             backbone, feat_dim, out_dim=cfg.proj_dim, output_bn=bool(cfg.head_output_bn)
@@ -388,7 +431,10 @@ class Pretrainer:
             )
             metrics.update({k: v for k, v in row.items() if k != "epoch"})
         if dist.is_main_process():
-            meta = {"backbone": cfg.backbone, "small_stem": str(cfg.small_stem)}
+            meta = {
+                "backbone": cfg.backbone, "small_stem": str(cfg.small_stem),
+                "image_size": str(cfg.image_size), "patch_size": str(cfg.patch_size),
+            }  # fmt: skip
             export_backbone(self.model.backbone, self.run.path, metadata=meta)
         metrics.update({"epochs": cfg.epochs, "method": cfg.method})
         self.run.finish(metrics)
