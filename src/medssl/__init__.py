@@ -7,6 +7,7 @@ The Python API (README, "Python API")::
     medssl.finetune(data, "runs/ft", init="runs/micle", label_fraction=0.1)
     medssl.evaluate("runs/ft", "shift")
     medssl.predict("runs/ft", "new_images/", "predictions.csv")
+    medssl.embed("runs/micle", "new_images/", "embeddings.parquet")
 
 Everything is imported on first use, so ``import medssl`` loads neither torch nor pandas.
 """
@@ -20,8 +21,9 @@ from medssl.errors import MedsslError
 
 __version__ = "0.1.0"
 __all__ = [
-    "DataSpec", "FinetuneConfig", "LoadedData", "MedsslError", "Predictions", "PretrainConfig",
-    "__version__", "data", "evaluate", "finetune", "predict", "pretrain",
+    "DataSpec", "Embeddings", "FinetuneConfig", "LoadedData", "MedsslError", "Predictions",
+    "PretrainConfig", "__version__", "data", "embed", "evaluate", "finetune", "nearest",
+    "predict", "pretrain",
 ]  # fmt: skip
 
 #: name -> the module that defines it
@@ -30,11 +32,14 @@ _LAZY = {
     "finetune": "medssl.api",
     "evaluate": "medssl.api",
     "predict": "medssl.api",
+    "embed": "medssl.api",
+    "nearest": "medssl.api",
     "PretrainConfig": "medssl.train.pretrain",
     "FinetuneConfig": "medssl.train.finetune",
     "DataSpec": "medssl.data.spec",
     "LoadedData": "medssl.data",
     "Predictions": "medssl.prediction",
+    "Embeddings": "medssl.embedding",
 }
 
 

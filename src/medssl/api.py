@@ -1,9 +1,10 @@
 """The Python API: what the ``medssl`` commands do, as functions with keyword options.
 
-Reached as ``medssl.pretrain``, ``medssl.finetune``, ``medssl.evaluate`` and
-``medssl.predict`` (see :mod:`medssl`); ``medssl.data.load`` reads a dataset. Options are the
-command line's, with underscores (``image_size=32`` for ``--image-size 32``), and the same
-defaults; a run directory made here is the same as one made by the command line.
+Reached as ``medssl.pretrain``, ``medssl.finetune``, ``medssl.evaluate``,
+``medssl.predict``, ``medssl.embed`` and ``medssl.nearest`` (see :mod:`medssl`);
+``medssl.data.load`` reads a dataset. Options are the command line's, with underscores
+(``image_size=32`` for ``--image-size 32``), and the same defaults; a run directory made
+here is the same as one made by the command line.
 """
 
 from __future__ import annotations
@@ -17,14 +18,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from medssl.errors import MedsslError
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from medssl.data import LoadedData
     from medssl.data.spec import DataSpec
+    from medssl.embedding import Embeddings
     from medssl.metrics import ClassMap
     from medssl.prediction import Predictions
 
     DataLike = LoadedData | DataSpec | Mapping[str, Any]
 
-__all__ = ["evaluate", "finetune", "predict", "pretrain"]
+__all__ = ["embed", "evaluate", "finetune", "nearest", "predict", "pretrain"]
 
 Config = TypeVar("Config")
 
@@ -157,3 +161,59 @@ def predict(
     if out is not None:
         result.write(out, case_out)
     return result
+
+
+def embed(
+    model: str | os.PathLike[str],
+    images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out: str | os.PathLike[str] | None = None,
+    *,
+    image_column: str = "image",
+    case_column: str | None = None,
+    keep_case_ids: bool = False,
+    skip_unreadable: bool = False,
+    batch_size: int = 64,
+    device: str = "auto",
+    progress: bool = True,
+    backbone: str | None = None,
+    image_size: int | None = None,
+    small_stem: bool | None = None,
+) -> Embeddings:
+    """The backbone features of ``images`` (``medssl embed``): ``model`` is a finetune run,
+    a pretraining run or a backbone weights file (``backbone``, ``image_size``,
+    ``small_stem`` describe a file). ``images`` as for :func:`predict`. Returns
+    :class:`~medssl.embedding.Embeddings` (``.features`` ``(N, D)`` float32, ``.images``,
+    ``.case_ids`` hashed unless ``keep_case_ids``, ``.table()``, ``.nearest()``); with ``out``
+    (``.parquet`` or ``.npy``) the files are written as by ``medssl embed``.
+    """
+    from medssl.embedding import check_files, check_format, embed_images
+
+    if out is not None:
+        check_format(out)
+        check_files(model, images, out, hashed_ids=bool(case_column) and not keep_case_ids)
+    result = embed_images(
+        model, images, out=out, image_column=image_column, case_column=case_column,
+        keep_case_ids=keep_case_ids, skip_unreadable=skip_unreadable, batch_size=batch_size,
+        device=device, progress=progress, backbone=backbone, image_size=image_size,
+        small_stem=small_stem,
+    )  # fmt: skip
+    if out is not None:
+        result.write(out)
+    return result
+
+
+def nearest(
+    query: str | os.PathLike[str],
+    embeddings: Embeddings | str | os.PathLike[str],
+    model: str | os.PathLike[str] | None = None,
+    *,
+    top_k: int = 10,
+    device: str = "auto",
+) -> pd.DataFrame:
+    """The ``top_k`` images of ``embeddings`` (:func:`embed`'s result or a saved file) most
+    similar (cosine) to the image file ``query``, embedded by the model the embeddings were
+    made with (``model`` must be that one): ``rank``, ``image``, ``case_id``, ``similarity``,
+    ``distance`` (``medssl embed --query``)."""
+    from medssl.embedding import nearest_cases
+
+    return nearest_cases(query, embeddings, model, top_k, device)

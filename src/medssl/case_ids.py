@@ -28,7 +28,13 @@ def run_salt(run: Path) -> bytes:
     32 random bytes, hex-encoded, readable by the owner only: with it, hashed ids can be
     joined back to the dataset, so it is as sensitive as the ids themselves.
     """
-    path = Path(run) / SALT_FILE
+    return read_salt(Path(run) / SALT_FILE)
+
+
+def read_salt(path: Path) -> bytes:
+    """The salt in the file ``path``, made there on first use (see :func:`run_salt`); for
+    outputs made without a run (``medssl embed`` of a weights file)."""
+    path = Path(path)
     if not path.is_file():
         # atomic_write gives every run file the umask's permissions; the salt is then
         # restricted to its owner

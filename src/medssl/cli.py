@@ -235,6 +235,60 @@ def add_export_parser(commands) -> None:  # noqa: ANN001 - argparse's private ty
     p.add_argument("--json", action="store_true", help="print the stored metadata as JSON")
 
 
+def embed_command(args: argparse.Namespace) -> int:
+    from medssl.commands.embed import format_embed, format_skipped, run_embed, summary
+
+    result = run_embed(
+        args.model, args.images, args.out, embeddings=args.embeddings, query=args.query,
+        top_k=args.top_k, neighbours_out=args.neighbours_out, image_column=args.image_column,
+        case_column=args.case_column, keep_case_ids=args.keep_case_ids,
+        skip_unreadable=args.skip_unreadable, batch_size=args.batch_size, device=args.device,
+        progress=not args.quiet, backbone=args.backbone, image_size=args.image_size,
+        small_stem=args.small_stem,
+    )  # fmt: skip
+    print(json.dumps(summary(result), indent=2) if args.json else format_embed(result))
+    skipped = format_skipped(result)
+    if skipped:
+        print(skipped, file=sys.stderr)
+    return 0
+
+
+def add_embed_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
+    p = commands.add_parser(
+        "embed", help="a backbone's features for images (.parquet/.npy); nearest-case retrieval"
+    )
+    p.set_defaults(func=embed_command)
+    p.add_argument("--config", help="YAML file of options (command-line flags win)")
+    # --model, --images and --out are checked by medssl.commands.embed (one line each)
+    p.add_argument("--model", help="a finetune run, a pretraining run or a backbone weights file")
+    p.add_argument("--images",
+                   help="a folder (every image below it) or a CSV listing image paths")  # fmt: skip
+    p.add_argument("--out", help="embeddings file: .parquet (image, case_id, embedding) or .npy "
+                   "(+ .images.csv, .meta.json beside it); case ids are salted hashes unless "
+                   "--keep-case-ids")  # fmt: skip
+    p.add_argument("--image-column", default="image", help="CSV: image path column")
+    p.add_argument("--case-column", help="CSV: case column (stored hashed)")
+    p.add_argument("--keep-case-ids", action="store_true",
+                   help="store case ids in clear (default: HMAC-SHA256 under a salt)")  # fmt: skip
+    p.add_argument("--skip-unreadable", action="store_true",
+                   help="leave out missing or undecodable images and list them "
+                   "(OUT's name + .skipped.csv) instead of stopping")  # fmt: skip
+    p.add_argument("--query", metavar="IMAGE",
+                   help="print the --top-k images most similar to this one (cosine)")  # fmt: skip
+    p.add_argument("--top-k", type=int, default=10, help="neighbours of --query (default 10)")
+    p.add_argument("--embeddings", metavar="FILE",
+                   help="a saved embeddings file to search (instead of --images)")  # fmt: skip
+    p.add_argument("--neighbours-out", metavar="CSV", help="also write the neighbours to a CSV")
+    p.add_argument("--backbone", help="a weights file's backbone (default resnet18)")
+    p.add_argument("--image-size", type=int, help="a weights file's image size (default 64)")
+    p.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None,
+                   help="a weights file's ResNet stem (default: as its conv1)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+
+
 def knn_command(args: argparse.Namespace) -> int:
     from medssl.commands.knn import compare_backbones, format_comparison
 
@@ -347,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluate_parser(commands)
     add_predict_parser(commands)
     add_export_parser(commands)
+    add_embed_parser(commands)
     add_knn_parser(commands)
     add_sweep_parser(commands)
     add_demo_parser(commands)
