@@ -244,7 +244,7 @@ def embed_command(args: argparse.Namespace) -> int:
         case_column=args.case_column, keep_case_ids=args.keep_case_ids,
         skip_unreadable=args.skip_unreadable, batch_size=args.batch_size, device=args.device,
         progress=not args.quiet, backbone=args.backbone, image_size=args.image_size,
-        small_stem=args.small_stem,
+        small_stem=args.small_stem, patch_size=args.patch_size,
     )  # fmt: skip
     print(json.dumps(summary(result), indent=2) if args.json else format_embed(result))
     skipped = format_skipped(result)
@@ -283,6 +283,8 @@ def add_embed_parser(commands) -> None:  # noqa: ANN001 - argparse's private typ
     p.add_argument("--image-size", type=int, help="a weights file's image size (default 64)")
     p.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None,
                    help="a weights file's ResNet stem (default: as its conv1)")  # fmt: skip
+    p.add_argument("--patch-size", type=int,
+                   help="a timm ViT weights file's patch side (default: the model's)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

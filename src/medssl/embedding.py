@@ -2,11 +2,12 @@
 
 **Model.** ``model`` is a finished finetune run (its fine-tuned backbone: the features the
 classifier reads), a finished pretraining run (its ``backbone.safetensors``) or a backbone
-weights file, with ``backbone``, ``image_size`` and ``small_stem`` saying what it is (default:
-a pretraining run's ``backbone`` and ``image_size``; for a torchvision ResNet the stem follows
-the file's ``conv1``). The weights load strictly: a file of another architecture is one line
-naming the keys that do not fit. Features are the backbone's output, ``(N, D)`` float32,
-computed in eval mode in fp32 (:func:`medssl.train.monitor.model_outputs`).
+weights file, with ``backbone``, ``image_size``, ``small_stem`` and ``patch_size`` saying
+what it is (default: a pretraining run's ``backbone`` and ``image_size``; for a torchvision
+ResNet the stem follows the file's ``conv1``; a ``timm:<name>`` file is in timm's own key
+layout, its classifier dropped). The weights load strictly: a file of another architecture
+is one line naming the keys that do not fit. Features are the backbone's output, ``(N, D)``
+float32, computed in eval mode in fp32 (:func:`medssl.train.monitor.model_outputs`).
 
 **Images** are listed and decoded as ``medssl predict`` does it (:mod:`medssl.inference`): a
 folder, a CSV (``image_column``, ``case_column``) or a list of paths; the run's image size
@@ -163,26 +164,30 @@ class EmbeddingModel:
             "model": str(self.path), "kind": self.kind,
             "backbone": self.config["backbone"], "image_size": int(self.config["image_size"]),
             "small_stem": bool(self.config.get("small_stem")),
+            "patch_size": int(self.config.get("patch_size") or 0),
             "source_shape": [int(n) for n in self.config.get("source_shape") or ()],
             "feature_dim": self.feature_dim,
         }  # fmt: skip
 
 
 def _build(config: dict[str, Any]) -> tuple[nn.Module, int]:
-    from medssl.models.backbones import build_backbone
+    from medssl.models.backbones import backbone_from_config
 
-    return build_backbone(str(config["backbone"]), small_images=bool(config.get("small_stem")))
+    return backbone_from_config(config)
 
 
 def _load_weights(net: nn.Module, path: Path) -> None:
     """Load a checkpoint file or pretraining run into ``net`` strictly: unlike ``--init``,
     an ImageNet-stem ``conv1`` is not dropped for a small stem (the features would come out
     of a random first layer)."""
-    from medssl.models.checkpoint import load_backbone_state, load_into_backbone
+    from medssl.models.checkpoint import (
+        load_backbone_state,
+        load_backbone_weights,
+        load_into_backbone,
+    )
+    from medssl.models.timm_backbones import is_timm_model
 
-    if type(net).__module__.startswith("timm."):  # timm's own key layout
-        from medssl.models.checkpoint import load_backbone_weights
-
+    if is_timm_model(net):  # timm's own key layout, classifier dropped, ViT grids resampled
         load_backbone_weights(net, path)
         return
     load_into_backbone(net, load_backbone_state(path), str(path))
@@ -204,12 +209,14 @@ def load_embedding_model(
     backbone: str | None = None,
     image_size: int | None = None,
     small_stem: bool | None = None,
+    patch_size: int | None = None,
     device: str | torch.device = "auto",
 ) -> EmbeddingModel:
     """The backbone of ``model`` (a finetune run, a pretraining run or a weights file).
 
-    ``backbone``, ``image_size`` and ``small_stem`` describe a weights file; for a run they
-    may be left out (given, they must agree with the run's).
+    ``backbone``, ``image_size``, ``small_stem`` and ``patch_size`` (a timm transformer's;
+    default its own) describe a weights file; for a run they may be left out (given, they
+    must agree with the run's).
     """
     import torch
 
@@ -221,7 +228,8 @@ def load_embedding_model(
         raise MedsslError(f"--model {model}: no such run directory or weights file")
     path = path.resolve()
     dev = device if isinstance(device, torch.device) else resolve_device(str(device))
-    given = {"backbone": backbone, "image_size": image_size, "small_stem": small_stem}
+    given = {"backbone": backbone, "image_size": image_size, "small_stem": small_stem,
+             "patch_size": patch_size}  # fmt: skip
     if path.is_dir():
         if not (path / CONFIG).is_file():
             raise MedsslError(f"--model {path} is a folder but not a medssl run (no {CONFIG})")
@@ -246,6 +254,7 @@ def load_embedding_model(
             "backbone": backbone or default_of(PretrainConfig, "backbone"),
             "image_size": image_size or default_of(PretrainConfig, "image_size"),
             "small_stem": small_stem,
+            "patch_size": patch_size or 0,
         }
         if small_stem is None:
             config["small_stem"] = _small_stem_of(path, str(config["backbone"]))
@@ -263,9 +272,11 @@ def load_embedding_model(
 def _small_stem_of(path: Path, backbone: str) -> bool:
     """Whether a torchvision ResNet checkpoint has medssl's small-image stem (a 3x3
     ``conv1``); False for anything else."""
-    if backbone.startswith("timm:"):
-        return False
     from medssl.models.checkpoint import load_backbone_state
+    from medssl.models.timm_backbones import is_timm_name
+
+    if is_timm_name(backbone):
+        return False
 
     conv1 = load_backbone_state(path).get("conv1.weight")
     return conv1 is not None and conv1.dim() == 4 and tuple(conv1.shape[2:]) == (3, 3)
@@ -410,6 +421,7 @@ def embed_images(
     backbone: str | None = None,
     image_size: int | None = None,
     small_stem: bool | None = None,
+    patch_size: int | None = None,
 ) -> Embeddings:
     """The backbone features of ``images`` under ``model`` (module docstring).
 
@@ -424,7 +436,8 @@ def embed_images(
         raise MedsslError(f"--batch-size must be >= 1, got {batch_size}")
     listed = list_images(images, image_column, case_column, skip_unreadable, command="embed")
     embedder = model if isinstance(model, EmbeddingModel) else load_embedding_model(
-        model, backbone=backbone, image_size=image_size, small_stem=small_stem, device=device
+        model, backbone=backbone, image_size=image_size, small_stem=small_stem,
+        patch_size=patch_size, device=device,
     )  # fmt: skip
     net = embedder.backbone
     dev = next(net.parameters()).device
@@ -572,5 +585,6 @@ def _recorded_model(
     options: dict[str, Any] = {}
     if meta.get("kind") == "file":
         options = {"backbone": meta.get("backbone"), "image_size": meta.get("image_size"),
-                   "small_stem": meta.get("small_stem")}  # fmt: skip
+                   "small_stem": meta.get("small_stem"),
+                   "patch_size": meta.get("patch_size") or None}  # fmt: skip
     return load_embedding_model(model, device=device, **options)

@@ -238,3 +238,24 @@ def test_bad_inputs_are_one_line(weights, pictures, tmp_path, capsys):
     assert main([str(a) for a in [*args, "--skip-unreadable", *size]]) == 0
     assert pd.read_csv(tmp_path / "b.skipped.csv")["image"].tolist() == ["bad.png"]
     assert pq.read_table(tmp_path / "b.parquet").num_rows == 2
+
+
+def test_a_timm_vit_checkpoint_embeds_as_timm_computes_it(pictures, tmp_path):
+    """A ViT weights file in timm's own layout (classifier included, as public checkpoints
+    ship it): the features are timm's pooled features of the same model, by hand."""
+    import timm
+
+    torch.manual_seed(0)
+    vit = timm.create_model("test_vit", pretrained=False, num_classes=3, img_size=16,
+                            patch_size=8)  # fmt: skip
+    path = tmp_path / "vit.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in vit.state_dict().items()},
+                                str(path))  # fmt: skip
+    folder, _, pixels = pictures
+    result = medssl.embed(path, folder, backbone="timm:test_vit", image_size=16, patch_size=8,
+                          progress=False)  # fmt: skip
+    vit.reset_classifier(0)
+    np.testing.assert_allclose(result.features, by_hand(vit, pixels), rtol=1e-4, atol=1e-5)
+    assert result.meta["patch_size"] == 8 and result.features.shape[1] == vit.num_features
+    nearest = result.nearest(result.features[2], top_k=1)
+    assert nearest["image"].tolist() == ["img2.png"]

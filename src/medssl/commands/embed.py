@@ -32,6 +32,7 @@ def run_embed(
     backbone: str | None = None,
     image_size: int | None = None,
     small_stem: bool | None = None,
+    patch_size: int | None = None,
 ) -> dict[str, Any]:
     """Embed ``images`` into ``out`` and/or retrieve the ``top_k`` nearest of ``query``.
 
@@ -81,7 +82,7 @@ def run_embed(
     if images:
         embedder = load_embedding_model(
             model, backbone=backbone, image_size=image_size, small_stem=small_stem,
-            device=device,
+            patch_size=patch_size, device=device,
         )  # fmt: skip
         found = embed_images(
             embedder, images, out=out, image_column=image_column, case_column=case_column,
