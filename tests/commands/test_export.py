@@ -82,6 +82,25 @@ def test_cli_export_and_user_errors(finetuned, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "m.onnx").exists()
 
 
+def test_an_opset_the_exporter_does_not_support_is_one_line(finetuned, tmp_path, capsys):
+    """``--opset 1`` was a traceback from onnx's checker; 21 is past the TorchScript-based
+    exporter's range (torch only warns). The bounds themselves export."""
+    from medssl.commands.export import OPSETS
+
+    run, _, _ = finetuned
+    low, high = OPSETS
+    for opset in (1, low - 1, high + 1):
+        out = tmp_path / f"m{opset}.onnx"
+        argv = ["export", "--model", run, "--format", "onnx", "--out", out, "--opset", opset]
+        code = main([str(a) for a in argv])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err, err
+        assert f"medssl: error: --opset: must be from {low} to {high}, got {opset}" in err, err
+        assert not out.exists()
+    for opset in OPSETS:
+        assert export_model(run, "onnx", tmp_path / f"m{opset}.onnx", opset=opset)
+
+
 @pytest.mark.filterwarnings("ignore::FutureWarning")
 def test_multilabel_models_export_a_sigmoid_per_finding():
     from medssl.commands.export import ExportedClassifier

@@ -49,6 +49,22 @@ METADATA_FILE = "medssl.json"
 DEFAULT_OPSET = 17
 
 
+def _supported_opsets() -> tuple[int, int]:
+    """The ONNX opsets torch's TorchScript-based exporter (the one used here) supports, as
+    torch states them; (7, 20), torch 2.1-2.14's range, where torch does not say."""
+    try:
+        from torch.onnx import _constants
+    except ImportError:
+        return 7, 20
+    high = getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", None)
+    high = high or getattr(_constants, "ONNX_MAX_OPSET", 20)
+    return int(getattr(_constants, "ONNX_MIN_OPSET", 7)), int(high)
+
+
+#: (lowest, highest) ``--opset``; outside it onnx's checker fails (1) or torch only warns (21)
+OPSETS = _supported_opsets()
+
+
 class ExportedClassifier(nn.Module):
     """Images in [0, 1] (or uint8) -> normalised -> classifier -> probabilities.
 
@@ -156,6 +172,10 @@ def export_model(
     """
     if fmt not in FORMATS:
         raise MedsslError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}")
+    if fmt == "onnx" and (
+        isinstance(opset, bool) or not isinstance(opset, int) or not OPSETS[0] <= opset <= OPSETS[1]
+    ):
+        raise MedsslError(f"--opset: must be from {OPSETS[0]} to {OPSETS[1]}, got {opset!r}")
     onnx = _require_onnx() if fmt == "onnx" else None
     out_path = Path(out).expanduser()
     if out_path.is_dir():
