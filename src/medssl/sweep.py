@@ -1130,7 +1130,7 @@ def run_sweep(
     """
     from medssl.paired import write_paired
     from medssl.report import write_report
-    from medssl.train.finetune import finetune
+    from medssl.train.finetune import FinetuneConfig, finetune
     from medssl.train.pretrain import pretrain
 
     p = load_protocol(protocol)
@@ -1171,7 +1171,9 @@ def run_sweep(
             t0 = time.perf_counter()
             try:
                 with spelling(str):  # the protocol's keys: "batch_size", not "--batch-size"
-                    (pretrain if job.kind == "pretrain" else finetune)(job.config)
+                    # a supervised pretraining entry is a fine-tune run (FinetuneConfig)
+                    supervised = isinstance(job.config, FinetuneConfig)
+                    (finetune if supervised else pretrain)(job.config)
             except MedsslError as exc:
                 raise MedsslError(f"{where}: {exc}") from None
             _say(f"{head} ... finished in {time.perf_counter() - t0:.0f} s")

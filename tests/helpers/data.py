@@ -82,3 +82,35 @@ def write_ham_layout(root: Path, n_lesions: int = 24, seed: int = 0) -> Path:
     frame = pd.DataFrame(rows, columns=["lesion_id", "image_id", "dx", "dataset"])
     frame.to_csv(root / "HAM10000_metadata.csv", index=False)
     return root
+
+
+def write_tiny_imagenet_layout(root: Path, n_classes: int = 3, n_train: int = 8, n_val: int = 4,
+                               seed: int = 0) -> Path:  # fmt: skip
+    """A tiny dataset in Tiny ImageNet's layout as ``shared/data/tiny-imagenet-200`` has it:
+    ``images/{train,val}/<wnid>/*.JPEG``, ``labels.csv`` (image,label,case_id,source,split)
+    and ``classes.csv`` (index,label,name,n_train,n_val); one image per case, 20x20 JPEGs
+    with a class-dependent colour."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    rows, classes = [], []
+    for c in range(n_classes):
+        wnid = f"n{c:08d}"
+        classes.append({"index": c, "label": wnid, "name": f"class {c}", "n_train": n_train,
+                        "n_val": n_val})  # fmt: skip
+        for split, count in (("train", n_train), ("val", n_val)):
+            folder = root / "images" / split / wnid
+            folder.mkdir(parents=True, exist_ok=True)
+            for k in range(count):
+                name = f"{wnid}_{k}.JPEG" if split == "train" else f"val_{c}_{k}.JPEG"
+                colour = np.array([60 + 60 * c, 200 - 50 * c, 120])
+                noise = rng.integers(-30, 30, size=(20, 20, 3))
+                Image.fromarray(np.clip(colour + noise, 0, 255).astype(np.uint8)).save(
+                    folder / name, format="JPEG"
+                )
+                image = f"images/{split}/{wnid}/{name}"
+                rows.append({"image": image, "label": wnid, "case_id": Path(name).stem,
+                             "source": "tiny", "split": split})  # fmt: skip
+    pd.DataFrame(rows).to_csv(root / "labels.csv", index=False)
+    pd.DataFrame(classes).to_csv(root / "classes.csv", index=False)
+    return root

@@ -1,0 +1,195 @@
+"""The paper's stages in one sweep: a natural-image stage (SimCLR and supervised) shared by
+every pretraining seed, in-domain SimCLR chained from it, MICLe and a matched SimCLR control
+continued from that, and fine-tuning whose learning rate is chosen on validation only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from helpers.data import write_ham_layout, write_tiny_imagenet_layout
+from medssl.errors import MedsslError
+from medssl.sweep import load_protocol, plan, run_sweep
+from medssl.train import finetune as finetune_module
+from medssl.train import pretrain as pretrain_module
+
+TINY = {"epochs": 1, "batch_size": 8, "warmup_epochs": 1, "num_workers": 0,
+        "precision": "fp32", "lr": 0.3}  # fmt: skip
+FT = {"epochs": 1, "batch_size": 8, "num_workers": 0, "precision": "fp32"}
+LRS = [0.0003, 0.003]
+
+
+def _protocol(ham: Path, natural: Path) -> dict:
+    nat = {"dataset": "tiny-imagenet", "root": str(natural), "split_scheme": "official"}
+    return {
+        "data": {"dataset": "ham10000", "root": str(ham)},
+        "image_size": 16,
+        "pretrain": {
+            "natural": {"method": "simclr", "data": nat, "shared": True, **TINY},
+            "supervised": {"method": "supervised", "data": nat, "shared": True, **FT},
+            "derm": {"method": "simclr", "init": "natural", **TINY},
+            "micle": {"method": "micle", "init": "derm", **TINY},
+            "derm2": {"method": "simclr", "init": "derm", **TINY},
+        },
+        "pretrain_seeds": [0, 1],
+        "inits": ["random", "supervised", "natural", "micle", "derm2"],
+        "label_fractions": [1.0],
+        "seeds": [0, 1],
+        "finetune": FT,
+        "finetune_grid": {"lr": LRS},
+        "splits": ["test"],
+        "compare": [["micle", "derm2"], ["natural", "supervised"]],
+        "n_boot": 10,
+    }
+
+
+@pytest.fixture(scope="module")
+def staged(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("stages")
+    protocol = _protocol(write_ham_layout(root / "ham"), write_tiny_imagenet_layout(root / "tin"))
+    run_sweep(protocol, root / "out", progress=False)
+    return root / "out", protocol
+
+
+def _config(run: Path) -> dict:
+    return yaml.safe_load((run / "config.yaml").read_text())
+
+
+def test_plan_shares_the_natural_stage_and_chains_each_seed(tmp_path: Path) -> None:
+    p = load_protocol(_protocol(tmp_path, tmp_path))  # roots are only read when running
+    jobs = plan(p, tmp_path)
+    names = [j.name for j in jobs if j.kind == "pretrain"]
+    assert names == ["natural", "supervised", "derm-s0", "micle-s0", "derm2-s0",
+                     "derm-s1", "micle-s1", "derm2-s1"]  # fmt: skip
+    by_name = {j.name: j.config for j in jobs}
+    assert by_name["derm-s1"].init == str(tmp_path / "pretrain" / "natural")
+    assert by_name["micle-s1"].init == str(tmp_path / "pretrain" / "derm-s1")
+    assert by_name["derm2-s1"].init == by_name["micle-s1"].init  # the matched control
+    assert by_name["natural"].data["dataset"] == "tiny-imagenet"
+    assert by_name["derm-s0"].data["dataset"] == "ham10000"
+    assert by_name["supervised"].export_backbone is True
+    assert by_name["supervised"].label_fraction == 1.0
+    # fine-tuning seed 1 from the supervised init: the one shared run
+    ft = by_name["supervised-f1-s1-lr0.003"]
+    assert ft.init == str(tmp_path / "pretrain" / "supervised") and ft.lr == 0.003
+    # the written form round-trips
+    again = load_protocol(p.to_dict())
+    assert again.roles == p.roles and again.finetune_grid == {"lr": LRS}
+
+
+def test_staged_sweep_end_to_end(staged: tuple[Path, dict]) -> None:
+    out, _ = staged
+    results = pd.read_csv(out / "results.csv")
+    assert set(results["init"]) == {"random", "supervised", "natural", "micle", "derm2"}
+    assert len(results) == 5 * 2  # inits x seeds, one split, one row per chosen candidate
+    assert set(results["selected"]) <= {"lr=0.0003", "lr=0.003"}
+    assert (results["skipped_steps"] == 0).all()
+    paired = pd.read_csv(out / "paired.csv")
+    pairs = set(zip(paired["a"], paired["b"], strict=True))
+    assert {("micle", "derm2"), ("natural", "supervised"), ("micle", "random")} <= pairs
+    curves = pd.read_csv(out / "pretraining.csv")
+    assert set(curves["run"]) == {"natural", "supervised", "derm-s0", "micle-s0", "derm2-s0",
+                                  "derm-s1", "micle-s1", "derm2-s1"}  # fmt: skip
+    assert set(curves.loc[curves["run"] == "natural", "dataset"]) == {"tiny-imagenet"}
+    assert set(curves.loc[curves["run"] == "supervised", "method"]) == {"supervised"}
+
+
+def test_supervised_init_loads_its_best_backbone(staged: tuple[Path, dict]) -> None:
+    out, _ = staged
+    sup = out / "pretrain" / "supervised"
+    cfg = _config(sup)
+    assert cfg["export_backbone"] is True and cfg["data"]["dataset"] == "tiny-imagenet"
+    best = torch.load(sup / "best.pt", map_location="cpu", weights_only=True)["model"]
+    exported = load_file(sup / "backbone.safetensors")
+    expected = {k[len("backbone."):]: v for k, v in best.items() if k.startswith("backbone.")}
+    assert set(exported) == set(expected)
+    assert all(torch.equal(exported[k], expected[k]) for k in expected)
+    # a fine-tune from it starts from exactly those weights
+    from medssl.models.backbones import build_backbone
+    from medssl.train.common import initialise_backbone
+
+    backbone, _ = build_backbone("resnet18")
+    initialise_backbone(backbone, str(sup))
+    state = backbone.state_dict()
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
+    ft = _config(out / "finetune" / "supervised-f1-s0-lr0.003")
+    assert ft["init"] == str(sup)
+
+
+def test_learning_rate_is_chosen_on_validation_only(staged: tuple[Path, dict]) -> None:
+    out, _ = staged
+    selection = pd.read_csv(out / "selection.csv")
+    assert len(selection) == 5 * 2 * len(LRS)
+    for _, group in selection.groupby(["init", "mode", "label_fraction", "seed"]):
+        chosen = group[group["selected"]]
+        assert len(chosen) == 1
+        # the chosen candidate has the best validation score its run recorded ...
+        scores = {}
+        for _, row in group.iterrows():
+            metrics = json.loads((out / row["run"] / "metrics.json").read_text())
+            scores[row["run"]] = metrics["best_val_auc_macro"]
+        order = list(scores)
+        best = max(order, key=lambda r: (scores[r], -order.index(r)))  # first on ties
+        assert chosen["run"].iloc[0] == best
+        # ... and the others were never evaluated on a test split
+        for run in group.loc[~group["selected"], "run"]:
+            assert not list((out / run).glob("eval_*.json"))
+            assert not list((out / run).glob("predictions_*.npz"))
+        assert (out / chosen["run"].iloc[0] / "eval_test.json").is_file()
+    results = pd.read_csv(out / "results.csv")
+    assert set(results["run"]) == set(selection.loc[selection["selected"], "run"])
+
+
+def test_stopped_staged_sweep_resumes_without_retraining(
+    staged: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out, protocol = staged
+    for run in ("micle-s1",):  # stopped before it wrote its final metrics
+        (out / "pretrain" / run / "metrics.json").rename(out / "pretrain" / run / "m.json")
+    (out / "finetune" / "micle-f1-s1-lr0.0003" / "metrics.json").unlink()
+    calls: list[str] = []
+    real_pretrain, real_finetune = pretrain_module.pretrain, finetune_module.finetune
+
+    def pretrain(config):  # noqa: ANN001, ANN202
+        calls.append(Path(config.out).name)
+        (Path(config.out) / "m.json").rename(Path(config.out) / "metrics.json")
+        return {}
+
+    def finetune(config):  # noqa: ANN001, ANN202
+        calls.append(Path(config.out).name)
+        return real_finetune(config)
+
+    monkeypatch.setattr(pretrain_module, "pretrain", pretrain)
+    monkeypatch.setattr(finetune_module, "finetune", finetune)
+    run_sweep(protocol, out, progress=False)
+    assert calls == ["micle-s1", "micle-f1-s1-lr0.0003"]
+    assert real_pretrain is not pretrain
+
+
+def test_stage_keys_are_checked(tmp_path: Path) -> None:
+    base = _protocol(tmp_path, tmp_path)
+    bad = {**base, "pretrain": {**base["pretrain"], "derm": {**base["pretrain"]["derm"],
+                                                             "shared": "yes"}}}  # fmt: skip
+    with pytest.raises(MedsslError, match=r"pretrain\.derm\.shared: expected true or false"):
+        load_protocol(bad)
+    shared_child = {**base["pretrain"], "x": {"method": "simclr", "init": "derm", "shared": True}}
+    with pytest.raises(MedsslError, match=r"pretrain\.x\.init: a shared entry cannot start"):
+        load_protocol({**base, "pretrain": shared_child})
+    probe = {**base["pretrain"], "supervised": {"method": "supervised", "linear_probe": True}}
+    with pytest.raises(MedsslError, match=r"linear_probe.*is not a pretraining"):
+        load_protocol({**base, "pretrain": probe})
+    with pytest.raises(MedsslError, match=r"finetune_grid\.lr: is also set in finetune"):
+        load_protocol({**base, "finetune": {**FT, "lr": 0.001}})
+    with pytest.raises(MedsslError, match=r"finetune_grid"):
+        load_protocol({**base, "finetune_grid": {"lr": [0.001, -1.0]}})
+    with pytest.raises(MedsslError, match=r"compare: .*'nosuch' is not an init"):
+        load_protocol({**base, "compare": [["micle", "nosuch"]]})
+    no_seeds = {k: v for k, v in base.items() if k != "pretrain_seeds"}
+    with pytest.raises(MedsslError, match=r"pretrain\.natural\.shared: needs pretrain_seeds"):
+        load_protocol(no_seeds)
