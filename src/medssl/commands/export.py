@@ -189,6 +189,9 @@ def export_model(
         warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
         warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export")
         warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        # timm's shape checks (_assert, pos_embed size early-outs) are constants at the fixed
+        # exported size: their tracer warnings say nothing to the user
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message=r".*(TorchScript|torch\.jit).*deprecated")
         if fmt == "torchscript":
             scripted = torch.jit.script(wrapper)

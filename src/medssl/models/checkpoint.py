@@ -237,6 +237,7 @@ def load_into_backbone(
     state: Mapping[str, torch.Tensor],
     source: str,
     drop_mismatched_conv1: bool = False,
+    question: str = "is it the same architecture, width and stem?",
 ) -> None:
     """Load ``state`` into ``backbone`` strictly (BN ``num_batches_tracked`` aside).
 
@@ -283,7 +284,7 @@ def load_into_backbone(
                 "checkpoint's conv1 (drop_mismatched_conv1=True) to keep the model's own"
             )
         else:
-            hint = "; is it the same architecture, width and stem?"
+            hint = f"; {question}"
         raise MedsslError(
             f"checkpoint {source} does not fit the backbone: {'; '.join(parts)}{hint}"
         )
@@ -305,7 +306,11 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike[str]) -> 
 
     if is_timm_model(backbone):
         p, state = read_state_dict(path)
-        load_into_backbone(backbone, timm_backbone_state(state, backbone), str(p))
+        name = type(backbone).__name__
+        question = f"is it a checkpoint of this timm architecture ({name}, same size)?"
+        load_into_backbone(
+            backbone, timm_backbone_state(state, backbone), str(p), question=question
+        )
     else:
         state = load_backbone_state(path)
         load_into_backbone(backbone, state, str(path), drop_mismatched_conv1=True)

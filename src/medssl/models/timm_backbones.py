@@ -68,6 +68,13 @@ def _unknown(model_name: str, timm: Any) -> MedsslError:
     )
 
 
+def _no_patches(patch_size: int, model_name: str) -> MedsslError:
+    return MedsslError(
+        f"{spelled('patch_size')} {patch_size}: {TIMM_PREFIX}{model_name} has no patch size "
+        "(only transformers such as ViT have one)"
+    )
+
+
 def build_timm_backbone(
     name: str, image_size: int | None = None, patch_size: int = 0
 ) -> tuple[nn.Module, int]:
@@ -92,10 +99,7 @@ def build_timm_backbone(
             if not any(k in str(exc) for k in sized):
                 raise
             if patch_size:
-                raise MedsslError(
-                    f"{spelled('patch_size')} {patch_size}: {TIMM_PREFIX}{model_name} has no "
-                    "patch size (only transformers such as ViT have one)"
-                ) from None
+                raise _no_patches(patch_size, model_name) from None
             model = timm.create_model(model_name, pretrained=False, num_classes=0)
     except MedsslError:
         raise
@@ -106,6 +110,8 @@ def build_timm_backbone(
             f"({_short(exc)})"
         ) from None
     patch = patch_size_of(model)
+    if patch_size and not patch:  # a ConvNeXt takes patch_size too: its stem's stride
+        raise _no_patches(patch_size, model_name)
     if image_size and patch and image_size % patch:
         raise MedsslError(
             f"{spelled('image_size')} {image_size} is not a multiple of the patch size {patch} "
