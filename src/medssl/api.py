@@ -179,14 +179,17 @@ def embed(
     image_size: int | None = None,
     small_stem: bool | None = None,
     patch_size: int | None = None,
+    class_column: str | None = None,
+    source_column: str | None = None,
 ) -> Embeddings:
     """The backbone features of ``images`` (``medssl embed``): ``model`` is a finetune run,
     a pretraining run or a backbone weights file (``backbone``, ``image_size``,
     ``small_stem``, ``patch_size`` describe a file; ``timm:<name>`` files in timm's layout).
     ``images`` as for :func:`predict`. Returns :class:`~medssl.embedding.Embeddings`
     (``.features`` ``(N, D)`` float32, ``.images``, ``.case_ids`` hashed unless
-    ``keep_case_ids``, ``.table()``, ``.nearest()``); with ``out`` (``.parquet`` or ``.npy``)
-    the files are written as by ``medssl embed``.
+    ``keep_case_ids``, ``.table()``, ``.nearest()``, ``.plot_map(png)``: a t-SNE map coloured
+    by the CSV's ``class_column`` and ``source_column``); with ``out`` (``.parquet`` or
+    ``.npy``) the files are written as by ``medssl embed``.
     """
     from medssl.embedding import check_files, check_format, embed_images
 
@@ -197,7 +200,8 @@ def embed(
         model, images, out=out, image_column=image_column, case_column=case_column,
         keep_case_ids=keep_case_ids, skip_unreadable=skip_unreadable, batch_size=batch_size,
         device=device, progress=progress, backbone=backbone, image_size=image_size,
-        small_stem=small_stem, patch_size=patch_size,
+        small_stem=small_stem, patch_size=patch_size, class_column=class_column,
+        source_column=source_column,
     )  # fmt: skip
     if out is not None:
         result.write(out)

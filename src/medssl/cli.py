@@ -245,6 +245,7 @@ def embed_command(args: argparse.Namespace) -> int:
         skip_unreadable=args.skip_unreadable, batch_size=args.batch_size, device=args.device,
         progress=not args.quiet, backbone=args.backbone, image_size=args.image_size,
         small_stem=args.small_stem, patch_size=args.patch_size,
+        class_column=args.class_column, source_column=args.source_column, map_out=args.map,
     )  # fmt: skip
     print(json.dumps(summary(result), indent=2) if args.json else format_embed(result))
     skipped = format_skipped(result)
@@ -268,6 +269,10 @@ def add_embed_parser(commands) -> None:  # noqa: ANN001 - argparse's private typ
                    "--keep-case-ids")  # fmt: skip
     p.add_argument("--image-column", default="image", help="CSV: image path column")
     p.add_argument("--case-column", help="CSV: case column (stored hashed)")
+    p.add_argument("--class-column", help="CSV: a class column, stored and coloured by --map")
+    p.add_argument("--source-column", help="CSV: a source/site column, likewise")
+    p.add_argument("--map", metavar="PNG",
+                   help="a 2-D t-SNE map of the embeddings, by class and by source")  # fmt: skip
     p.add_argument("--keep-case-ids", action="store_true",
                    help="store case ids in clear (default: HMAC-SHA256 under a salt)")  # fmt: skip
     p.add_argument("--skip-unreadable", action="store_true",

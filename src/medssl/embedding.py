@@ -56,6 +56,8 @@ FORMATS = (".parquet", ".npy")
 #: the feature column of a .parquet file
 FEATURES = "embedding"
 METADATA_KEY = b"medssl"
+#: columns of a file that are not labels
+_KNOWN = ("image", "case_id", FEATURES)
 SALT_SUFFIX = ".case_id_salt"
 
 
@@ -98,10 +100,11 @@ def check_files(
     query: str | os.PathLike[str] | None = None,
     neighbours_out: str | os.PathLike[str] | None = None,
     hashed_ids: bool = False,
+    map_out: str | os.PathLike[str] | None = None,
 ) -> None:
     """Refuse, before any work, outputs that would destroy an input or another output
     (:func:`medssl.outputs.check_outputs`): ``out`` and its sidecars, the salt beside it
-    (``hashed_ids`` of a weights file) and ``neighbours_out``."""
+    (``hashed_ids`` of a weights file), ``neighbours_out`` and ``map_out``."""
     from medssl.outputs import check_outputs
 
     outputs: list[tuple[str, Any]] = []
@@ -111,6 +114,8 @@ def check_files(
             outputs.append(("--out", salt_path(out)))
     if neighbours_out:
         outputs.append(("--neighbours-out", neighbours_out))
+    if map_out:
+        outputs.append(("--map", map_out))
     files, folders = _inputs(model, images, embeddings, query)
     check_outputs(outputs, files, folders)
 
@@ -291,7 +296,8 @@ class Embeddings:
 
     ``features`` is ``(N, D)`` float32, one row per embedded image; ``images`` names them as
     given; ``case_ids`` (with a case column) are hashed unless ``meta["case_ids"]`` says
-    ``clear``; ``skipped`` lists ``(image, reason)`` of images left out.
+    ``clear``; ``skipped`` lists ``(image, reason)`` of images left out; ``labels`` holds
+    the CSV columns asked for (``class``, ``source``: what :meth:`plot_map` colours by).
     """
 
     features: np.ndarray
@@ -299,13 +305,23 @@ class Embeddings:
     case_ids: list[str] | None
     meta: dict[str, Any]
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    labels: dict[str, list[str]] = field(default_factory=dict)
 
     def table(self) -> pd.DataFrame:
-        """``image`` and ``case_id`` (with case ids) per row, in the order of ``features``."""
+        """``image``, ``case_id`` (with case ids) and the ``labels`` per row, in the order of
+        ``features``."""
         columns: dict[str, Any] = {"image": self.images}
         if self.case_ids is not None:
             columns["case_id"] = self.case_ids
+        columns.update(self.labels)
         return pd.DataFrame(columns)
+
+    def plot_map(self, path: str | os.PathLike[str], seed: int = 0) -> Path:
+        """A 2-D t-SNE map of the features, one panel per label (class, source), written to
+        ``path`` (PNG) by :func:`medssl.report.plots.plot_embedding_map`."""
+        from medssl.report.plots import plot_embedding_map
+
+        return plot_embedding_map(self.features, path, self.labels, seed=seed)
 
     def write(self, out: str | os.PathLike[str]) -> dict[str, Path]:
         """Write the file(s) for ``out`` atomically (module docstring); return them by kind."""
@@ -349,6 +365,8 @@ class Embeddings:
         columns: dict[str, Any] = {"image": pa.array(self.images, pa.string())}
         if self.case_ids is not None:
             columns["case_id"] = pa.array(self.case_ids, pa.string())
+        for name, values in self.labels.items():
+            columns[name] = pa.array(values, pa.string())
         columns[FEATURES] = vectors
         table = pa.table(columns).replace_schema_metadata({METADATA_KEY: json.dumps(self.meta)})
         pq.write_table(table, tmp)
@@ -422,11 +440,14 @@ def embed_images(
     image_size: int | None = None,
     small_stem: bool | None = None,
     patch_size: int | None = None,
+    class_column: str | None = None,
+    source_column: str | None = None,
 ) -> Embeddings:
     """The backbone features of ``images`` under ``model`` (module docstring).
 
     ``out`` is only where a weights file's case-id salt is kept (beside it); writing is
-    :meth:`Embeddings.write`.
+    :meth:`Embeddings.write`. ``class_column`` and ``source_column`` name CSV columns kept
+    as the labels ``class`` and ``source`` (stored in the file, coloured by the map).
     """
     from medssl import __version__
     from medssl.inference import decode_images, list_images, run_decoder
@@ -434,7 +455,11 @@ def embed_images(
 
     if batch_size < 1:
         raise MedsslError(f"--batch-size must be >= 1, got {batch_size}")
-    listed = list_images(images, image_column, case_column, skip_unreadable, command="embed")
+    wanted = {"class": class_column, "source": source_column}
+    listed = list_images(
+        images, image_column, case_column, skip_unreadable, command="embed",
+        label_columns={name: column for name, column in wanted.items() if column},
+    )  # fmt: skip
     embedder = model if isinstance(model, EmbeddingModel) else load_embedding_model(
         model, backbone=backbone, image_size=image_size, small_stem=small_stem,
         patch_size=patch_size, device=device,
@@ -462,7 +487,8 @@ def embed_images(
         **id_meta,
     }  # fmt: skip
     features = np.concatenate(chunks).astype(np.float32, copy=False)
-    return Embeddings(features, [listed.names[i] for i in kept], stored, meta, skipped)
+    labels = {name: [values[i] for i in kept] for name, values in listed.labels.items()}
+    return Embeddings(features, [listed.names[i] for i in kept], stored, meta, skipped, labels)
 
 
 def embed_query(embedder: EmbeddingModel, image: str | os.PathLike[str]) -> np.ndarray:
@@ -502,7 +528,9 @@ def read_embeddings(path: str | os.PathLike[str], option: str = "--embeddings") 
     table = read_csv(rows, ["image"], option)
     meta = _json(meta_file.read_text(), f"{option} {meta_file}")
     case_ids = table["case_id"].astype(str).tolist() if "case_id" in table.columns else None
-    return _checked(features, table["image"].astype(str).tolist(), case_ids, meta, path, option)
+    labels = {c: table[c].astype(str).tolist() for c in table.columns if c not in _KNOWN}
+    images = table["image"].astype(str).tolist()
+    return _checked(features, images, case_ids, meta, path, option, labels)
 
 
 def _read_parquet(path: Path, option: str) -> Embeddings:
@@ -525,7 +553,9 @@ def _read_parquet(path: Path, option: str) -> Embeddings:
     meta = _json(raw.decode(), f"{option} {path} (its metadata)")
     case_ids = table.column("case_id").to_pylist() if "case_id" in table.column_names else None
     images = table.column("image").to_pylist()
-    return _checked(features, images, case_ids, meta, path, option)
+    labels = {c: [str(v) for v in table.column(c).to_pylist()] for c in table.column_names
+              if c not in _KNOWN}  # fmt: skip
+    return _checked(features, images, case_ids, meta, path, option, labels)
 
 
 def _json(text: str, what: str) -> dict[str, Any]:
@@ -540,7 +570,7 @@ def _json(text: str, what: str) -> dict[str, Any]:
 
 def _checked(
     features: np.ndarray, images: list[str], case_ids: list[str] | None,
-    meta: dict[str, Any], path: Path, option: str,
+    meta: dict[str, Any], path: Path, option: str, labels: dict[str, list[str]],
 ) -> Embeddings:  # fmt: skip
     features = np.asarray(features, dtype=np.float32)
     if features.ndim != 2 or len(features) != len(images) or not len(images):
@@ -548,7 +578,7 @@ def _checked(
             f"{option} {path}: {features.shape} features for {len(images)} images (expected "
             "one row of features per image)"
         )
-    return Embeddings(features, [str(i) for i in images], case_ids, meta)
+    return Embeddings(features, [str(i) for i in images], case_ids, meta, labels=labels)
 
 
 def nearest_cases(

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +55,8 @@ class ImageList:
     case_ids: list[str] | None = None
     #: (name, reason) of listed images that do not exist (only with ``skip_unreadable``)
     missing: list[tuple[str, str]] = field(default_factory=list)
+    #: further CSV columns asked for (``{"class": [...], "source": [...]}``), one value per image
+    labels: dict[str, list[str]] = field(default_factory=dict)
 
 
 def load_classifier(run: Path, num_classes: int, device: torch.device) -> Classifier:
@@ -147,9 +149,14 @@ def _column(frame: pd.DataFrame, column: str, option: str, csv_path: Path) -> li
 
 
 def list_csv(
-    csv_path: Path, image_column: str, case_column: str | None, skip_unreadable: bool
+    csv_path: Path,
+    image_column: str,
+    case_column: str | None,
+    skip_unreadable: bool,
+    label_columns: Mapping[str, str] | None = None,
 ) -> ImageList:
-    """The images a CSV lists (paths relative to its folder or absolute), with case ids.
+    """The images a CSV lists (paths relative to its folder or absolute), with case ids and
+    the ``label_columns`` (``{name: CSV column}``, read with option ``--<name>-column``).
 
     A listed file that does not exist is an error naming its row, or, with
     ``skip_unreadable``, an entry of :attr:`ImageList.missing`.
@@ -157,6 +164,10 @@ def list_csv(
     frame = read_csv(csv_path, [], "--images")
     names = _column(frame, image_column, "--image-column", csv_path)
     cases = _column(frame, case_column, "--case-column", csv_path) if case_column else None
+    labels = {
+        name: _column(frame, column, f"--{name}-column", csv_path)
+        for name, column in (label_columns or {}).items()
+    }
     keep, missing, paths = [], [], []
     for row, name in enumerate(names):
         path = Path(name).expanduser()
@@ -172,8 +183,9 @@ def list_csv(
                 "(--skip-unreadable leaves it out)"
             )
     return ImageList(
-        paths, [names[i] for i in keep], [cases[i] for i in keep] if cases else None, missing
-    )
+        paths, [names[i] for i in keep], [cases[i] for i in keep] if cases else None, missing,
+        {name: [values[i] for i in keep] for name, values in labels.items()},
+    )  # fmt: skip
 
 
 def list_images(
@@ -182,26 +194,31 @@ def list_images(
     case_column: str | None = None,
     skip_unreadable: bool = False,
     command: str = "predict",
+    label_columns: Mapping[str, str] | None = None,
 ) -> ImageList:
     """A folder, a CSV file or a list of image paths -> :class:`ImageList` (``command``
-    names the caller in the message for an empty list)."""
+    names the caller in the message for an empty list; ``label_columns`` as for
+    :func:`list_csv`)."""
+    needs_csv = [f"--{n}-column" for n in label_columns or {}] + (
+        ["--case-column"] if case_column else []
+    )
     if not isinstance(images, (str, os.PathLike)):
-        if case_column:
-            raise MedsslError("--case-column needs --images to be a CSV file")
+        if needs_csv:
+            raise MedsslError(f"{needs_csv[0]} needs --images to be a CSV file")
         paths = [str(Path(p).expanduser()) for p in images]
         if not paths:
             raise MedsslError(f"{command}: the list of images is empty")
         return ImageList(paths, [str(p) for p in images])
     path = Path(images).expanduser()
     if path.is_dir():
-        if case_column:
-            raise MedsslError(f"--case-column needs a CSV file, but --images {path} is a folder")
+        if needs_csv:
+            raise MedsslError(f"{needs_csv[0]} needs a CSV file, but --images {path} is a folder")
         return list_folder(path)
     if not path.exists():
         raise MedsslError(f"--images {path}: no such file or folder")
     if path.suffix.lower() != ".csv":
         raise MedsslError(f"--images {path}: expected a folder of images or a .csv file")
-    return list_csv(path, image_column, case_column, skip_unreadable)
+    return list_csv(path, image_column, case_column, skip_unreadable, label_columns)
 
 
 def decoder(size: int, source: Sequence[int] = ()):  # noqa: ANN202 - a closure

@@ -73,6 +73,7 @@ def pictures(tmp_path_factory) -> tuple[Path, Path, np.ndarray]:
     frame = pd.DataFrame({
         "image": [str(folder / f"img{i}.png") for i in range(6)],
         "patient": [f"patient{i // 2}" for i in range(6)],
+        "label": ["nv", "mel", "nv", "bkl", "mel", "nv"], "site": ["a", "b"] * 3,
     })  # fmt: skip
     frame.to_csv(csv, index=False)
     return folder, csv, pixels
@@ -259,3 +260,35 @@ def test_a_timm_vit_checkpoint_embeds_as_timm_computes_it(pictures, tmp_path):
     assert result.meta["patch_size"] == 8 and result.features.shape[1] == vit.num_features
     nearest = result.nearest(result.features[2], top_k=1)
     assert nearest["image"].tolist() == ["img2.png"]
+
+
+def test_map_of_embeddings_by_class_and_source(weights, pictures, tmp_path, capsys):
+    path, _ = weights
+    _, csv, _ = pictures
+    out, png = tmp_path / "emb.npy", tmp_path / "map.png"
+    assert main([str(a) for a in ["embed", "--model", path, "--images", csv, "--image-size", "16",
+                                  "--class-column", "label", "--source-column", "site",
+                                  "--out", out, "--map", png, "--quiet"]]) == 0  # fmt: skip
+    assert "t-SNE map of 6 embeddings" in capsys.readouterr().out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = read_embeddings(out)  # the labels travel with the file
+    assert saved.labels == {"class": ["nv", "mel", "nv", "bkl", "mel", "nv"],
+                            "source": ["a", "b"] * 3}  # fmt: skip
+    again = tmp_path / "again.png"
+    assert main(["embed", "--embeddings", str(out), "--map", str(again)]) == 0
+    assert again.is_file()
+    line = fails(capsys, "embed", "--embeddings", out, "--map", tmp_path / "map.jpg")
+    assert "give a .png file" in line
+
+
+def test_tsne_keeps_separated_clusters_apart():
+    from medssl.report.plots import embedding_map_coordinates
+
+    rng = np.random.default_rng(0)
+    centres = np.eye(8)[:2] * 10
+    features = np.concatenate([c + rng.normal(size=(12, 8)) for c in centres])
+    xy = embedding_map_coordinates(features, seed=0)
+    distances = np.linalg.norm(xy[:, None] - xy[None], axis=2)
+    np.fill_diagonal(distances, np.inf)
+    nearest = distances.argmin(1)
+    assert ((nearest < 12) == (np.arange(24) < 12)).all()

@@ -33,8 +33,13 @@ def run_embed(
     image_size: int | None = None,
     small_stem: bool | None = None,
     patch_size: int | None = None,
+    class_column: str | None = None,
+    source_column: str | None = None,
+    map_out: str | None = None,
 ) -> dict[str, Any]:
-    """Embed ``images`` into ``out`` and/or retrieve the ``top_k`` nearest of ``query``.
+    """Embed ``images`` into ``out`` and/or retrieve the ``top_k`` nearest of ``query``;
+    ``map_out`` draws a t-SNE map (PNG) of the embeddings coloured by their class and source
+    (``class_column``, ``source_column``).
 
     Returns ``{"embeddings": Embeddings, "written": {kind: path}, "neighbours": DataFrame or
     None}``.
@@ -51,14 +56,14 @@ def run_embed(
         raise MedsslError("give --images (to embed them) or --embeddings (a saved file), not both")
     if not images and not embeddings:
         raise MedsslError("--images is required (or --embeddings FILE with --query)")
-    if embeddings and not query:
-        raise MedsslError(f"--embeddings {embeddings} is for retrieval: give --query IMAGE")
+    if embeddings and not query and not map_out:
+        raise MedsslError(f"--embeddings {embeddings}: give --query IMAGE or --map PNG")
     if images and not model:
         raise MedsslError(
             "--model is required: a finetune run, a pretraining run or a weights file"
         )
-    if images and not out and not query:
-        raise MedsslError("--out is required (.parquet or .npy), unless --query retrieves")
+    if images and not out and not query and not map_out:
+        raise MedsslError("--out is required (.parquet or .npy), unless --query or --map")
     if embeddings and out:
         raise MedsslError("--out writes new embeddings of --images; with --embeddings leave it out")
     if top_k < 1:
@@ -72,9 +77,11 @@ def run_embed(
             raise MedsslError(f"--neighbours-out {neighbours_out}: give a .csv file")
         if not query:
             raise MedsslError("--neighbours-out needs --query")
+    if map_out and Path(map_out).suffix.lower() != ".png":
+        raise MedsslError(f"--map {map_out}: give a .png file")
     check_files(
         model, images, out, embeddings=embeddings, query=query, neighbours_out=neighbours_out,
-        hashed_ids=bool(case_column) and not keep_case_ids,
+        hashed_ids=bool(case_column) and not keep_case_ids, map_out=map_out,
     )  # fmt: skip
 
     result: dict[str, Any] = {"embeddings": None, "written": {}, "neighbours": None}
@@ -87,11 +94,18 @@ def run_embed(
         found = embed_images(
             embedder, images, out=out, image_column=image_column, case_column=case_column,
             keep_case_ids=keep_case_ids, skip_unreadable=skip_unreadable,
-            batch_size=batch_size, progress=progress,
+            batch_size=batch_size, progress=progress, class_column=class_column,
+            source_column=source_column,
         )  # fmt: skip
         result["embeddings"] = found
         if out:
             result["written"] = found.write(out)
+    if embeddings and map_out:
+        from medssl.embedding import read_embeddings
+
+        result["embeddings"] = read_embeddings(embeddings)
+    if map_out:
+        result["written"]["map"] = result["embeddings"].plot_map(map_out)
     if query:
         source = result["embeddings"] or embeddings
         table = nearest_cases(query, source, embedder, top_k, device)
@@ -129,7 +143,9 @@ def format_embed(result: dict[str, Any]) -> str:
             f"{found.meta.get('backbone')}) -> {written['embeddings']}"
         )
         lines += [f"  {kind}: {path}" for kind, path in written.items()
-                  if kind not in ("embeddings", "skipped", "neighbours")]  # fmt: skip
+                  if kind not in ("embeddings", "skipped", "neighbours", "map")]  # fmt: skip
+    if "map" in written:
+        lines.append(f"t-SNE map of {len(found.images)} embeddings -> {written['map']}")
     neighbours = result["neighbours"]
     if neighbours is not None:
         lines.append(f"nearest {len(neighbours)} (cosine):")

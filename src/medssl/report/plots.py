@@ -1,4 +1,5 @@
-"""Figures of a report: label efficiency, in-distribution vs shift, ROC, reliability.
+"""Figures of a report: label efficiency, in-distribution vs shift, ROC, reliability, and
+maps of embeddings (t-SNE, coloured by class and source: ``medssl embed --map``).
 
 Plots are drawn on :class:`matplotlib.figure.Figure` objects directly, never through
 ``pyplot``: that renders with Agg on a headless machine without touching the global
@@ -536,4 +537,74 @@ def plot_reliability(
     ax.grid(True, alpha=0.3)
     ax.set_title(title or f"Reliability — {_split_label(split)}", fontsize=10)
     ax.legend(loc="best", fontsize=9, title="Initialisation", title_fontsize=9)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- embedding maps
+
+
+def embedding_map_coordinates(features: np.ndarray, seed: int = 0) -> np.ndarray:
+    """2-D t-SNE coordinates ``(N, 2)`` of feature rows (scikit-learn's, PCA start), on the
+    L2-normalised features: the geometry of ``medssl embed``'s cosine retrieval. umap-learn
+    is not a dependency; t-SNE keeps local neighbourhoods, not global distances."""
+    from sklearn.manifold import TSNE
+
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2 or len(x) < 4:
+        raise MedsslError(f"an embedding map needs at least 4 images, got {len(x)}")
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    x = x / np.where(norms > 0, norms, 1)
+    perplexity = float(min(30.0, (len(x) - 1) / 3))
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed)
+    return tsne.fit_transform(x)
+
+
+def plot_embedding_map(
+    features: np.ndarray,
+    path: Path | str,
+    colour_by: Mapping[str, Sequence[str]] | None = None,
+    *,
+    title: str | None = None,
+    seed: int = 0,
+    coordinates: np.ndarray | None = None,
+) -> Path:
+    """A 2-D map of embeddings, one panel per entry of ``colour_by`` (``{"class": [...],
+    "source": [...]}``, one value per row; none: one panel, one colour), points coloured by
+    value (Okabe-Ito colours; past eight values a colour map). ``coordinates`` (``(N, 2)``)
+    skip the t-SNE of :func:`embedding_map_coordinates`. Returns ``path`` (PNG)."""
+    n = len(features)
+    panels = dict(colour_by or {})
+    for name, values in panels.items():
+        if len(values) != n:
+            raise MedsslError(f"embedding map: {len(values)} {name} values for {n} images")
+    xy = embedding_map_coordinates(features, seed) if coordinates is None else coordinates
+    xy = np.asarray(xy, dtype=np.float64)
+    if xy.shape != (n, 2):
+        raise MedsslError(f"embedding map: coordinates of shape {xy.shape}, expected ({n}, 2)")
+    if not panels:
+        panels = {"": ["all images"] * n}
+    fig = _new_figure(4.8 * len(panels), 4.6)
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    palette = list(_OKABE_ITO.values())
+    for ax, (name, values) in zip(axes, panels.items(), strict=True):
+        values = np.asarray([str(v) for v in values])
+        levels = sorted(set(values.tolist()))
+        if len(levels) > len(palette):
+            from matplotlib import colormaps
+
+            cmap = colormaps["tab20"].resampled(len(levels))
+            colours = [cmap(i) for i in range(len(levels))]
+        else:
+            colours = palette[: len(levels)]
+        for level, colour in zip(levels, colours, strict=True):
+            rows = values == level
+            ax.scatter(xy[rows, 0], xy[rows, 1], s=10, color=colour, alpha=0.75, lw=0,
+                       label=f"{level} ({int(rows.sum())})")  # fmt: skip
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(f"by {name}" if name else "embeddings", fontsize=10)
+        if len(levels) <= 20:
+            ax.legend(loc="best", fontsize=7, markerscale=1.5, title=name or None,
+                      title_fontsize=8)  # fmt: skip
+    fig.suptitle(title or f"t-SNE of {n} embeddings", fontsize=11)
     return _save(fig, path)
