@@ -292,3 +292,17 @@ def test_tsne_keeps_separated_clusters_apart():
     np.fill_diagonal(distances, np.inf)
     nearest = distances.argmin(1)
     assert ((nearest < 12) == (np.arange(24) < 12)).all()
+
+
+def test_a_timm_pretraining_run_embeds_as_its_exported_backbone(ham, pictures, tmp_path):
+    import timm
+
+    run = tmp_path / "vit-run"
+    pretrain(tiny_pretrain_config(ham, run, epochs=1, backbone="timm:test_vit", patch_size=8))
+    folder, _, pixels = pictures
+    result = medssl.embed(run, folder, progress=False)
+    vit = timm.create_model("test_vit", pretrained=False, num_classes=0, img_size=16,
+                            patch_size=8)  # fmt: skip
+    vit.load_state_dict(safetensors.torch.load_file(str(run / "backbone.safetensors")))
+    np.testing.assert_allclose(result.features, by_hand(vit, pixels), rtol=1e-4, atol=1e-5)
+    assert (result.meta["kind"], result.meta["patch_size"]) == ("pretrain", 8)
