@@ -380,3 +380,43 @@ def test_the_largest_seed_trains(tmp_path):
     config = tiny_finetune_config(root, tmp_path / "ft", epochs=1, seed=MAX_SEED)
     config.data["split_seed"] = MAX_SEED
     assert finetune(config)["train_images"] > 0
+
+
+# --- duplicate keys ---------------------------------------------------------------------------
+
+
+def test_a_key_written_twice_is_an_error_naming_both(capsys, tmp_path):
+    """YAML's last-wins made ``epochs: 1 ... epochs: 50`` silently a 50-epoch run."""
+    config = tmp_path / "run.yaml"
+    config.write_text("epochs: 1\nlr: 0.1\nepochs: 50\n")
+    line = fails(capsys, "finetune", *SYNTHETIC, "--out", tmp_path / "r", "--config", config)
+    assert f"--config {config}: 'epochs' is written twice (lines 1 and 3)" in line
+    config.write_text("batch_size: 8\nbatch-size: 64\n")
+    line = fails(capsys, "finetune", *SYNTHETIC, "--out", tmp_path / "r", "--config", config)
+    assert f"--config {config}: batch_size and batch-size are the same option" in line
+    protocol = _protocol(tmp_path / "p.yaml")
+    protocol.write_text(protocol.read_text() + "finetune:\n  epochs: 1\n  epochs: 2\n")
+    line = fails(capsys, "sweep", protocol, "--out", tmp_path / "sweep")
+    assert f"protocol {protocol}: 'epochs' is written twice" in line
+    assert not (tmp_path / "r").exists() and not (tmp_path / "sweep").exists()
+
+
+def test_yaml_merge_keys_still_override(tmp_path):
+    from medssl.options import read_yaml_mapping
+
+    path = tmp_path / "m.yaml"
+    path.write_text("base: &b {epochs: 1, lr: 0.1}\nrun:\n  <<: *b\n  epochs: 5\n")
+    assert read_yaml_mapping(path, "x", "y")["run"] == {"epochs": 5, "lr": 0.1}
+
+
+@pytest.mark.parametrize(
+    ("suffix", "text"),
+    [(".yaml", "nv: nv\nmel: mel\nnv: bkl\n"), (".json", '{"nv": "nv", "nv": "mel"}')],
+)
+def test_a_class_map_with_a_source_class_written_twice_is_refused(tmp_path, suffix, text):
+    from medssl.metrics import load_class_map
+
+    path = tmp_path / f"map{suffix}"
+    path.write_text(text)
+    with pytest.raises(MedsslError, match=f"class mapping {path}: 'nv' is written twice"):
+        load_class_map(path)

@@ -144,8 +144,17 @@ def load_config_file(path: str | None) -> dict[str, Any]:
     """Options from a YAML/JSON config file, keyed by option name (dashes or underscores)."""
     if not path:
         return {}
-    data = read_yaml_mapping(path, f"--config {path}", "option names to values", allow_empty=True)
-    return {str(k).replace("-", "_"): v for k, v in data.items()}
+    where = f"--config {path}"
+    data = read_yaml_mapping(path, where, "option names to values", allow_empty=True)
+    out: dict[str, Any] = {}
+    written: dict[str, str] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        name = ALIASES.get(name, name)
+        if name in written:
+            raise MedsslError(f"{where}: {written[name]} and {key} are the same option; keep one")
+        out[name], written[name] = value, str(key)
+    return out
 
 
 def trainer_config(cls: type, args: argparse.Namespace) -> tuple[Any, Given]:
@@ -157,7 +166,7 @@ def trainer_config(cls: type, args: argparse.Namespace) -> tuple[Any, Given]:
     """
     path = getattr(args, "config", None)
     file = Given(
-        {ALIASES.get(k, k): v for k, v in load_config_file(path).items()},
+        load_config_file(path),
         Where(f"--config {path}: "),
     )
     own = [k for k, s in settings(cls).items() if s.meta.user]

@@ -30,7 +30,7 @@ from sklearn.metrics import (
 )
 
 from medssl.errors import MedsslError
-from medssl.options import read_text
+from medssl.options import parse_yaml, read_text
 
 __all__ = [
     "CHEXPERT_FIVE",
@@ -903,23 +903,27 @@ def _read_class_map_file(p: Path) -> Any:
     """The parsed contents of a class mapping file (``.json`` as JSON, else YAML)."""
     text = read_text(p, f"class mapping {p}")
     if p.suffix.lower() == ".json":
+
+        def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+            keys = [k for k, _ in pairs]
+            twice = next((k for i, k in enumerate(keys) if k in keys[:i]), None)
+            if twice is not None:
+                raise MedsslError(f"class mapping {p}: {twice!r} is written twice; keep one")
+            return dict(pairs)
+
         try:
-            return json.loads(text)
+            return json.loads(text, object_pairs_hook=unique)
         except json.JSONDecodeError as e:
             raise MedsslError(
                 f"class mapping {p} is not valid JSON: {e.msg} at line {e.lineno}"
             ) from None
     try:
-        import yaml
+        import yaml  # noqa: F401 - parse_yaml's
     except ImportError:
         raise MedsslError(
             f"reading YAML class mapping {p} needs PyYAML (pip install pyyaml), or use a .json file"
         ) from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        msg = " ".join(str(e).split())
-        raise MedsslError(f"class mapping {p} is not valid YAML: {msg}") from None
+    return parse_yaml(text, f"class mapping {p}")
 
 
 def _check_class_entries(data: Any, where: str) -> dict[str, str | None]:

@@ -48,6 +48,7 @@ __all__ = [
     "default_of",
     "option",
     "parse_flag_value",
+    "parse_yaml",
     "read",
     "read_text",
     "read_yaml_mapping",
@@ -169,6 +170,51 @@ def read_text(path: str | os.PathLike[str], where: str) -> str:
         ) from None
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, first: int, again: int) -> None:
+        super().__init__(f"{key!r} is written twice (lines {first} and {again}); keep one")
+
+
+@cache
+def _unique_key_loader() -> type:
+    """A ``yaml.SafeLoader`` whose mappings refuse a key written twice (YAML's own rule,
+    which PyYAML does not enforce: it keeps the last). Merge keys (``<<: *base``) still
+    override."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            if isinstance(node, yaml.MappingNode):
+                seen: dict[Any, int] = {}
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    line = key_node.start_mark.line + 1
+                    try:
+                        if key in seen:
+                            raise _DuplicateKey(key, seen[key], line)
+                        seen[key] = line
+                    except TypeError:  # an unhashable key: SafeLoader says so
+                        break
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """The YAML (or JSON) document ``text``; invalid YAML or a mapping key written twice is
+    one line starting with ``where``. The one YAML parser for files users write."""
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_unique_key_loader())  # noqa: S506 - a SafeLoader
+    except _DuplicateKey as exc:
+        raise MedsslError(f"{where}: {exc}") from None
+    except yaml.YAMLError as exc:
+        raise MedsslError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
+
+
 def read_yaml_mapping(
     path: str | os.PathLike[str], where: str, holds: str, allow_empty: bool = False
 ) -> dict[str, Any]:
@@ -176,13 +222,7 @@ def read_yaml_mapping(
     with ``where`` (``--config run.yaml``, ``protocol p.yaml``) and a file that is not a
     mapping is said to need ``holds`` (what its keys and values are). ``allow_empty``: an
     empty file reads as ``{}``."""
-    import yaml
-
-    text = read_text(path, where)
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise MedsslError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    data = parse_yaml(read_text(path, where), where)
     if data is None and allow_empty:
         return {}
     if not isinstance(data, dict):
