@@ -45,6 +45,7 @@ def _protocol(ham: Path, natural: Path) -> dict:
         "finetune_grid": {"lr": LRS},
         "splits": ["test"],
         "compare": [["micle", "derm2"], ["natural", "supervised"]],
+        "prune": True,
         "n_boot": 10,
     }
 
@@ -142,6 +143,12 @@ def test_learning_rate_is_chosen_on_validation_only(staged: tuple[Path, dict]) -
             assert not list((out / run).glob("eval_*.json"))
             assert not list((out / run).glob("predictions_*.npz"))
         assert (out / chosen["run"].iloc[0] / "eval_test.json").is_file()
+        # prune: true keeps the chosen weights only, and no run's training state
+        assert (out / chosen["run"].iloc[0] / "best.pt").is_file()
+        for run in group["run"]:
+            assert not (out / run / "checkpoints" / "last.pt").exists()
+        for run in group.loc[~group["selected"], "run"]:
+            assert not (out / run / "best.pt").exists()
     results = pd.read_csv(out / "results.csv")
     assert set(results["run"]) == set(selection.loc[selection["selected"], "run"])
 

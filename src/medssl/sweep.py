@@ -24,7 +24,8 @@ fine-tuning grid::
         class_map: {common nevus: nv, atypical nevus: nv, melanoma: mel}  # dataset -> model
     n_boot: 1000
 
-**Settings.** ``image_size``, ``backbone``, ``small_stem`` and ``device`` apply to every run;
+**Settings.** ``image_size``, ``backbone`` (``timm:<name>`` too), ``small_stem``,
+``patch_size`` and ``device`` apply to every run;
 a ``pretrain`` entry and the ``finetune`` section take the options of ``medssl pretrain`` /
 ``medssl finetune`` as keys (an ``augment:`` block too), read and checked by the same code
 as those commands' flags (:mod:`medssl.options`) when the protocol is loaded, so a bad value
@@ -117,14 +118,15 @@ PRETRAINING_COLUMNS = [
 PROTOCOL_KEYS = {
     "data", "image_size", "backbone", "small_stem", "pretrain", "pretrain_seeds", "inits",
     "label_fractions", "seeds", "finetune", "finetune_grid", "finetune_modes", "splits",
-    "external", "compare", "n_boot", "mean_over", "device", "title", "notes",
+    "external", "compare", "prune", "n_boot", "mean_over", "device", "title", "notes",
+    "patch_size",
 }  # fmt: skip
 #: keys of a pretraining entry that the sweep reads itself (the others are run options)
 ENTRY_KEYS = ("data", "shared")
 #: ``method`` of a pretraining entry that is a supervised run (medssl finetune options)
 SUPERVISED = "supervised"
 #: protocol keys that set one option of every run (pretraining and fine-tuning)
-_SHARED = ("image_size", "backbone", "small_stem", "device")
+_SHARED = ("image_size", "backbone", "small_stem", "patch_size", "device")
 #: fine-tuning modes: the whole network, or a linear probe on the frozen backbone
 FINETUNE_MODES = ("finetune", "linear")
 REQUIRED_KEYS = ("data", "inits", "label_fractions")
@@ -192,6 +194,7 @@ class Protocol:
     image_size: int | None = None
     backbone: str | None = None
     small_stem: bool | None = None
+    patch_size: int | None = None
     pretrain: dict[str, dict[str, Any]] = field(default_factory=dict)  # dependency order
     roles: dict[str, EntryRole] = field(default_factory=dict)  # every pretrain entry's role
     pretrain_seeds: list[int] | None = None  # None: one pretraining run serves every seed
@@ -202,6 +205,7 @@ class Protocol:
     splits: list[str] = field(default_factory=list)
     external: list[External] = field(default_factory=list)
     compare: list[tuple[str, str]] = field(default_factory=list)  # extra paired comparisons
+    prune: bool = False  # drop finished fine-tunes' weights the sweep no longer needs
     n_boot: int = 1000
     mean_over: list[str] | None = None
     device: str | None = None
@@ -219,7 +223,7 @@ class Protocol:
         for key in ("pretrain_seeds", "finetune_modes", *_SHARED):
             if out[key] is None:
                 out.pop(key)
-        for key in ("external", "finetune_grid", "compare"):
+        for key in ("external", "finetune_grid", "compare", "prune"):
             if not out[key]:
                 out.pop(key)
         if "compare" in out:
@@ -587,6 +591,9 @@ def load_protocol(protocol: dict[str, Any] | str | Path) -> Protocol:
         raise _fail(source, "splits", f"{splits} are not split names (test, shift, val)")
     external = _externals(raw.get("external"), source, base, splits)
     compare = _comparisons(raw.get("compare"), [i.label for i in inits], source)
+    prune = raw.get("prune", False)
+    if not isinstance(prune, bool):
+        raise _fail(source, "prune", f"expected true or false, got {prune!r}")
     n_boot = _int(raw.get("n_boot", 1000), source, "n_boot", minimum=0)
     mean_over = raw.get("mean_over")
     if mean_over is not None:
@@ -596,7 +603,7 @@ def load_protocol(protocol: dict[str, Any] | str | Path) -> Protocol:
         data=data, inits=inits, label_fractions=fractions, seeds=seeds, **shared,
         pretrain=pretrain, roles=roles, pretrain_seeds=pretrain_seeds, finetune=finetune,
         finetune_grid=grid, finetune_modes=modes, splits=splits, external=external,
-        compare=compare, n_boot=n_boot,
+        compare=compare, prune=prune, n_boot=n_boot,
         mean_over=mean_over, title=title, notes=notes, source=source,
     )  # fmt: skip
 
@@ -735,7 +742,8 @@ def _finetune_config(
             architecture = read_config(target)
     else:
         target = "random"
-    settings.update({k: architecture[k] for k in ("backbone", "small_stem") if k in architecture})
+    arch_keys = ("backbone", "small_stem", "patch_size")
+    settings.update({k: architecture[k] for k in arch_keys if k in architecture})
     settings.update(p.finetune)
     settings.update(candidate or {})
     if p.finetune_modes is not None:
@@ -1120,6 +1128,20 @@ def _select(p: Protocol, group: list[_Job], where: str) -> _Job:
     return chosen
 
 
+def _prune(group: list[_Job], chosen: _Job) -> None:
+    """``prune: true``: once a group is chosen and evaluated, its runs' training state
+    (``checkpoints/last.pt``: weights and optimiser moments, only needed to continue a run)
+    and the weights of the candidates not chosen go; logs, configs, metrics, evaluations and
+    the chosen ``best.pt`` stay. A pruned run is still complete, so the sweep resumes."""
+    from medssl.train.finetune import BEST
+    from medssl.train.run import CHECKPOINT
+
+    for job in group:
+        (job.run / CHECKPOINT).unlink(missing_ok=True)
+        if job is not chosen:
+            (job.run / BEST).unlink(missing_ok=True)
+
+
 def run_sweep(
     protocol: dict[str, Any] | str | Path, out_dir: str | Path, progress: bool = True
 ) -> Path:
@@ -1180,6 +1202,8 @@ def run_sweep(
         if job.kind == "finetune" and job.last_of_group:
             chosen = _select(p, groups[job.name], where)
             _evaluate(p, chosen, splits, f"{p.source}: finetune {chosen.name}")
+            if p.prune:
+                _prune(groups[job.name], chosen)
     results = collect_results(p, out_dir, splits)
     collect_selection(p, out_dir)
     collect_pretraining(p, out_dir)
