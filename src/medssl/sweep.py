@@ -36,6 +36,18 @@ entry's finished run (anything else is a checkpoint/run path, relative to the pr
 file). Entries run in dependency order; a cycle or an unknown name is an error naming the
 key. Each entry is a run of its own, so a stopped chain resumes whichever entry stopped.
 
+**Stages and their data.** A pretraining entry may name its own ``data`` (a DataSpec dict,
+relative to the protocol file), e.g. SimCLR on ``tiny-imagenet`` as the paper's natural-image
+stage 1, with the in-domain entries chained from it by ``init: <entry>``. ``method:
+supervised`` makes an entry a supervised run instead (its keys are ``medssl finetune``'s
+options; all of its data's labels unless it sets ``label_fraction``): it is fine-tuned with
+``export_backbone`` set, so its best epoch's backbone is exported like a pretraining run's and
+the run serves as an init (supervised pretraining, e.g. on tiny-imagenet's 200 classes). With
+``pretrain_seeds``, ``shared: true`` makes an entry ONE run (its own ``seed``, default 0)
+that every seed's chained entries and fine-tunes start from -- as the paper started every
+in-domain run from one public ImageNet checkpoint; a shared entry cannot start from a
+per-seed one.
+
 **Pretraining seeds.** Without ``pretrain_seeds`` one pretraining run per entry
 (``pretrain/<name>/``, seed from the entry, default 0) serves every fine-tuning seed, as in
 the paper: the seeds vary the labelled subset, the head initialisation and the data order
@@ -50,6 +62,20 @@ linear probe on the frozen backbone: ``linear_probe`` is then set by the sweep).
 keep the names ``<init>-f<fraction>-s<seed>``; linear probes are
 ``<init>-linear-f<fraction>-s<seed>``. results.csv has a ``mode`` column either way.
 
+**Learning-rate (or any option) grid.** ``finetune_grid: {lr: [0.0003, 0.001, 0.003]}``
+fine-tunes every (init, mode, fraction, seed) once per value (each checked as that option;
+run names get ``-lr0.001``), and keeps the candidate with the best validation score its run
+recorded (``best_val_<val_metric>`` in metrics.json; the first on ties). Only that one is
+evaluated on the test splits and external sets, so test data never takes part in the
+choice. ``selection.csv`` lists every candidate's validation score; results.csv's
+``selected`` / ``selected_val`` say which one each row comes from. ``prune: true`` deletes a
+finished group's training state (``checkpoints/last.pt``) and the weights of the candidates
+not chosen (a grid over a large sweep would otherwise fill the disk).
+
+**Comparisons.** paired.csv compares every init with ``random`` (and ``micle`` with
+``simclr``); ``compare: [[a, b], ...]`` adds pairs a - b of init labels (e.g. natural ->
+in-domain vs supervised natural, MICLe vs its matched SimCLR control).
+
 **External test sets.** Each ``external`` item (``name``, ``data``, optional ``class_map``
 ``{dataset class: model class or null}`` and ``model_classes`` ``{evaluation class: [model
 classes]}``, which sums the model's probabilities per group, e.g. benign vs malignant) is
@@ -61,8 +87,11 @@ is ``external:<name>``, its files ``eval_external-<name>.json`` /
 Layout of ``OUT/``: ``protocol.yaml`` (the protocol as resolved, for the record),
 ``pretrain/<name>[-s<seed>]/`` and ``finetune/<init>[-linear]-f<fraction>-s<seed>/`` run
 directories (each evaluation writes ``eval_<split>.json`` and ``predictions_<split>.npz``
-into its run), ``results.csv``, ``paired.csv`` (paired differences between inits, per seed
-with a paired case-bootstrap interval and their mean with a t-interval over seeds:
+into its run), ``results.csv`` (with ``skipped_steps``: optimiser steps the finite-step
+guard skipped in that fine-tune), ``selection.csv``, ``pretraining.csv`` (every pretraining
+run's log rows: loss, k-NN validation scores, skipped steps per epoch: the convergence
+curves), ``paired.csv`` (paired differences between inits, per seed with a paired
+case-bootstrap interval and their mean with a t-interval over seeds:
 :mod:`medssl.paired`) and the report (:func:`medssl.report.write_report`).
 
 Everything is resumable: a finished run is skipped, an unfinished one continues from its
