@@ -39,6 +39,7 @@ from medssl.metrics import multiclass_metrics, multilabel_metrics
 from medssl.models.backbones import backbone_from_config, backbone_traits
 from medssl.models.checkpoint import export_backbone, save_state_dict_atomic
 from medssl.models.heads import Classifier
+from medssl.models.single_pixel import route_single_pixel_convs
 from medssl.options import MAX_SEED, check_fields, default_of, option, spelled
 from medssl.train.common import (
     PRECISIONS,
@@ -252,6 +253,7 @@ class Finetuner:
         torch.manual_seed(cfg.seed)
         backbone, feat_dim = backbone_from_config(asdict(cfg))
         initialise_backbone(backbone, cfg.init)
+        route_single_pixel_convs(backbone)  # bf16 CPU gradients on 1x1 maps: see there
         model = Classifier(backbone, feat_dim, m.num_classes, freeze_backbone=cfg.linear_probe)
         self.model = model.to(self.device).to(memory_format=torch.channels_last)
         trainable = model.fc if cfg.linear_probe else model
@@ -340,8 +342,11 @@ class Finetuner:
 
     def _fit(self) -> dict[str, Any]:
         cfg, started = self.cfg, time.perf_counter()
+        logged = self.run.logged(self.start_epoch) if self.start_epoch else []  # resumed
+        skipped = sum(int(row.get("skipped_steps", 0)) for row in logged)
         for epoch in range(self.start_epoch, cfg.epochs):
             row: dict[str, Any] = {"epoch": epoch + 1, **self.train_epoch(epoch)}
+            skipped += row["skipped_steps"]
             val = self.validate()
             value = val.get(self.val_metric)
             row.update({f"val_{k}": val.get(k) for k in ("accuracy", "auc_macro") if k in val})
@@ -375,6 +380,7 @@ class Finetuner:
             "train_images": int(len(self.train_rows)),
             "train_cases": int(len(set(self.manifest.table["case_id"].iloc[self.train_rows]))),
             "label_fraction": cfg.label_fraction,
+            "skipped_steps": skipped,  # over the whole run (per epoch in log.csv)
         }
         self.run.finish(metrics)
         return metrics

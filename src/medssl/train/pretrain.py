@@ -38,6 +38,7 @@ from medssl.losses import NTXentLoss
 from medssl.models.backbones import backbone_from_config, backbone_traits
 from medssl.models.checkpoint import export_backbone
 from medssl.models.heads import SimCLRModel
+from medssl.models.single_pixel import route_single_pixel_convs
 from medssl.options import MAX_SEED, Given, check_fields, option, spelled
 from medssl.train import distributed as dist
 from medssl.train.common import (
@@ -281,6 +282,7 @@ class Pretrainer:
         torch.manual_seed(cfg.seed)
         backbone, feat_dim = backbone_from_config(asdict(cfg))
         initialise_backbone(backbone, cfg.init)
+        route_single_pixel_convs(backbone)  # bf16 CPU gradients on 1x1 maps: see there
         model = SimCLRModel(
             backbone, feat_dim, out_dim=cfg.proj_dim, output_bn=bool(cfg.head_output_bn)
         )
@@ -396,10 +398,11 @@ class Pretrainer:
             self.run.close()  # releases the run's lock, also when killed (KeyboardInterrupt)
 
     def _fit(self) -> dict[str, Any]:
-        cfg, metrics = self.cfg, {}
+        cfg, metrics, skipped = self.cfg, {}, 0
         for row in self.run.logged(self.start_epoch) if self.start_epoch else []:
             epoch = row.pop("epoch")  # resumed: the metrics describe the whole run
             metrics.update({f"{k}_init" if epoch == 0 else k: v for k, v in row.items()})
+            skipped += int(row.get("skipped_steps", 0))
         if cfg.knn_every and self.start_epoch == 0 and dist.is_main_process():
             initial = self.knn_monitor()
             metrics.update({f"{k}_init": v for k, v in initial.items()})
@@ -430,13 +433,16 @@ class Pretrainer:
                 f"{row['distinct_pair_share']:.2f}{extra}, ETA {eta / 60:.1f} min"
             )
             metrics.update({k: v for k, v in row.items() if k != "epoch"})
+            skipped += row["skipped_steps"]
         if dist.is_main_process():
             meta = {
                 "backbone": cfg.backbone, "small_stem": str(cfg.small_stem),
                 "image_size": str(cfg.image_size), "patch_size": str(cfg.patch_size),
             }  # fmt: skip
             export_backbone(self.model.backbone, self.run.path, metadata=meta)
-        metrics.update({"epochs": cfg.epochs, "method": cfg.method})
+        # the whole run's skipped steps (log.csv has them per epoch): a result that rests on
+        # a shortened training says so
+        metrics.update({"epochs": cfg.epochs, "method": cfg.method, "skipped_steps": skipped})
         self.run.finish(metrics)
         dist.barrier()
         return metrics
