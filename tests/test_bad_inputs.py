@@ -420,3 +420,40 @@ def test_a_class_map_with_a_source_class_written_twice_is_refused(tmp_path, suff
     path.write_text(text)
     with pytest.raises(MedsslError, match=f"class mapping {path}: 'nv' is written twice"):
         load_class_map(path)
+
+
+# --- checkpoints that hold pickled objects ----------------------------------------------------
+
+
+def _pickle_files(tmp_path: Path) -> dict[str, Path]:
+    import pickle
+
+    from helpers.pickles import CallsExec, CallsSystem, PlainObject
+
+    marker = tmp_path / "EXECUTED"
+    state = {"model": {"w": torch.zeros(2)}, "epoch": 1, "x": CallsSystem(marker)}
+    files = {"zip": tmp_path / "zip.pt", "legacy": tmp_path / "legacy.pt"}
+    torch.save(state, files["zip"])
+    torch.save(state, files["legacy"], _use_new_zipfile_serialization=False)
+    for protocol in (2, 4):
+        files[f"raw{protocol}"] = tmp_path / f"raw{protocol}.pkl"
+        files[f"raw{protocol}"].write_bytes(pickle.dumps(state, protocol=protocol))
+    files["exec"] = tmp_path / "exec.pt"
+    torch.save({"model": {"w": torch.zeros(2)}, "x": CallsExec(marker)}, files["exec"])
+    files["plain"] = tmp_path / "plain.pt"
+    torch.save({"model": {"w": torch.zeros(2)}, "x": PlainObject()}, files["plain"])
+    return files
+
+
+@pytest.mark.parametrize("kind", ["zip", "legacy", "raw2", "raw4", "exec", "plain"])
+def test_a_checkpoint_holding_pickled_objects_is_refused_in_one_line(tmp_path, kind):
+    from helpers.pickles import PICKLED
+    from medssl.models.checkpoint import read_checkpoint
+
+    path = _pickle_files(tmp_path)[kind]
+    with pytest.raises(MedsslError) as caught:
+        read_checkpoint(path)
+    message = str(caught.value)
+    assert PICKLED in message and str(path) in message and "\n" not in message
+    assert "weights_only=False" not in message and "damaged" not in message
+    assert not (tmp_path / "EXECUTED").exists()

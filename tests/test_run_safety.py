@@ -213,3 +213,23 @@ def test_run_files_follow_the_umask(ham_root, tmp_path):
     }
     modes = {p.relative_to(tmp_path).as_posix(): oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
     assert set(modes.values()) == {oct(0o640)}, modes
+
+
+def test_resume_over_a_malicious_last_pt_is_refused_without_running_it(tmp_path, monkeypatch):
+    """A ``last.pt`` whose pickle calls ``os.system``: one line, torch's advice to re-run
+    with ``weights_only=False`` not repeated, nothing executed."""
+    from helpers.pickles import PICKLED, CallsSystem
+
+    root = write_ham_layout(tmp_path / "ham")
+    config = tiny_config(root, tmp_path / "run")
+    interrupted(config, monkeypatch, at_epoch=1)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    marker = tmp_path / "EXECUTED"
+    torch.save({"epoch": 1, "model": CallsSystem(marker)}, last)
+    config.resume = True
+    with pytest.raises(MedsslError) as caught:
+        pretrain(config)
+    message = str(caught.value)
+    assert PICKLED in message and str(last) in message and "\n" not in message
+    assert "weights_only" not in message
+    assert not marker.exists()

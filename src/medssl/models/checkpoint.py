@@ -18,9 +18,12 @@ load one into a plain torchvision ResNet of the same architecture (and ImageNet 
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import pickletools
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -102,6 +105,64 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
+#: torch's words for a weights-only refusal of a pickled global, over the versions: 2.4-2.13
+#: "Unsupported global: GLOBAL mod.name", 2.14 "unsupported GLOBAL mod.name whose module ...
+#: is blocked", before 2.4 "Unsupported class mod.name"
+_REFUSED_GLOBAL = re.compile(r"unsupported (?:global: GLOBAL|GLOBAL|class) ([\w.]+)", re.I)
+#: globals of an ordinary torch.save file besides ``torch.*`` (weights-only allows them)
+_PLAIN_GLOBALS = {"collections.OrderedDict", "collections.Counter", "collections.defaultdict",
+                  "_codecs.encode", *(f"builtins.{t}" for t in ("set", "frozenset", "bytearray",
+                  "slice", "complex", "list", "dict", "tuple", "int", "float", "bool", "str",
+                  "bytes"))}  # fmt: skip
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING",
+               "BINSTRING", "STRING"}  # fmt: skip
+
+
+def _pickle_streams(path: Path) -> list[bytes]:
+    """The pickles a torch.save file (or a plain pickle) holds, unread."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return [archive.read(n) for n in archive.namelist() if n.endswith(".pkl")]
+    return [path.read_bytes()]
+
+
+def _pickled_globals(path: Path) -> list[str]:
+    """The classes and functions the pickles in ``path`` name, found by reading their opcodes
+    (:mod:`pickletools`: nothing is unpickled); empty for bytes that are no pickle."""
+    found: list[str] = []
+    try:
+        streams = _pickle_streams(path)
+    except (OSError, zipfile.BadZipFile, KeyError):
+        return found
+    for data in streams:
+        stream = io.BytesIO(data)
+        for _ in range(8):  # a legacy torch.save file is several pickles in a row
+            strings: list[str] = []
+            try:
+                for op, arg, _ in pickletools.genops(stream):
+                    if op.name in ("GLOBAL", "INST"):
+                        found.append(str(arg).replace(" ", "."))
+                    elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                        found.append(".".join(strings[-2:]))
+                    elif op.name in _STRING_OPS:
+                        strings.append(str(arg))
+            except (ValueError, EOFError, UnicodeDecodeError):
+                break
+    return found
+
+
+def _foreign_global(path: Path, exc: BaseException) -> str | None:
+    """What makes ``path`` a pickle of objects, given torch's weights-only refusal ``exc``:
+    a class or function outside torch's own (by reading the pickle's opcodes, which does
+    not depend on torch's wording), else the name in torch's message; None: no pickle of
+    objects (random or damaged bytes also fail in the weights-only unpickler)."""
+    for name in _pickled_globals(path):
+        if not name.startswith("torch.") and name not in _PLAIN_GLOBALS:
+            return name
+    found = _REFUSED_GLOBAL.search(str(exc))
+    return found.group(1) if found else None
+
+
 def _read_file(path: Path) -> Any:
     if path.suffix == ".safetensors":
         try:
@@ -110,19 +171,16 @@ def _read_file(path: Path) -> Any:
             raise MedsslError(f"cannot read safetensors file {path}: {_short(exc)}") from exc
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # Only "Unsupported global" means a real pickled class; random or damaged bytes also
-        # fail in the weights-only unpickler ("Unsupported operand"), and are no such thing.
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
-        if found is None:
+    except pickle.UnpicklingError as exc:  # torch's weights-only refusal, or no pickle at all
+        name = _foreign_global(path, exc)
+        if name is None:
             raise MedsslError(
                 f"cannot read checkpoint {path} (not a torch.save or safetensors file, or damaged)"
-            ) from exc
+            ) from None
         raise MedsslError(
-            f"refusing to load {path}: it holds a pickled object ({found.group(1)}) other than "
-            f"tensors and plain containers, and checkpoints are only loaded with "
-            f"weights_only=True; re-save just its state dict"
-        ) from exc
+            f"{path}: refusing to load: the file holds pickled objects ({name}), not only "
+            "tensors and plain containers; re-save just its state dict"
+        ) from None
     except Exception as exc:
         raise MedsslError(
             f"cannot read checkpoint {path} (not a torch.save or safetensors file, or "

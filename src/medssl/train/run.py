@@ -39,7 +39,7 @@ import yaml
 
 from medssl.errors import MedsslError
 from medssl.fileio import TEMP_NAME, atomic_write, remove_stale_temp_files
-from medssl.models.checkpoint import save_state_dict_atomic
+from medssl.models.checkpoint import read_checkpoint, save_state_dict_atomic
 from medssl.options import spelled
 from medssl.train import distributed as dist
 
@@ -444,10 +444,7 @@ class RunDir:
         """
         if not self.resume:
             return None
-        try:
-            state = torch.load(self.path / CHECKPOINT, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
-            raise MedsslError(f"cannot read checkpoint {self.path / CHECKPOINT}: {exc}") from None
+        state = read_checkpoint(self.path / CHECKPOINT)  # weights only; one line if not
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
