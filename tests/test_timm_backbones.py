@@ -290,3 +290,43 @@ def test_global_batch_norm_keeps_timms_fused_activations_and_leaves_layer_norm_a
     assert "GlobalBatchNorm" not in kinds and "LayerNorm" in kinds
     assert any(isinstance(m, dist.GlobalBatchNorm) for m in model.head.modules())
     assert asdict(backbone_traits("timm:test_vit", 16, 8)) == {"batch_norm": False, "patch_size": 8}
+
+
+def test_a_sweep_compares_a_timm_checkpoint_frozen_and_finetuned_with_random_and_micle(
+    tmp_path, monkeypatch
+):
+    """The foundation-model workflow: the public checkpoint continued with MICLe, both
+    fine-tuned and probed, beside random, in one protocol."""
+    import pandas as pd
+
+    import medssl.report
+    from medssl.sweep import run_sweep
+
+    # the report is another test's subject (at one fraction and one seed on 6 test images
+    # its error bars can fail on a point estimate outside the bootstrap interval)
+    monkeypatch.setattr(medssl.report, "write_report", lambda *a, **k: None)
+
+    backbone, size, patch = TINY_VIT
+    root = write_ham_layout(tmp_path / "ham", n_lesions=24)
+    save_timm_checkpoint(tmp_path / "public.safetensors", backbone, img_size=32, patch_size=patch)
+    common = {"cache_dir": str(root / "cache"), "precision": "fp32", "num_workers": 0}
+    protocol = {
+        "data": DataSpec("ham10000", str(root)).to_dict(), "backbone": backbone,
+        "image_size": size, "patch_size": patch, "device": "cpu",
+        "pretrain": {"micle": {"method": "micle", "epochs": 1, "batch_size": 8,
+                               "init": str(tmp_path / "public.safetensors"), **common}},
+        "inits": ["random", {"public": str(tmp_path / "public.safetensors")}, "micle"],
+        "label_fractions": [1.0], "seeds": [0], "finetune_modes": ["finetune", "linear"],
+        "finetune": {"epochs": 1, "batch_size": 8, **common}, "splits": ["test"], "n_boot": 5,
+    }  # fmt: skip
+    results = pd.read_csv(run_sweep(protocol, tmp_path / "sweep", progress=False))
+    cells = set(zip(results["init"], results["mode"], strict=True))
+    assert cells == {(i, m) for i in ("random", "public", "micle") for m in ("finetune", "linear")}
+    for run in (tmp_path / "sweep" / "finetune").iterdir():
+        config = yaml.safe_load((run / "config.yaml").read_text())
+        assert (config["backbone"], config["patch_size"]) == (backbone, patch), run.name
+    probe = read_checkpoint(tmp_path / "sweep" / "finetune" / "public-linear-f1-s0" / BEST)
+    public = read_checkpoint(tmp_path / "public.safetensors")
+    # the frozen public checkpoint: its blocks as saved (pos_embed resampled to 16 px)
+    key = "blocks.0.attn.qkv.weight"
+    assert torch.equal(probe["model"][f"backbone.{key}"], public[key])

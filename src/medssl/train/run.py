@@ -260,7 +260,8 @@ def check_out(path: str | Path, what: str = "") -> None:
     for folder in (path, *path.parents):
         if folder.is_dir():
             return
-        if folder.exists() or folder.is_symlink():
+        # is_dir again: another rank may have created the folder since the first look
+        if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
             where = "" if folder == path else f": {folder} is a file"
             raise MedsslError(f"{what} {path} is not a folder{where}")
 
