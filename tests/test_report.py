@@ -432,3 +432,26 @@ def test_write_report_calibration_operating_point_and_subgroups(tmp_path):
     assert "| sex | female | 5 (small) | 0.700 [0.50, 0.90] |" in md
     assert "| sex | male | 5 | 0.700 [0.50, 0.90] |" in md
     assert "Reliability diagram" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_write_report_names_runs_that_skipped_steps_and_draws_curves(tmp_path):
+    csv = write_sweep(tmp_path, splits=["test"])
+    df = pd.read_csv(csv)
+    df["skipped_steps"] = 0
+    df.loc[df["run"] == df["run"].iloc[0], "skipped_steps"] = 7
+    df.to_csv(csv, index=False)
+    curves = pd.DataFrame({
+        "run": ["simclr-s0"] * 3 + ["sup"] * 2, "entry": ["simclr"] * 3 + ["sup"] * 2,
+        "epoch": [0, 1, 2, 1, 2], "loss": ["", 6.1, 5.9, 2.0, 1.5],
+        "knn_auc_macro": [0.70, 0.72, 0.75, "", ""], "val_auc_macro": ["", "", "", 0.6, 0.7],
+        "skipped_steps": [0, 3, 0, 0, 0],
+    })  # fmt: skip
+    curves.to_csv(tmp_path / "pretraining.csv", index=False)
+    out = tmp_path / "r"
+    with pytest.warns(UserWarning, match="skipped"):
+        write_report(csv, out, "t", pretraining_csv=tmp_path / "pretraining.csv")
+    md = (out / "report.md").read_text()
+    assert f"Fine-tune {df['run'].iloc[0]} skipped 7 optimiser step(s)" in md
+    assert "Pretraining run simclr-s0 skipped 3 optimiser step(s)" in md
+    assert "sup skipped" not in md
+    assert_png(out / "pretraining_curves.png")

@@ -233,3 +233,64 @@ def test_resume_over_a_malicious_last_pt_is_refused_without_running_it(tmp_path,
     assert PICKLED in message and str(last) in message and "\n" not in message
     assert "weights_only" not in message
     assert not marker.exists()
+
+
+#: runs ``medssl ARGV``, with every epoch after the first held up for a minute, so that a
+#: signal sent once the first checkpoint exists arrives mid-run whatever the machine's speed
+_SLOW_CLI = """
+import sys, time
+from medssl.train.finetune import Finetuner
+from medssl.train.pretrain import Pretrainer
+for trainer in (Pretrainer, Finetuner):
+    def slow(self, epoch, *args, _original=trainer.train_epoch, **kwargs):
+        if epoch >= 1:
+            time.sleep(60)
+        return _original(self, epoch, *args, **kwargs)
+    trainer.train_epoch = slow
+from medssl.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize(
+    ("command", "signal_name"), [("pretrain", "SIGTERM"), ("finetune", "SIGINT")]
+)
+def test_a_signal_says_where_the_run_stopped_and_resume_finishes_it(
+    ham_root, tmp_path, command, signal_name
+):
+    """SIGTERM (a scheduler, ``kill``) ended a run without a word; now it says, as SIGINT
+    does, how many epochs are saved and how to continue, and ``--resume`` finishes the run."""
+    import signal
+    import time
+
+    from medssl.cli import main
+
+    run = tmp_path / "run"
+    argv = [
+        command, "--dataset", "ham10000", "--root", str(ham_root), "--out", str(run),
+        "--image-size", "16", "--epochs", "2", "--batch-size", "8", "--precision", "fp32",
+        "--device", "cpu", "--num-workers", "0", "--cache-dir", str(tmp_path / "cache"),
+        "--quiet",
+    ]  # fmt: skip
+    if command == "pretrain":
+        argv += ["--method", "micle", "--lr", "0.3", "--warmup-epochs", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", _SLOW_CLI, *argv], stderr=subprocess.PIPE, text=True, env=env
+    )
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints" / "last.pt").is_file() and process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint after 2 minutes"
+        time.sleep(0.1)
+    time.sleep(0.5)  # the checkpoint's rename is done; the run sleeps in epoch 2
+    process.send_signal(getattr(signal, signal_name))
+    _, err = process.communicate(timeout=60)
+    number = getattr(signal, signal_name).value
+    assert process.returncode == 128 + number, err
+    lines = [line for line in err.splitlines() if line.startswith("medssl:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    expected = f"medssl: interrupted ({signal_name}): {run}: stopped in epoch 2 of 2"
+    assert lines[0].startswith(expected), lines[0]
+    assert "1 epoch saved" in lines[0] and "--resume" in lines[0], lines[0]
+    assert main([*argv, "--resume"]) == 0
+    assert status(run) == "complete"

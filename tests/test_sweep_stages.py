@@ -99,6 +99,10 @@ def test_staged_sweep_end_to_end(staged: tuple[Path, dict]) -> None:
                                   "derm-s1", "micle-s1", "derm2-s1"}  # fmt: skip
     assert set(curves.loc[curves["run"] == "natural", "dataset"]) == {"tiny-imagenet"}
     assert set(curves.loc[curves["run"] == "supervised", "method"]) == {"supervised"}
+    assert (out / "pretraining_curves.png").is_file()
+    report = (out / "report.md").read_text()
+    assert "pretraining_curves.png" in report and "selection.csv" in report
+    assert "one run shared by every pretraining seed" in report
 
 
 def test_supervised_init_loads_its_best_backbone(staged: tuple[Path, dict]) -> None:

@@ -23,6 +23,7 @@ from medssl.cli_options import (
     trainer_config,
 )
 from medssl.errors import MedsslError
+from medssl.interrupts import Interrupted, signals_interrupt
 
 
 def data_summary_command(args: argparse.Namespace) -> int:
@@ -418,17 +419,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parse_with_config(parser, argv)
-        func: Callable[[argparse.Namespace], int] = args.func
-        return func(args)
+        with signals_interrupt():  # SIGTERM stops a command as SIGINT does
+            args = parse_with_config(parser, argv)
+            func: Callable[[argparse.Namespace], int] = args.func
+            return func(args)
     except MedsslError as exc:
         print(f"medssl: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into head and the like
         return 0
-    except KeyboardInterrupt:
-        print("medssl: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        stop = exc if isinstance(exc, Interrupted) else Interrupted()
+        where = f": {stop.where}" if stop.where else ""
+        print(f"medssl: interrupted ({stop.signal_name}){where}", file=sys.stderr)
+        return stop.exit_status
 
 
 if __name__ == "__main__":

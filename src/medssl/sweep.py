@@ -1102,6 +1102,22 @@ def _notes(p: Protocol) -> str:
         f"seeds {', '.join(map(str, p.seeds))}; "
         f"case-level bootstrap resamples per evaluation: {p.n_boot}."
     )
+    if p.finetune_grid:
+        tried = "; ".join(f"{k} {', '.join(map(_value_name, v))}" for k, v in
+                          p.finetune_grid.items())  # fmt: skip
+        lines.append(
+            f"Fine-tuning grid: {tried}; for each init, mode, label fraction and seed the "
+            "candidate with the best validation score is kept and only it is evaluated "
+            "(selection.csv)."
+        )
+    for name, role in p.roles.items():
+        if role.data or role.shared or role.supervised:
+            what = [SUPERVISED if role.supervised else "self-supervised"]
+            if role.data:
+                what.append(f"on {role.data['dataset']}")
+            if role.shared:
+                what.append("one run shared by every pretraining seed")
+            lines.append(f"Pretraining {name}: {', '.join(what)}.")
     for ext in p.external:
         lines.append(
             f"External test set {ext.name} ({ext.data['dataset']}, every image, no further "
@@ -1235,10 +1251,12 @@ def run_sweep(
                 _prune(groups[job.name], chosen)
     results = collect_results(p, out_dir, splits)
     collect_selection(p, out_dir)
-    collect_pretraining(p, out_dir)
+    curves = collect_pretraining(p, out_dir)
     paired = write_paired(results, out_dir, n_boot=p.n_boot, comparisons=p.compare)
     title = p.title or f"medssl sweep: {p.data['dataset']}"
-    report = write_report(results, out_dir, title, _notes(p), paired_csv=paired)
+    report = write_report(
+        results, out_dir, title, _notes(p), paired_csv=paired, pretraining_csv=curves
+    )
     _say(
         f"sweep finished in {(time.perf_counter() - started) / 60:.1f} min: {results} and {report}"
     )

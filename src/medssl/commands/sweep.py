@@ -14,6 +14,14 @@ def run_sweep(protocol: str | Path, out: str | Path, progress: bool = True) -> P
 
     ``progress``: the runs' per-epoch output (the sweep's own lines are always printed).
     """
+    from medssl.interrupts import stopped
     from medssl.sweep import run_sweep as sweep
 
-    return sweep(protocol, out, progress=progress)
+    try:
+        return sweep(protocol, out, progress=progress)
+    except KeyboardInterrupt as exc:  # SIGINT or SIGTERM, in a run or between runs
+        raise stopped(
+            exc,
+            f"sweep {out} stopped; its finished runs are kept and an interrupted one resumes: "
+            f"run medssl sweep {protocol} --out {out} again to continue",
+        ) from None

@@ -19,7 +19,13 @@ from pathlib import Path
 import pandas as pd
 
 from medssl.errors import MedsslError
-from medssl.report.plots import plot_label_efficiency, plot_reliability, plot_roc, plot_shift_bars
+from medssl.report.plots import (
+    plot_label_efficiency,
+    plot_pretraining_curves,
+    plot_reliability,
+    plot_roc,
+    plot_shift_bars,
+)
 from medssl.report.summary import (
     CALIBRATION_METRICS,
     CASE_CI_MARK,
@@ -229,9 +235,36 @@ figcaption { color: #444; font-size: 0.9em; }
 """
 
 
+def _read_curves(pretraining_csv: Path | None) -> pd.DataFrame | None:
+    if pretraining_csv is None or not Path(pretraining_csv).is_file():
+        return None
+    try:
+        return pd.read_csv(pretraining_csv)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        raise MedsslError(f"cannot read pretraining curves {pretraining_csv}: {e}") from None
+
+
+def _skipped_steps_notes(results: pd.DataFrame, curves: pd.DataFrame | None) -> list[str]:
+    """One line per run whose finite-step guard skipped optimiser steps."""
+    notes = []
+    if "skipped_steps" in results.columns:
+        runs = results.assign(n=pd.to_numeric(results["skipped_steps"], errors="coerce"))
+        for run, n in runs[runs["n"] > 0].groupby("run")["n"].first().items():
+            notes.append(f"Fine-tune {run} skipped {int(n)} optimiser step(s) (non-finite "
+                         "gradients): its training was shorter than configured.")  # fmt: skip
+    if curves is not None and "skipped_steps" in curves.columns:
+        per_run = pd.to_numeric(curves["skipped_steps"], errors="coerce").groupby(curves["run"])
+        for run, n in per_run.sum().items():
+            if n > 0:
+                notes.append(f"Pretraining run {run} skipped {int(n)} optimiser step(s) "
+                             "(non-finite gradients).")  # fmt: skip
+    return notes
+
+
 def write_report(
-    results_csv: Path, out_dir: Path, title: str, notes: str = "", paired_csv: Path | None = None
-) -> Path:
+    results_csv: Path, out_dir: Path, title: str, notes: str = "", paired_csv: Path | None = None,
+    pretraining_csv: Path | None = None,
+) -> Path:  # fmt: skip
     """Write the full report of a sweep into ``out_dir`` and return ``report.html``'s path.
 
     Files: ``results_summary.csv`` (:func:`summarize`), ``results.md`` (the table),
@@ -246,6 +279,10 @@ def write_report(
 
     ``paired_csv`` (a sweep's ``paired.csv``, :mod:`medssl.paired`) adds a table of paired
     differences for the headline metric to ``results.md`` and the reports.
+    ``pretraining_csv`` (a sweep's ``pretraining.csv``) adds ``pretraining_curves.png``, the
+    k-NN and loss curves of its pretraining runs. Runs whose finite-step guard skipped
+    optimiser steps (results.csv's and pretraining.csv's ``skipped_steps``) are listed, so
+    no result silently rests on a shortened training.
     """
     results_csv = Path(results_csv)
     out_dir = Path(out_dir)
@@ -336,6 +373,18 @@ def write_report(
             )
     else:
         problems.append("ROC curves were skipped: the results table has no run column.")
+    curves = _read_curves(pretraining_csv)
+    if curves is not None and not curves.empty:
+        plot_pretraining_curves(curves, out_dir / "pretraining_curves.png")
+        figures.append(
+            _Figure(
+                "pretraining_curves.png",
+                "Pretraining: k-NN macro AUC on each run's validation split (supervised runs: "
+                "their validation AUC) and the training loss against epochs; one line per "
+                "pretraining seed.",
+            )
+        )
+    problems += _skipped_steps_notes(df, curves)
     for p in problems:
         warnings.warn(p, stacklevel=2)
 

@@ -608,3 +608,40 @@ def plot_embedding_map(
                       title_fontsize=8)  # fmt: skip
     fig.suptitle(title or f"t-SNE of {n} embeddings", fontsize=11)
     return _save(fig, path)
+
+
+def plot_pretraining_curves(curves: pd.DataFrame, path: Path | str) -> Path:
+    """The convergence curves of a sweep's pretraining runs (its ``pretraining.csv``): the
+    k-NN validation macro AUC (left; each run's own validation split) and the training loss
+    (right) against epochs, one colour per entry, one line per seed. A supervised entry has
+    no k-NN monitor: its validation AUC stands in on the left, its cross-entropy on the right.
+    """
+    if curves.empty:
+        raise MedsslError("no pretraining runs have a log yet")
+    entries = list(dict.fromkeys(curves["entry"].astype(str)))
+    styles = _styles(entries)
+    fig = _new_figure(10.0, 3.8)
+    left, right = fig.subplots(1, 2)
+    labelled: set[str] = set()
+    for (entry, _run), rows in curves.groupby(["entry", "run"], sort=False):
+        entry = str(entry)
+        colour, marker = styles[entry]
+        label = None if entry in labelled else entry  # one legend entry per entry, not per seed
+        labelled.add(entry)
+        score = pd.to_numeric(rows["knn_auc_macro"], errors="coerce")
+        if score.isna().all():
+            score = pd.to_numeric(rows["val_auc_macro"], errors="coerce")
+        epochs = pd.to_numeric(rows["epoch"], errors="coerce")
+        keep = score.notna()
+        if keep.any():
+            left.plot(epochs[keep], score[keep], color=colour, marker=marker, markersize=3,
+                      linewidth=1, label=label)  # fmt: skip
+        loss = pd.to_numeric(rows["loss"], errors="coerce")
+        right.plot(epochs[loss.notna()], loss[loss.notna()], color=colour, linewidth=1,
+                   label=label)  # fmt: skip
+    left.set(xlabel="epoch", ylabel="k-NN macro AUC (validation)")
+    right.set(xlabel="epoch", ylabel="training loss")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=7, loc="lower right")
+    return _save(fig, path)

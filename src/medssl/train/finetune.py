@@ -337,6 +337,8 @@ class Finetuner:
     def fit(self) -> dict[str, Any]:
         try:
             return self._fit()
+        except KeyboardInterrupt as exc:  # SIGINT or SIGTERM: say where, then stop
+            raise self.run.stopped(exc, self.cfg.epochs) from None
         finally:
             self.run.close()  # releases the run's lock, also when killed (KeyboardInterrupt)
 

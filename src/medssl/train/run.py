@@ -39,6 +39,7 @@ import yaml
 
 from medssl.errors import MedsslError
 from medssl.fileio import TEMP_NAME, atomic_write, remove_stale_temp_files
+from medssl.interrupts import Interrupted, stopped
 from medssl.models.checkpoint import read_checkpoint, save_state_dict_atomic
 from medssl.options import spelled
 from medssl.train import distributed as dist
@@ -351,6 +352,21 @@ class RunDir:
                 with contextlib.suppress(OSError):
                     folder.rmdir()
             self._created = []
+
+    def stopped(self, exc: BaseException, epochs: int) -> Interrupted:
+        """The interruption ``exc`` (SIGINT, SIGTERM) saying where this run of ``epochs``
+        epochs stopped and how to continue it (a trainer raises it on the way out)."""
+        saved = checkpoint_epoch(self.path) or 0
+        where = (
+            f"stopped in epoch {saved + 1} of {epochs}"
+            if saved < epochs
+            else f"stopped after its last epoch ({epochs}), before its results were written"
+        )
+        return stopped(
+            exc,
+            f"{self.path}: {where}; {saved} epoch{'' if saved == 1 else 's'} saved in "
+            f"{CHECKPOINT}: run the same command with --resume to continue",
+        )
 
     def close(self) -> None:
         """Close TensorBoard and release the lock (also after a failure; idempotent)."""
