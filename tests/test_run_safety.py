@@ -294,3 +294,22 @@ def test_a_signal_says_where_the_run_stopped_and_resume_finishes_it(
     assert "1 epoch saved" in lines[0] and "--resume" in lines[0], lines[0]
     assert main([*argv, "--resume"]) == 0
     assert status(run) == "complete"
+
+
+def test_an_interrupted_sweep_says_how_to_continue(tmp_path, capsys, monkeypatch):
+    """The sweep's words replace its run's: a sweep continues by running it again."""
+    import medssl.sweep
+    from medssl.cli import main
+    from medssl.interrupts import Interrupted
+
+    def killed(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise Interrupted("SIGTERM", "run: stopped in epoch 2 of 2; run ... with --resume")
+
+    monkeypatch.setattr(medssl.sweep, "run_sweep", killed)
+    protocol, out = tmp_path / "p.yaml", tmp_path / "sweep"
+    assert main(["sweep", str(protocol), "--out", str(out)]) == 128 + 15
+    err = capsys.readouterr().err
+    assert err == (
+        f"medssl: interrupted (SIGTERM): sweep {out} stopped; its finished runs are kept and an "
+        f"interrupted one resumes: run medssl sweep {protocol} --out {out} again to continue\n"
+    )
