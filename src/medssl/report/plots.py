@@ -637,11 +637,11 @@ def plot_pretraining_curves(curves: pd.DataFrame, path: Path | str) -> Path:
             left.plot(epochs[keep], score[keep], color=colour, marker=marker, markersize=3,
                       linewidth=1, label=label)  # fmt: skip
         loss = pd.to_numeric(rows["loss"], errors="coerce")
-        right.plot(epochs[loss.notna()], loss[loss.notna()], color=colour, linewidth=1,
-                   label=label)  # fmt: skip
+        right.plot(epochs[loss.notna()], loss[loss.notna()], color=colour, marker=marker,
+                   markersize=2, linewidth=1, label=label)  # fmt: skip
     left.set(xlabel="epoch", ylabel="k-NN macro AUC (validation)")
     right.set(xlabel="epoch", ylabel="training loss")
     for ax in (left, right):
         ax.grid(alpha=0.3)
-    left.legend(fontsize=7, loc="lower right")
+    right.legend(fontsize=7, loc="upper right")  # every run has a loss, not every a k-NN
     return _save(fig, path)
