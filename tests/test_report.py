@@ -455,3 +455,41 @@ def test_write_report_names_runs_that_skipped_steps_and_draws_curves(tmp_path):
     assert "Pretraining run simclr-s0 skipped 3 optimiser step(s)" in md
     assert "sup skipped" not in md
     assert_png(out / "pretraining_curves.png")
+
+
+#: user text that Markdown (and the HTML that Markdown may hold) would act on
+EVIL = "<img src=x onerror=alert(1)> **b** _i_ `c` [link](http://evil.example) a|b"
+
+
+def _inert_markdown(text: str) -> None:
+    """No raw HTML, link, emphasis, code span or table-breaking pipe survives unescaped."""
+    assert "<img" not in text and "<script" not in text
+    assert "](http://evil.example)" not in text
+    assert "**b**" not in text and " _i_ " not in text and "`c`" not in text
+    assert " a|b" not in text
+
+
+def test_user_text_in_the_markdown_reports_is_escaped(tmp_path):
+    """report.html escaped a protocol's title and notes, init and source names; report.md
+    and results.md took them raw (a title could be a script, a name a link)."""
+    import json
+
+    csv = write_sweep(tmp_path, splits=["test"])
+    df = pd.read_csv(csv)
+    df["init"] = df["init"].replace("simclr", f"simclr {EVIL}")
+    df["dataset"] = f"derm {EVIL}"
+    df.to_csv(csv, index=False)
+    group = {"n": 10, "n_cases": 5, "auc_macro": 0.7, "ci": {"auc_macro": [0.5, 0.9]}}
+    for run in (tmp_path / "runs").iterdir():
+        evaluation = {"subgroups": {"source": {f"site {EVIL}": group}}}
+        (run / "eval_test.json").write_text(json.dumps(evaluation))
+    out = tmp_path / "out"
+    notes = f"# not a heading {EVIL}\n\n<script>alert(2)</script>\n\n1. not a list\n[ref]: http://x"
+    write_report(csv, out, f"Title {EVIL}", notes=notes)
+    report, results = (out / "report.md").read_text(), (out / "results.md").read_text()
+    for text in (report, results):
+        _inert_markdown(text)
+        assert "simclr &lt;img src=x onerror=alert(1)&gt;" in text  # the name, still readable
+    assert "site &lt;img" in results and "\n# not a heading" not in report
+    assert "\n1. not a list" not in report and "\n[ref]: http" not in report
+    assert report.startswith("# Title &lt;img src=x onerror=alert(1)&gt;")

@@ -49,6 +49,7 @@ from medssl.report.tables import (
     _subgroup_table,
     html_table,
     markdown_table,
+    md_text,
     paired_html_table,
     paired_markdown_table,
 )
@@ -308,7 +309,9 @@ def write_report(
     inits = _ordered_inits(df["init"])
     splits = _ordered_splits(df["split"])
     sections = _metric_sections(df) + _subgroup_sections(df, splits, results_csv)
-    sections_md = "".join(f"\n## {x.heading}\n\n{x.markdown}\n{x.note}\n" for x in sections)
+    sections_md = "".join(
+        f"\n## {md_text(x.heading)}\n\n{x.markdown}\n{md_text(x.note)}\n" for x in sections
+    )
     (out_dir / "results.md").write_text(
         table_md + "\n" + ci_note + paired_md + sections_md, encoding="utf-8"
     )
@@ -400,9 +403,9 @@ def write_report(
     )
     howto = _how_to_read(summary, inits, has_shift)
 
-    md = [f"# {title}", "", meta, ""]
+    md = [f"# {md_text(title)}", "", md_text(meta), ""]  # user text is escaped, as in the HTML
     if notes.strip():
-        md += [notes.strip(), ""]
+        md += [md_text(notes.strip(), block=True), ""]
     md += ["## How to read this", ""]
     for p in howto:
         md += [p, ""]
@@ -416,7 +419,7 @@ def write_report(
         for f in figures:
             md += [f"![{f.caption}]({f.file})", "", f"*{f.caption}*", ""]
     for p in problems:
-        md += [f"> Note: {p}", ""]
+        md += [f"> Note: {md_text(p)}", ""]
     (out_dir / "report.md").write_text("\n".join(md), encoding="utf-8")
 
     e = html.escape

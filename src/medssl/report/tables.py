@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,35 @@ from medssl.report.summary import (
     _summary_metrics,
     split_file_label,
 )
+
+#: characters that make inline Markdown (escape, code, emphasis, a table's columns)
+_MD_INLINE = re.compile(r"([\\`*_|~])")
+#: what starts a block at the beginning of a line: a heading, list, rule or reference
+_MD_BLOCK = re.compile(r"^([#+=\-\[])", re.M)
+_MD_NUMBERED = re.compile(r"^(\d+)([.)])", re.M)
+
+
+def md_text(text: object, block: bool = False) -> str:
+    """User text (a name, a title, a protocol's notes) as Markdown that shows it as written.
+
+    HTML characters become entities (no tag or autolink survives), Markdown's inline marks
+    and ``](`` / ``][`` (links) are backslash-escaped. ``block``: text that starts lines
+    (notes), whose lines lose their indentation (a code block) and a leading ``#``, ``-``,
+    ``1.`` or ``[`` (a heading, list or link reference); otherwise the text is one line, as
+    a heading or a table cell needs. The one escape for all text in report.md and
+    results.md that medssl did not write itself.
+    """
+    out = html.escape(str(text), quote=False)
+    out = _MD_INLINE.sub(r"\\\1", out).replace("](", "]\\(").replace("][", "]\\[")
+    if not block:
+        return " ".join(out.split())
+    out = "\n".join(line.strip() for line in out.split("\n"))
+    return _MD_NUMBERED.sub(r"\1\\\2", _MD_BLOCK.sub(r"\\\1", out))
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    """One row of a Markdown table, each cell escaped (:func:`md_text`)."""
+    return "| " + " | ".join(md_text(c) for c in cells) + " |"
 
 
 def _cell(mean: float, lo: float, hi: float, digits: int, ci_digits: int, kind: object = "") -> str:
@@ -101,11 +131,8 @@ def markdown_table(
     header += [f"{_split_label(s)}: {_metric_label(m)}" for s in t.splits for m in t.metrics]
     header.append("Seeds")
 
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-
     align = ["---", "---:"] + ["---:"] * (len(header) - 3) + ["---:"]
-    return "\n".join([line(header), "|" + "|".join(align) + "|", *map(line, t.rows)]) + "\n"
+    return "\n".join([_md_row(header), "|" + "|".join(align) + "|", *map(_md_row, t.rows)]) + "\n"
 
 
 def html_table(
@@ -199,12 +226,12 @@ def _paired_note(metric: str) -> str:
 def paired_markdown_table(paired: pd.DataFrame, metric: str) -> str:
     """A Markdown table of a ``paired.csv`` (:mod:`medssl.paired`) for one metric."""
 
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-
     align = ["---", "---:", "---", "---", "---:", "---:", "---"]
     rows = _paired_rows(paired, metric)
-    return "\n".join([line(_PAIRED_HEADER), "|" + "|".join(align) + "|", *map(line, rows)]) + "\n"
+    return (
+        "\n".join([_md_row(_PAIRED_HEADER), "|" + "|".join(align) + "|", *map(_md_row, rows)])
+        + "\n"
+    )
 
 
 def paired_html_table(paired: pd.DataFrame, metric: str) -> str:
@@ -267,11 +294,8 @@ def _subgroup_table(runs: Mapping[str, Path], split: str) -> tuple[list[str], li
 
 
 def _plain_table(header: list[str], rows: list[list[str]]) -> str:
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
-
     align = ["---"] * 2 + ["---:"] * (len(header) - 2)
-    return "\n".join([line(header), "|" + "|".join(align) + "|", *map(line, rows)]) + "\n"
+    return "\n".join([_md_row(header), "|" + "|".join(align) + "|", *map(_md_row, rows)]) + "\n"
 
 
 def _plain_html_table(header: list[str], rows: list[list[str]]) -> str:
