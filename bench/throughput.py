@@ -67,7 +67,7 @@ def precision_for(args: argparse.Namespace, device) -> str:  # noqa: ANN001
     """medssl's resolved precision: the ceiling and lightly run at the same one."""
     from medssl.train.common import resolve_precision
 
-    return resolve_precision(args.precision, device)
+    return resolve_precision(args.precision, device, args.image_size)
 
 
 def peak_memory_mb(device) -> float:  # noqa: ANN001

@@ -48,10 +48,26 @@ def test_auto_augment_mode_without_kornia_is_per_sample(monkeypatch):
 @pytest.mark.parametrize("native", [True, False])
 def test_auto_precision_is_bf16_only_on_cpus_with_native_bf16(monkeypatch, native):
     monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: native)
-    assert resolve_precision("auto", CPU) == ("bf16" if native else "fp32")
-    assert resolve_precision("fp32", CPU) == "fp32"
+    assert resolve_precision("auto", CPU, 64) == ("bf16" if native else "fp32")
+    assert resolve_precision("fp32", CPU, 64) == "fp32"
     with pytest.raises(MedsslError, match="--precision 'half' is not one of"):
-        resolve_precision("half", CPU)
+        resolve_precision("half", CPU, 64)
+
+
+@pytest.mark.parametrize(
+    ("image_size", "small_stem", "expected"),
+    [(16, False, "fp32"), (23, False, "fp32"), (24, False, "bf16"), (32, False, "bf16"),
+     (64, False, "bf16"), (8, True, "bf16"), (16, True, "bf16")],
+)  # fmt: skip
+def test_auto_precision_on_the_cpu_takes_bf16_only_where_it_measured_faster(
+    monkeypatch, image_size, small_stem, expected
+):
+    """docs/PERFORMANCE.md: at 16 px (ImageNet stem) bf16 was no faster than fp32 (1.06x,
+    0.89-1.29), from 24 px on it was 1.3x and more; the small stem keeps 4x larger maps
+    (16 px: 2.0x). An explicit choice is kept at any size."""
+    monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: True)
+    assert resolve_precision("auto", CPU, image_size, small_stem) == expected
+    assert resolve_precision("bf16", CPU, 16) == "bf16"
 
 
 def test_workers_default_to_none_for_batch_views_on_the_cpu():
@@ -77,13 +93,14 @@ def test_finetune_views_are_the_same_family_in_both_modes():
 def test_pretrain_records_its_automatic_choices(ham_root, tmp_path, monkeypatch):
     pytest.importorskip("kornia")
     monkeypatch.setattr(common, "cpu_has_native_bf16", lambda: True)
-    config = tiny_pretrain_config(ham_root, tmp_path / "run", epochs=1, precision="auto")
+    config = tiny_pretrain_config(
+        ham_root, tmp_path / "run", epochs=1, precision="auto", image_size=24
+    )  # 24 px: where auto takes bf16 on such a CPU
     config.num_workers = None
     metrics = pretrain(config)
     assert torch.isfinite(torch.tensor(metrics["loss"]))  # bf16 autocast trains
     saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert (saved["augment_mode"], saved["precision"], saved["num_workers"]) == ("batch", "bf16", 0)
-
 
 
 def test_resuming_an_old_run_keeps_its_choices(ham_root, tmp_path, monkeypatch):

@@ -57,12 +57,29 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``--precision auto``: bf16 autocast on GPUs and on CPUs with native bf16, else fp32.
+#: The smallest image side (with the ImageNet stem; the small stem counts 4x) at which
+#: ``--precision auto`` takes bf16 on a CPU with native bf16. Measured for ResNet-18 MICLe
+#: pretraining on the 2-core AVX512-BF16 VM (bench/precision.py, docs/PERFORMANCE.md):
+#: bf16 / fp32 pairs/s 1.06 at 16 px (0.89-1.29 over five interleaved rounds, so not faster),
+#: 1.30 at 24 px (1.25-1.36), 1.30 at 32 px, 1.86 at 64 px.
+CPU_BF16_MIN_SIDE = 24
 
-    Measured on a 2-core AVX512-BF16 CPU (ResNet-18 forward + backward): 1.06x at 32 px,
-    1.59x at 64 px; loss curves and k-NN scores of bf16 runs stay within the run-to-run noise
-    of fp32 (docs/PERFORMANCE.md). The NT-Xent loss is always computed in fp32.
+
+def resolve_precision(
+    precision: str, device: torch.device, image_size: int, small_stem: bool = False
+) -> str:
+    """``--precision auto``: bf16 autocast where it is faster, else fp32 (fp16 on GPUs
+    without bf16).
+
+    GPUs: bf16 where supported, else fp16. CPUs: bf16 only with native bf16 (without it
+    oneDNN emulates bf16 and autocast is slower than fp32) and only from
+    :data:`CPU_BF16_MIN_SIDE` px up: below that the network's matrices are too small for
+    bf16 to pay for its conversions (at 16 px it measured no faster than fp32). The small
+    stem (3x3 stride 1, no max-pool) keeps 4x larger maps than the ImageNet stem, so its
+    image side counts 4x. Both precisions are safe at every size: the convolutions over 1x1
+    maps whose bf16 gradients were garbage at 16 px are routed around the faulty kernel
+    (:mod:`medssl.models.single_pixel`). bf16 runs' losses and k-NN scores stay within the
+    seed-to-seed noise of fp32 (docs/PERFORMANCE.md); NT-Xent is always computed in fp32.
     """
     if precision not in PRECISIONS:
         raise MedsslError(
@@ -72,7 +89,10 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "bf16" if device.type == "cpu" and cpu_has_native_bf16() else "fp32"
+    if device.type != "cpu" or not cpu_has_native_bf16():
+        return "fp32"
+    side = image_size * (4 if small_stem else 1)
+    return "bf16" if side >= CPU_BF16_MIN_SIDE else "fp32"
 
 
 def resolve_num_workers(num_workers: int | None, augment_mode: str, device: torch.device) -> int:
@@ -102,9 +122,11 @@ class FiniteStepGuard:
 
     A step with a NaN or infinite gradient would write it into the weights and ruin the run
     for good. Such gradients come from divergence (too high a learning rate) or, rarely,
-    from low-precision kernels: oneDNN's bf16 CPU backward has been seen to return a
-    non-finite weight gradient for a 1x1 feature map at 16 px, once in a few runs. The guard
-    skips that step and counts it; ``limit`` skipped steps in a row mean the run has
+    from low-precision kernels: oneDNN's bf16 CPU backward returned garbage weight gradients
+    for strided convolutions over 1x1 maps (16 px), which skipped about half the steps of a
+    16 px run until the trainers routed those convolutions around it
+    (:mod:`medssl.models.single_pixel`). The guard skips such a step and counts it (log.csv
+    per epoch, metrics.json for the run); ``limit`` skipped steps in a row mean the run has
     diverged, which is a user-facing error.
 
     fp16 (what ``--precision auto`` picks on GPUs without bf16) also needs loss scaling, or

@@ -112,7 +112,8 @@ class FinetuneConfig:
     device: str = option("auto", help="auto, cpu, cuda, cuda:N")
     precision: str = option(
         "auto", choices=PRECISIONS,
-        help="auto: bf16 autocast on GPUs and on CPUs with native bf16, else fp32",
+        help="auto: bf16 autocast on GPUs, and on CPUs with native bf16 from 24 px up "
+        "(small stem: always), else fp32 (fp16 on GPUs without bf16)",
     )  # fmt: skip
     augment_mode: str = option(
         "auto", choices=AUGMENT_MODES,
@@ -155,7 +156,9 @@ class FinetuneConfig:
         cfg.augment_mode = resolve_augment_mode(cfg.augment_mode)
         device = resolve_device(cfg.device)
         cfg.device = device.type
-        cfg.precision = resolve_precision(cfg.precision, device)
+        cfg.precision = resolve_precision(
+            cfg.precision, device, cfg.image_size, bool(cfg.small_stem)
+        )
         cfg.num_workers = resolve_num_workers(cfg.num_workers, cfg.augment_mode, device)
         return cfg
 

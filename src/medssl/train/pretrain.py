@@ -158,7 +158,8 @@ class PretrainConfig:
     device: str = option("auto", help="auto, cpu, cuda, cuda:N")
     precision: str = option(
         "auto", choices=PRECISIONS,
-        help="auto: bf16 autocast on GPUs and on CPUs with native bf16, else fp32",
+        help="auto: bf16 autocast on GPUs, and on CPUs with native bf16 from 24 px up "
+        "(small stem: always), else fp32 (fp16 on GPUs without bf16)",
     )  # fmt: skip
     channels_last: bool | None = option(None, help="channels-last memory format (default: on)")
     compile: bool = option(False, help="torch.compile the model")
@@ -200,7 +201,9 @@ class PretrainConfig:
         if cfg.pin_memory is None:
             cfg.pin_memory = device.type == "cuda"
         cfg.device = device.type
-        cfg.precision = resolve_precision(cfg.precision, device)
+        cfg.precision = resolve_precision(
+            cfg.precision, device, cfg.image_size, bool(cfg.small_stem)
+        )
         cfg.num_workers = resolve_num_workers(cfg.num_workers, cfg.augment_mode, device)
         if cfg.channels_last is None:  # faster on GPUs and, measured, ~20% on CPU too
             cfg.channels_last = True
