@@ -156,7 +156,7 @@ def predict(
     result = predict_images(
         run, images, image_column=image_column, case_column=case_column,
         skip_unreadable=skip_unreadable, batch_size=batch_size, device=device,
-        progress=progress,
+        progress=progress, out=out, case_out=case_out,
     )  # fmt: skip
     if out is not None:
         result.write(out, case_out)

@@ -180,7 +180,7 @@ def predict_command(args: argparse.Namespace) -> int:
     result = predict_images(
         args.model, args.images, image_column=args.image_column, case_column=args.case_column,
         skip_unreadable=args.skip_unreadable, batch_size=args.batch_size, device=args.device,
-        progress=not args.quiet,
+        progress=not args.quiet, out=args.out, case_out=args.case_out,
     )  # fmt: skip
     written = result.write(args.out, args.case_out)
     if args.json:

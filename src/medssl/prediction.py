@@ -24,7 +24,8 @@ import pandas as pd
 
 from medssl.errors import MedsslError
 from medssl.fileio import atomic_write
-from medssl.inference import decode_images, list_images, load_finetuned, run_decoder
+from medssl.inference import ImageList, decode_images, list_images, load_finetuned, run_decoder
+from medssl.outputs import Named, check_outputs, run_files
 
 PROB_PREFIX = "prob_"
 
@@ -46,6 +47,9 @@ class Predictions:
     images: pd.DataFrame
     cases: pd.DataFrame | None = None
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: the files and image folders that were read, as :func:`medssl.outputs.check_outputs`
+    #: takes them: :meth:`write` refuses to write over any of them
+    inputs: tuple[list[Named], list[Named]] = field(default_factory=lambda: ([], []), repr=False)
 
     def write(
         self, out: str | os.PathLike[str], case_out: str | os.PathLike[str] | None = None
@@ -55,15 +59,15 @@ class Predictions:
         ``out`` gets the image rows; the case rows go to ``case_out`` (default
         ``<out stem>.cases.csv``) and the skipped images to ``<out stem>.skipped.csv`` (a stale
         list from an earlier run of the same ``out`` is removed when nothing was skipped).
+        Nothing is written when one of these files is an input or another of them
+        (:func:`medssl.outputs.check_outputs`).
         """
-        out = Path(out).expanduser()
-        for path in (out, case_out):
-            if path is not None and Path(path).expanduser().is_dir():
-                raise MedsslError(f"--out {path} is a folder; give a file name")
+        files = output_files(out, case_out, cases=self.cases is not None)
+        check_outputs(files, *self.inputs)
+        out = files[0][1]
         written = {"images": _write_csv(self.images, out)}
         if self.cases is not None:
-            target = Path(case_out).expanduser() if case_out else sibling(out, "cases")
-            written["cases"] = _write_csv(self.cases, target)
+            written["cases"] = _write_csv(self.cases, files[1][1])
         skipped_path = sibling(out, "skipped")
         if self.skipped:
             frame = pd.DataFrame(self.skipped, columns=["image", "reason"])
@@ -76,6 +80,40 @@ class Predictions:
 def sibling(out: Path, kind: str) -> Path:
     """``predictions.csv`` -> ``predictions.<kind>.csv`` beside it."""
     return out.with_name(f"{out.stem}.{kind}.csv")
+
+
+def output_files(
+    out: str | os.PathLike[str], case_out: str | os.PathLike[str] | None = None, cases: bool = False
+) -> list[tuple[str, Path]]:
+    """The files :meth:`Predictions.write` writes or removes for ``out``, with the option
+    that names them: the image rows, the case rows (with ``cases``), the skipped list."""
+    path = Path(out).expanduser()
+    files = [("--out", path)]
+    if cases:
+        files.append(("--case-out", Path(case_out).expanduser()) if case_out
+                     else ("--out", sibling(path, "cases")))  # fmt: skip
+    return [*files, ("--out", sibling(path, "skipped"))]
+
+
+def read_files(
+    run: str | os.PathLike[str],
+    images: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    listed: ImageList,
+) -> tuple[list[Named], list[Named]]:
+    """(files, image folders) that predicting ``images`` with ``run`` reads, named for
+    :func:`medssl.outputs.check_outputs`: the run's files, the CSV or folder, every image."""
+    files = run_files(run)
+    folders: list[Named] = []
+    if isinstance(images, (str, os.PathLike)):
+        path = Path(images).expanduser()
+        (folders if path.is_dir() else files).append((f"--images {images}", path))
+        where = f" in --images {images}"
+    else:
+        where = " of the images given"
+    files += [
+        (f"image {name}{where}", p) for name, p in zip(listed.names, listed.paths, strict=True)
+    ]
+    return files, folders
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> Path:
@@ -92,11 +130,15 @@ def predict_images(
     batch_size: int = 64,
     device: str = "auto",
     progress: bool = True,
+    out: str | os.PathLike[str] | None = None,
+    case_out: str | os.PathLike[str] | None = None,
 ) -> Predictions:
     """Class probabilities of ``images`` under the fine-tuned classifier of ``run``.
 
     ``images`` is a folder, a CSV (``image_column`` holds the paths, ``case_column`` the case
     ids) or a list of paths. See the module docstring for the preprocessing and the errors.
+    ``out`` and ``case_out``, the files :meth:`Predictions.write` will be given, are checked
+    before any work (:func:`medssl.outputs.check_outputs`); nothing is written here.
     """
     import torch
 
@@ -106,6 +148,9 @@ def predict_images(
     if batch_size < 1:
         raise MedsslError(f"--batch-size must be >= 1, got {batch_size}")
     listed = list_images(images, image_column, case_column, skip_unreadable)
+    inputs = read_files(run, images, listed)
+    if out is not None:
+        check_outputs(output_files(out, case_out, cases=listed.case_ids is not None), *inputs)
     model, cfg = load_finetuned(run, device)
     dev = next(model.parameters()).device
     names, task = list(cfg["class_names"]), str(cfg["task"])
@@ -128,7 +173,7 @@ def predict_images(
     cases = None
     if case_ids is not None:
         cases = case_table(case_ids, probs, names, task)
-    return Predictions(names, task, probs, table, cases, skipped)
+    return Predictions(names, task, probs, table, cases, skipped, inputs)
 
 
 def _table(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -148,3 +149,70 @@ def test_refuses_runs_that_are_not_finished_finetunes(finetuned, tmp_path):
     (unfinished / "config.yaml").write_text((run / "config.yaml").read_text())
     with pytest.raises(MedsslError, match="not a finished"):
         predict_images(unfinished, root, progress=False)
+
+
+def test_outputs_that_would_destroy_an_input_are_refused_before_any_work(
+    finetuned, tmp_path, capsys, monkeypatch
+):
+    """The audit's cases: an output that is an input (the CSV, a listed or folder image, a
+    file of the run, by any path) or another output is one line, exit 2, nothing touched."""
+    import medssl.prediction
+
+    root, run = finetuned
+    csv, _ = image_csv(root, tmp_path)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    image = folder / "ISIC_0024306.jpg"
+    image.write_bytes(next((root / "HAM10000_images_part_1").glob("*.png")).read_bytes())
+    (tmp_path / "link.csv").symlink_to(csv)
+    listed = pd.read_csv(csv)["image"].iloc[0]
+    skipped_list = tmp_path / "p.skipped.csv"
+    skipped_list.write_bytes(csv.read_bytes())
+    inputs = (csv, image, run / "config.yaml", skipped_list, Path(listed))
+    originals = {p: p.read_bytes() for p in inputs}
+
+    def no_work(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("the model was loaded before the outputs were checked")
+
+    monkeypatch.setattr(medssl.prediction, "load_finetuned", no_work)
+    monkeypatch.chdir(tmp_path)
+    base = ["predict", "--model", str(run), "--quiet"]
+    cases = [  # (arguments, the option named, what the message says)
+        (["--images", str(csv), "--out", str(csv)], "--out", "is the input --images"),
+        (["--images", "images.csv", "--out", "./out/../images.csv"], "--out", "is the input"),
+        (["--images", str(csv), "--out", "link.csv"], "--out", "is the input --images"),
+        (["--images", str(csv), "--out", "p.csv", "--case-column", "patient",
+          "--case-out", str(csv)], "--case-out", "is the input --images"),
+        (["--images", str(csv), "--out", listed], "--out", "is the input image"),
+        (["--images", str(folder), "--out", str(image)], "--out", "is the input image"),
+        (["--images", str(folder), "--out", "folder/new.png"], "--out", "image extension"),
+        (["--images", str(csv), "--out", "x.csv", "--case-column", "patient",
+          "--case-out", "x.csv"], "--case-out", "is also --out"),
+        (["--images", str(csv), "--out", str(run / "config.yaml")], "--out",
+         "is the input --model"),
+        # re-running on an earlier run's skipped list: its removal would delete the input
+        (["--images", "p.skipped.csv", "--out", "p.csv"], "--out", "is the input --images"),
+    ]  # fmt: skip
+    (tmp_path / "out").mkdir()
+    for args, option, says in cases:
+        capsys.readouterr()
+        assert main([*base, *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith(f"medssl: error: {option} ") and says in err, (args, err)
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert {p: p.read_bytes() for p in originals} == originals
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["images.csv", "folder", "link.csv", "out", "p.skipped.csv"]
+    )
+    assert [p.name for p in folder.iterdir()] == ["ISIC_0024306.jpg"]
+
+
+def test_an_output_folder_that_cannot_be_created_is_one_line(finetuned, tmp_path, capsys):
+    root, run = finetuned
+    csv, _ = image_csv(root, tmp_path)
+    (tmp_path / "file").write_text("in the way")
+    code = main(["predict", "--model", str(run), "--images", str(csv), "--quiet",
+                 "--out", str(tmp_path / "file" / "sub" / "p.csv")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("medssl: error: --out ") and "is a file" in err
+    assert len(err.strip().splitlines()) == 1
