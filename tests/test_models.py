@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 import safetensors.torch
@@ -384,9 +385,8 @@ def test_atomic_save_keeps_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     path = tmp_path / "ckpt.pt"
     save_state_dict_atomic({"w": torch.ones(3)}, path)
 
-    def broken_save(obj: object, f: str) -> None:
-        with open(f, "wb") as fh:
-            fh.write(b"half a checkp")
+    def broken_save(obj: object, f: BinaryIO) -> None:  # medssl saves into a file object
+        f.write(b"half a checkp")
         raise OSError("disk full")
 
     monkeypatch.setattr(ckpt.torch, "save", broken_save)
@@ -419,3 +419,44 @@ def test_safetensors_shared_and_noncontiguous(tmp_path: Path) -> None:
     path = save_safetensors_atomic(tensors, tmp_path / "s.safetensors")
     back = safetensors.torch.load_file(str(path))
     assert all(torch.equal(back[k], v) for k, v in tensors.items())
+
+
+_EXPORT_ONE = """
+import sys
+import torch
+from medssl.models.backbones import build_backbone
+from medssl.models.checkpoint import export_backbone
+
+torch.manual_seed(0)
+backbone, _ = build_backbone("resnet18", small_images=True)
+meta = {"backbone": "resnet18", "small_stem": "True", "image_size": "16", "patch_size": "0",
+        "note": "caf\\u00e9 \\\\ \\"q\\""}
+export_backbone(backbone, sys.argv[1], metadata=meta)
+"""
+
+
+def test_exported_backbone_files_are_byte_identical_across_runs(tmp_path: Path) -> None:
+    """Two exports of the same weights (here: two processes) write the same bytes, so a
+    file hash verifies a reproduction: safetensors' metadata is sorted (its Rust writer
+    orders a hash map), backbone.pt is written without the temporary file's name."""
+    import hashlib
+    import json
+    import subprocess
+    import sys
+
+    from safetensors import safe_open
+
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-c", _EXPORT_ONE, str(tmp_path / name)], check=True)
+    for file in ("backbone.safetensors", "backbone.pt"):
+        a, b = ((tmp_path / n / file).read_bytes() for n in ("a", "b"))
+        assert hashlib.sha256(a).hexdigest() == hashlib.sha256(b).hexdigest(), file
+    path = tmp_path / "a" / "backbone.safetensors"
+    with safe_open(str(path), "pt") as fh:
+        assert fh.metadata()["note"] == 'caf\u00e9 \\ "q"'
+    data = path.read_bytes()
+    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+    assert list(header["__metadata__"]) == sorted(header["__metadata__"])
+    state = ckpt.load_backbone_state(path)
+    pt = torch.load(tmp_path / "a" / "backbone.pt", weights_only=True)
+    assert state.keys() == pt.keys() and all(torch.equal(state[k], pt[k]) for k in state)

@@ -19,6 +19,7 @@ load one into a plain torchvision ResNet of the same architecture (and ImageNet 
 from __future__ import annotations
 
 import io
+import json
 import os
 import pickle
 import pickletools
@@ -65,9 +66,44 @@ def save_state_dict_atomic(state: Mapping[str, Any], path: str | os.PathLike[str
     """``torch.save(state, path)`` atomically; return the path written.
 
     Keep ``state`` to tensors, numbers, strings and plain containers so that it stays loadable
-    with ``weights_only=True``.
+    with ``weights_only=True``. Saved through a file object, so the archive's records are
+    named ``archive/...`` rather than after the temporary file (a random name): the same
+    state gives the same bytes.
     """
-    return atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+
+    return atomic_write(path, write)
+
+
+def _sort_safetensors_metadata(path: str) -> None:
+    """Rewrite the header of the safetensors file ``path`` with its metadata in key order.
+
+    safetensors' Rust writer takes the metadata as a hash map, whose order changes from
+    process to process, so the same weights would get different bytes. The header has the
+    same length after sorting (same keys and values, compact JSON as Rust writes it), so it
+    is rewritten in place; otherwise the file is rewritten whole.
+    """
+    with open(path, "rb+") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        raw = fh.read(size)
+        header = json.loads(raw)
+        meta = header.pop("__metadata__", None)
+        if not meta:
+            return
+        ordered = {"__metadata__": dict(sorted(meta.items())), **header}
+        text = json.dumps(ordered, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        if len(text) <= size:  # padded with spaces to the old length, as safetensors pads
+            fh.seek(8)
+            fh.write(text.ljust(size, b" "))
+            return
+        data = fh.read()
+        text = text.ljust(-(-len(text) // 8) * 8, b" ")
+        fh.seek(0)
+        fh.write(len(text).to_bytes(8, "little") + text + data)
+        fh.truncate()
 
 
 def save_safetensors_atomic(
@@ -93,9 +129,12 @@ def save_safetensors_atomic(
         else:
             seen.add(ptr)
         prepared[name] = t
-    return atomic_write(
-        path, lambda tmp: safetensors.torch.save_file(prepared, tmp, metadata=metadata)
-    )
+
+    def write(tmp: str) -> None:
+        safetensors.torch.save_file(prepared, tmp, metadata=metadata)
+        _sort_safetensors_metadata(tmp)  # the same tensors and metadata: the same bytes
+
+    return atomic_write(path, write)
 
 
 def _short(exc: BaseException) -> str:
