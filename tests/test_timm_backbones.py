@@ -330,3 +330,18 @@ def test_a_sweep_compares_a_timm_checkpoint_frozen_and_finetuned_with_random_and
     # the frozen public checkpoint: its blocks as saved (pos_embed resampled to 16 px)
     key = "blocks.0.attn.qkv.weight"
     assert torch.equal(probe["model"][f"backbone.{key}"], public[key])
+
+
+def test_the_python_api_takes_a_timm_backbone_and_checkpoint(tmp_path, monkeypatch):
+    import medssl
+
+    monkeypatch.chdir(tmp_path)
+    backbone, size, patch = TINY_VIT
+    save_timm_checkpoint(tmp_path / "public.pth", backbone, wrap="model")
+    data = medssl.data.load("synthetic", synthetic_cases=24)
+    common = {"image_size": size, "epochs": 1, "batch_size": 8, "progress": False,
+              "precision": "fp32", "device": "cpu"}  # fmt: skip
+    medssl.pretrain(data, "micle", backbone=backbone, patch_size=patch, init="public.pth", **common)
+    medssl.finetune(data, "ft", init="micle", **common)
+    assert medssl.evaluate("ft", "test", n_boot=5)["n"] > 0
+    assert yaml.safe_load((tmp_path / "ft" / "config.yaml").read_text())["backbone"] == backbone
