@@ -119,3 +119,53 @@ def test_multilabel_models_export_a_sigmoid_per_finding():
         got = torch.jit.script(wrapper)(images.permute(0, 3, 1, 2))
     torch.testing.assert_close(got, torch.from_numpy(expected), **TOLERANCE)
     assert not torch.allclose(got.sum(1), torch.ones(3))  # not a softmax
+
+
+def test_an_out_over_the_run_or_where_nothing_can_be_written_is_refused(
+    finetuned, tmp_path, capsys
+):
+    run, _, _ = finetuned
+    (tmp_path / "file").write_text("in the way")
+    originals = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for out, says in (
+        (run / "best.pt", "is the input --model"),
+        (run / "checkpoints" / "last.pt", "is the input --model"),
+        (run / "config.yaml", "is the input --model"),
+        (tmp_path / "file" / "sub" / "m.pt", "is a file"),
+    ):
+        code = main(["export", "--model", str(run), "--format", "torchscript", "--out", str(out)])
+        err = capsys.readouterr().err
+        assert code == 2 and err.startswith(f"medssl: error: --out {out}"), (out, err)
+        assert says in err
+        assert len(err.strip().splitlines()) == 1
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == originals
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+def test_a_full_disk_during_export_is_one_line_and_leaves_no_temporary_file(
+    finetuned, tmp_path, fmt
+):
+    """TorchScript's C++ writer aborted the process on a full disk and left its .tmp; the
+    model is now serialised in memory first. Here a 1 MB file-size limit stands for the disk."""
+    import subprocess
+
+    run, _, _ = finetuned
+    out = tmp_path / "model.bin"
+    out.write_bytes(b"an earlier export")
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, 1_000_000))\n"
+        "from medssl.cli import main\n"
+        f"sys.exit(main(['export', '--model', {str(run)!r}, '--format', {fmt!r}, "
+        f"'--out', {str(out)!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip() == (
+        f"medssl: error: cannot write {out}: File too large (over the file-size limit: "
+        "ulimit -f); the existing file is unchanged"
+    )
+    assert out.read_bytes() == b"an earlier export"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin"]

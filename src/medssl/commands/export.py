@@ -29,9 +29,9 @@ deprecation warnings are silenced here, and the export test will say when they s
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,7 +42,8 @@ from torch import nn
 
 from medssl.augment import IMAGENET_MEAN, IMAGENET_STD
 from medssl.errors import MedsslError
-from medssl.fileio import atomic_write
+from medssl.fileio import atomic_write_bytes
+from medssl.outputs import check_outputs, run_files
 
 FORMATS = ("torchscript", "onnx")
 METADATA_FILE = "medssl.json"
@@ -178,9 +179,8 @@ def export_model(
         raise MedsslError(f"--opset: must be from {OPSETS[0]} to {OPSETS[1]}, got {opset!r}")
     onnx = _require_onnx() if fmt == "onnx" else None
     out_path = Path(out).expanduser()
-    if out_path.is_dir():
-        raise MedsslError(f"--out {out_path} is a folder; give a file name")
     run_path = Path(run).expanduser()
+    check_outputs([("--out", out_path)], run_files(run_path))
     wrapper, cfg = build_exportable(run_path, fmt)
     meta = metadata_for(cfg, fmt, run_path.resolve())
     size = meta["image_size"]
@@ -196,7 +196,10 @@ def export_model(
         if fmt == "torchscript":
             scripted = torch.jit.script(wrapper)
             extra = {METADATA_FILE: json.dumps(meta, indent=2)}
-            atomic_write(out_path, lambda tmp: torch.jit.save(scripted, tmp, _extra_files=extra))
+            # in memory first: torch.jit.save to a file aborts the process on a full disk
+            buffer = io.BytesIO()
+            torch.jit.save(scripted, buffer, _extra_files=extra)
+            atomic_write_bytes(out_path, buffer.getvalue())
         else:
             proto = _onnx_proto(onnx, wrapper, example, opset)
             for key, value in (
@@ -206,7 +209,7 @@ def export_model(
                 entry = proto.metadata_props.add()
                 entry.key, entry.value = key, value
             onnx.checker.check_model(proto)
-            atomic_write(out_path, lambda tmp: onnx.save(proto, tmp))
+            atomic_write_bytes(out_path, proto.SerializeToString())
     return meta
 
 
@@ -221,15 +224,14 @@ def _onnx_proto(onnx: Any, wrapper: nn.Module, example: torch.Tensor, opset: int
 
     if "dynamo" in inspect.signature(torch.onnx.export).parameters:
         kwargs["dynamo"] = False
-    with tempfile.TemporaryDirectory(prefix="medssl-onnx-") as tmp:
-        path = Path(tmp) / "model.onnx"
-        try:
-            torch.onnx.export(wrapper, (example,), str(path), **kwargs)
-        except (ValueError, RuntimeError) as exc:
-            if "opset" in str(exc).lower():
-                raise MedsslError(f"--opset {opset}: {str(exc).splitlines()[0]}") from None
-            raise
-        return onnx.load(str(path))
+    buffer = io.BytesIO()  # in memory: no temporary file on a disk that may be full
+    try:
+        torch.onnx.export(wrapper, (example,), buffer, **kwargs)
+    except (ValueError, RuntimeError) as exc:
+        if "opset" in str(exc).lower():
+            raise MedsslError(f"--opset {opset}: {str(exc).splitlines()[0]}") from None
+        raise
+    return onnx.load_from_string(buffer.getvalue())
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
