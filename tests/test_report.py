@@ -493,3 +493,13 @@ def test_user_text_in_the_markdown_reports_is_escaped(tmp_path):
     assert "site &lt;img" in results and "\n# not a heading" not in report
     assert "\n1. not a list" not in report and "\n[ref]: http" not in report
     assert report.startswith("# Title &lt;img src=x onerror=alert(1)&gt;")
+
+
+def test_plots_take_an_interval_that_lies_beside_its_point(tmp_path):
+    """One seed: the cell's interval is its case bootstrap, which for a biased metric (ECE)
+    can exclude the point estimate; the error bars end at the point instead of failing."""
+    s = summarize(make_results(splits=["test", "shift"]))
+    s["auc_macro_lo"] = s["auc_macro_mean"] + 0.01  # the interval above its point
+    s["auc_macro_hi"] = s["auc_macro_mean"] + 0.02
+    assert_png(plot_label_efficiency(s, "auc_macro", tmp_path / "l.png"))
+    assert_png(plot_shift_bars(s, "auc_macro", tmp_path / "b.png"))

@@ -127,7 +127,9 @@ def plot_label_efficiency(
                 ax.errorbar(
                     x[ok],
                     y[ok],
-                    yerr=[y[ok] - lo[ok], hi[ok] - y[ok]],
+                    # a bootstrap interval may lie beside its point (ECE is biased upward on
+                    # resamples): the bar then ends at the point, it never goes negative
+                    yerr=[np.clip(y[ok] - lo[ok], 0, None), np.clip(hi[ok] - y[ok], 0, None)],
                     fmt="none",
                     ecolor=colour,
                     capsize=4,
@@ -221,8 +223,8 @@ def plot_shift_bars(
                 means.append(mean)
                 ci = math.isfinite(lo) and math.isfinite(hi)
                 # NaN: no error bar at all (a zero-length one still draws its caps)
-                errs[0].append(mean - lo if ci else math.nan)
-                errs[1].append(hi - mean if ci else math.nan)
+                errs[0].append(max(mean - lo, 0.0) if ci else math.nan)  # see above
+                errs[1].append(max(hi - mean, 0.0) if ci else math.nan)
             bars = ax.bar(
                 x + (k - 0.5) * bar_w,
                 np.nan_to_num(means, nan=0.0),
