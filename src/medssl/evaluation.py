@@ -63,6 +63,7 @@ from medssl.metrics import (
     threshold_for_sensitivity,
 )
 from medssl.models.heads import Classifier
+from medssl.outputs import check_outputs
 from medssl.train.common import load_eval_data, resolve_device
 from medssl.train.finetune import masked_bce, probabilities
 from medssl.train.monitor import model_outputs
@@ -353,6 +354,9 @@ def evaluate_run(
         raise MedsslError(f"--target-sensitivity must be in (0, 1], got {target_sensitivity}")
     spec, external = _resolve_data(data, cfg["data"])
     split = split or ("all" if external else "test")
+    label = name or (f"{spec['dataset']}-{split}" if external else split)
+    label += "-temperature" if temperature_scaling else ""
+    _check_outputs(run, label, class_map)
     unreadable = skip_unreadable if external else bool(cfg.get("skip_unreadable"))
     loaded = load_eval_data(
         spec, cfg["image_size"], _source_scale(cfg), cfg["cache_dir"], unreadable
@@ -397,9 +401,7 @@ def evaluate_run(
     metrics = _measure(probs, targets[keep], case_ids, task, eval_names, common, op,
                        sub.table.loc[keep] if subgroups else None)  # fmt: skip
 
-    label = name or (f"{spec['dataset']}-{split}" if external else split)
     if temperature_scaling:
-        label += "-temperature"
         metrics["temperature"] = temperature
     kept = scope.rows[keep]
     metrics.update({
@@ -414,6 +416,19 @@ def evaluate_run(
         metrics["class_mapping"] = mapping_report
     _write(run, label, metrics, probs, targets[keep], case_ids, eval_names, keep_case_ids)
     return metrics
+
+
+def _check_outputs(run: Path, label: str, class_map: Any) -> None:
+    """Refuse, before any work, a ``name`` that would write outside the run, and results
+    that would overwrite the ``class_map`` file (:func:`medssl.outputs.check_outputs`)."""
+    if Path(label).name != label or label.startswith("."):
+        raise MedsslError(f"evaluate: name {label!r} must be a plain name, not a path")
+    read = [(f"--class-map {class_map}", class_map)] if isinstance(class_map, str | Path) else []
+    check_outputs(
+        [("evaluate's results", run / f"eval_{label}.json"),
+         ("evaluate's predictions", run / f"predictions_{label}.npz")],
+        read,
+    )  # fmt: skip
 
 
 def _finetune_config(run: Path) -> dict[str, Any]:

@@ -262,3 +262,17 @@ def test_subgroup_metrics_from_the_manifest_metadata(finetuned, capsys):
     assert main(["evaluate", "--model", str(run), "--split", "shift", "--n-boot", "5"]) == 0
     out = capsys.readouterr().out
     assert "by sex:" in out and "(small)" in out and "case level" in out
+
+
+def test_results_that_would_leave_the_run_or_overwrite_the_class_map_are_refused(finetuned):
+    """``name`` (Python, sweeps) names the result files: never a path, never an input."""
+    _, run = finetuned
+    with pytest.raises(MedsslError, match=r"^evaluate: name '\.\./elsewhere' must be a plain"):
+        evaluate_run(run, "test", name="../elsewhere", n_boot=5)
+    class_map = run / "eval_mapped.json"  # the results of name "mapped" would replace it
+    class_map.write_text(json.dumps({"nv": "nv"}))
+    with pytest.raises(MedsslError, match=r"^evaluate's results .*eval_mapped\.json is the input "
+                       r"--class-map"):  # fmt: skip
+        evaluate_run(run, "test", class_map=class_map, name="mapped", n_boot=5)
+    assert json.loads(class_map.read_text()) == {"nv": "nv"}
+    assert not (run / "eval_..").exists()
