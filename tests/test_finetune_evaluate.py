@@ -150,3 +150,16 @@ def test_a_training_set_that_cannot_train_a_classifier_is_refused(
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert expected in lines[0] and "csv" in lines[0], lines[0]
     assert not (out / "metrics.json").exists()
+
+
+def test_a_split_without_validation_images_keeps_the_last_epoch(tmp_path):
+    """12 lesions split at this seed leave the validation split empty: the fine-tune has
+    nothing to select on, trains to the end and keeps its last epoch (was an IndexError)."""
+    ham = write_ham_layout(tmp_path / "ham", n_lesions=12)
+    data = DataSpec("ham10000", str(ham), split_seed=2**32 - 1)
+    assert len(data.load()[1]["val"]) == 0
+    cfg = tiny_finetune_config(ham, tmp_path / "run", data=data.to_dict(), epochs=2)
+    metrics = finetune(cfg)
+    assert metrics["best_val_auc_macro"] is None
+    best = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    assert best["epoch"] == 2

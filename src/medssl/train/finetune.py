@@ -331,6 +331,8 @@ class Finetuner:
 
     def validate(self) -> dict[str, Any]:
         rows = self.splits["val"]
+        if len(rows) == 0:  # nothing to select on: the last epoch is kept (see _fit)
+            return {}
         logits = model_outputs(
             self.model, self.eval_pixels, rows, self.device, precision=self.cfg.precision
         )
