@@ -216,3 +216,20 @@ def test_an_output_folder_that_cannot_be_created_is_one_line(finetuned, tmp_path
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("medssl: error: --out ") and "is a file" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_decompression_bomb_is_an_unreadable_image(finetuned, tmp_path, capsys):
+    from helpers.images import bomb_png
+
+    _, run = finetuned
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("RGB", (20, 20), (10, 200, 30)).save(folder / "good.png")
+    (folder / "bomb.png").write_bytes(bomb_png())  # 20000 x 20000 pixels in 69 bytes
+    args = ["predict", "--model", str(run), "--images", str(folder), "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "p.csv")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"medssl: error: cannot decode image {folder / 'bomb.png'}: ")
+    assert "bomb" in err and len(err.strip().splitlines()) == 1
+    assert main([*args, "--out", str(tmp_path / "p.csv"), "--skip-unreadable"]) == 0
+    assert pd.read_csv(tmp_path / "p.skipped.csv")["image"].tolist() == ["bomb.png"]

@@ -61,6 +61,10 @@ def read_dicom(path: str | Path) -> np.ndarray:
 def read_image(path: str | Path, min_side: int | None = None) -> np.ndarray:
     """Decode ``path`` to an (H, W, 3) uint8 array; a bad file is a one-line MedsslError.
 
+    So is an image over Pillow's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``
+    twice over: a 20000 x 20000 PNG of a few bytes would take 1.2 GB decoded), which the
+    callers' ``skip_unreadable`` then counts as unreadable.
+
     ``min_side`` lets a JPEG decode at a reduced scale whose shorter side stays >= it.
     """
     path = str(path)
@@ -77,7 +81,10 @@ def read_image(path: str | Path, min_side: int | None = None) -> np.ndarray:
             return to_rgb(array)
     except FileNotFoundError:
         raise MedsslError(f"image file not found: {path}") from None
-    except (OSError, RuntimeError, ValueError, SyntaxError, AttributeError) as exc:
+    except (
+        OSError, RuntimeError, ValueError, SyntaxError, AttributeError,
+        Image.DecompressionBombError,  # over Pillow's limit (2 x Image.MAX_IMAGE_PIXELS)
+    ) as exc:  # fmt: skip
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise MedsslError(f"cannot decode image {path}: {first}") from None
 
