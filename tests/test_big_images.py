@@ -32,3 +32,44 @@ def test_a_decompression_bomb_is_one_unreadable_image_in_pretrain_and_finetune(t
         assert len(err.strip().splitlines()) == 1 and not (tmp_path / command).exists()
     assert main(["pretrain", *flags(root, tmp_path / "run"), "--skip-unreadable"]) == 0
     assert "skipped 1 unreadable image(s)" in capsys.readouterr().err
+
+
+def test_an_image_size_past_the_maximum_is_one_line_before_any_work(tmp_path, capsys):
+    root = write_ham_layout(tmp_path / "ham", n_lesions=4)
+    for command in ("pretrain", "finetune"):
+        argv = flags(root, tmp_path / command)
+        argv[argv.index("--image-size") + 1] = "20000"  # 335 GiB for the full HAM10000
+        assert main([command, *argv]) == 2
+        err = capsys.readouterr().err
+        assert err == "medssl: error: --image-size: must be at most 4096, got 20000\n"
+        assert not (tmp_path / command).exists() and not (root / "cache").exists()
+
+
+def test_images_that_would_not_fit_in_memory_or_on_disk_are_refused_before_decoding(
+    tmp_path, capsys, monkeypatch
+):
+    import shutil
+
+    import medssl.data.cache as cache
+
+    root = write_ham_layout(tmp_path / "ham", n_lesions=4)
+
+    def no_decoding(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("decoding started")
+
+    monkeypatch.setattr(cache, "_decode_all", no_decoding)
+    monkeypatch.setattr(cache, "available_memory", lambda: 10_000)  # 10 kB of memory
+    argv = flags(root, tmp_path / "run")
+    argv[argv.index("--image-size") + 1] = "64"  # 12 KiB an image
+    assert main(["pretrain", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("medssl: error: --image-size 64: ") and "decoded images of 64x64" in err
+    assert "of memory available" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setattr(cache, "available_memory", lambda: None)  # unknown: not checked
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=10_000))
+    assert main(["pretrain", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("medssl: error: --image-size 64: ") and "in the image cache" in err
+    assert "--cache-dir or MEDSSL_CACHE" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists() and not (root / "cache").exists()

@@ -23,9 +23,11 @@ the source's shorter side resized to ``S`` (antialiased) and a centred ``S x S``
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import shutil
 import sys
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +41,10 @@ from medssl.data.manifest import Manifest
 from medssl.errors import MedsslError
 from medssl.fileio import WriteRefused, atomic_write
 from medssl.options import spelled
+
+#: the largest ``--image-size``: a 4096 x 4096 RGB image is 48 MiB decoded, and a dataset
+#: of them is checked against memory and disk before decoding (:func:`check_room`)
+MAX_IMAGE_SIZE = 4096
 
 
 def default_cache_dir() -> Path:
@@ -138,6 +144,49 @@ def _decode_all(
     return pixels, sorted(bad)
 
 
+def check_room(n: int, shape: tuple[int, int], size: int, cache_dir: Path | None) -> None:
+    """Refuse, before decoding, ``n`` images of ``shape`` that do not fit in the memory
+    available (they are decoded into one array) or, with a ``cache_dir``, on its disk (the
+    cache file holds the same bytes): one line naming ``--image-size``."""
+    need = n * shape[0] * shape[1] * 3
+    what = f"{spelled('image_size')} {size}: {n} decoded images of {shape[0]}x{shape[1]} take"
+    memory = available_memory()
+    if memory is not None and need > memory:
+        raise MedsslError(
+            f"{what} {_gib(need)}, more than the {_gib(memory)} of memory available; "
+            "choose a smaller size"
+        )
+    if cache_dir is not None:
+        folder = next(p for p in (cache_dir, *cache_dir.parents) if p.exists())
+        free = shutil.disk_usage(folder).free
+        if need > free:
+            raise MedsslError(
+                f"{what} {_gib(need)} in the image cache, more than the {_gib(free)} free in "
+                f"{folder}; choose a smaller size or another folder with "
+                f"{spelled('cache_dir')} or MEDSSL_CACHE"
+            )
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process may still take: Linux's MemAvailable, lowered to the
+    room left under a cgroup (container) limit; None where neither can be read."""
+    found = []
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        with open("/proc/meminfo") as fh:
+            line = next(line for line in fh if line.startswith("MemAvailable:"))
+        found.append(int(line.split()[1]) * 1024)
+    with contextlib.suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            found.append(max(0, int(limit) - used))
+    return min(found) if found else None
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
 def _write_npy(path: str, array: np.ndarray) -> None:
     with open(path, "wb") as fh:  # a file object: np.save would append .npy to a name
         np.save(fh, array)
@@ -176,6 +225,8 @@ def decoded_images(
     """
     if size < 8:
         raise MedsslError(f"--image-size must be at least 8, got {size}")
+    if size > MAX_IMAGE_SIZE:
+        raise MedsslError(f"{spelled('image_size')}: must be at most {MAX_IMAGE_SIZE}, got {size}")
     source_scale = check_source_scale(source_scale)
     aspect = 1.0 if source_scale == 1 else common_aspect(manifest)
     shape = source_shape(size, source_scale, aspect)
@@ -193,6 +244,7 @@ def decoded_images(
                 f"{manifest.table.at[bad[0], 'image']} (use --skip-unreadable to drop them)"
             )
     else:
+        check_room(len(manifest), shape, size, directory if use_cache else None)
         pixels, bad = _decode_all(manifest, shape, skip_unreadable, progress)
         if use_cache:
             _store(data_path, bad_path, pixels, bad)

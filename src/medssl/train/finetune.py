@@ -29,7 +29,7 @@ from medssl.augment import (
     resolve_augment_mode,
     view_transform,
 )
-from medssl.data.cache import eval_images
+from medssl.data.cache import MAX_IMAGE_SIZE, eval_images
 from medssl.data.datasets import LabeledImages, unchanged
 from medssl.data.manifest import Manifest
 from medssl.data.spec import checked_data
@@ -84,7 +84,7 @@ class FinetuneConfig:
     seed: int = option(0, minimum=0, maximum=MAX_SEED)
     backbone: str = option("", help=_from_init("backbone"))
     small_stem: bool | None = option(None, help=_from_init("small_stem"))
-    image_size: int = option(0, minimum=8, help=_from_init("image_size"))
+    image_size: int = option(0, minimum=8, maximum=MAX_IMAGE_SIZE, help=_from_init("image_size"))
     patch_size: int = option(
         0, minimum=1, help="patch side of a timm transformer such as ViT (default: the --init "
         "run's, else the model's)",

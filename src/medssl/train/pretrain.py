@@ -29,7 +29,7 @@ from medssl.augment import (
     resolve_augment_mode,
     view_transform,
 )
-from medssl.data.cache import eval_images
+from medssl.data.cache import MAX_IMAGE_SIZE, eval_images
 from medssl.data.datasets import PairViews, unchanged
 from medssl.data.pairs import METHODS, CaseBags, PairSampler
 from medssl.data.spec import checked_data
@@ -103,7 +103,7 @@ class PretrainConfig:
     small_stem: bool = option(
         False, help="3x3 stride-1 stem without max-pool (CIFAR-style; ~16x the compute at 64 px)"
     )
-    image_size: int = option(64, minimum=8, help="image side in pixels")
+    image_size: int = option(64, minimum=8, maximum=MAX_IMAGE_SIZE, help="image side in pixels")
     patch_size: int = option(
         0, minimum=1, help="patch side of a timm transformer such as ViT (default: the model's)"
     )
