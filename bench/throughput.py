@@ -107,7 +107,9 @@ def run_ceiling(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     precision = precision_for(args, device)
     torch.manual_seed(0)
-    backbone, dim = build_backbone(args.backbone)
+    backbone, dim = build_backbone(
+        args.backbone, image_size=args.image_size, patch_size=args.patch_size
+    )
     model = SimCLRModel(backbone, dim).to(device).to(memory_format=torch.channels_last)
     optimizer = build_optimizer("lars", model, 0.3, 1e-6)
     criterion = NTXentLoss(0.1)
@@ -148,7 +150,9 @@ def run_ceiling_finetune(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     precision = precision_for(args, device)
     torch.manual_seed(0)
-    backbone, dim = build_backbone(args.backbone)
+    backbone, dim = build_backbone(
+        args.backbone, image_size=args.image_size, patch_size=args.patch_size
+    )
     model = Classifier(backbone, dim, 7).to(device).to(memory_format=torch.channels_last)
     optimizer = build_optimizer("adamw", model, 1e-3, 1e-4)
     x = torch.randn(args.batch_size, 3, args.image_size, args.image_size, device=device)
@@ -185,7 +189,8 @@ def run_medssl_finetune(args: argparse.Namespace, augment_mode: str) -> dict:
         config = FinetuneConfig(
             data=DataSpec(args.dataset, str(Path(args.root).resolve())).to_dict(),
             out=str(Path(out) / "run"), backbone=args.backbone, image_size=args.image_size,
-            epochs=1000, batch_size=args.batch_size, augment_mode=augment_mode,
+            patch_size=args.patch_size, epochs=1000, batch_size=args.batch_size,
+            augment_mode=augment_mode,
             precision=args.precision, num_workers=args.num_workers, device=args.device,
             progress=False,
         )  # fmt: skip
@@ -207,7 +212,8 @@ def run_medssl(args: argparse.Namespace, method: str, augment_mode: str) -> dict
         config = PretrainConfig(
             data=DataSpec(args.dataset, str(Path(args.root).resolve())).to_dict(),
             out=str(Path(out) / "run"), method=method, backbone=args.backbone,
-            image_size=args.image_size, epochs=1000, batch_size=args.batch_size,
+            patch_size=args.patch_size, image_size=args.image_size, epochs=1000,
+            batch_size=args.batch_size,
             num_workers=args.num_workers, augment_mode=augment_mode, device=args.device,
             precision=args.precision, progress=False, compile=args.compile,
         )  # fmt: skip
@@ -349,7 +355,7 @@ def machine_info(results: dict[str, dict]) -> dict:
 def write_report(args: argparse.Namespace, results: dict[str, dict]) -> None:
     report = {
         "settings": {k: getattr(args, k) for k in (
-            "dataset", "backbone", "image_size", "batch_size", "steps", "warmup",
+            "dataset", "backbone", "image_size", "patch_size", "batch_size", "steps", "warmup",
             "num_workers", "augment_mode", "precision", "device", "compile")},
         "machine": machine_info(results),
         "results": results,
@@ -378,6 +384,9 @@ def main() -> None:
     parser.add_argument("--root", default="../shared/data/ham10000")
     parser.add_argument("--backbone", default="resnet18")
     parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--patch-size", type=int, default=0,
+                        help="a timm transformer's patch (0: its own); lightly's recipe is "
+                        "ResNet-only, leave it out of --variants for timm:<name>")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
