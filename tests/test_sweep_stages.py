@@ -46,6 +46,7 @@ def _protocol(ham: Path, natural: Path) -> dict:
         "splits": ["test"],
         "compare": [["micle", "derm2"], ["natural", "supervised"]],
         "prune": True,
+        "embedding_maps": ["random", "micle"],
         "n_boot": 10,
     }
 
@@ -103,6 +104,9 @@ def test_staged_sweep_end_to_end(staged: tuple[Path, dict]) -> None:
     report = (out / "report.md").read_text()
     assert "pretraining_curves.png" in report and "selection.csv" in report
     assert "one run shared by every pretraining seed" in report
+    for init in ("random", "micle"):  # embedding_maps: drawn, and in the report
+        assert (out / f"embedding_map_{init}.png").stat().st_size > 10_000
+        assert f"embedding_map_{init}.png" in report
 
 
 def test_supervised_init_loads_its_best_backbone(staged: tuple[Path, dict]) -> None:

@@ -72,6 +72,11 @@ choice. ``selection.csv`` lists every candidate's validation score; results.csv'
 finished group's training state (``checkpoints/last.pt``) and the weights of the candidates
 not chosen (a grid over a large sweep would otherwise fill the disk).
 
+**Embedding maps.** ``embedding_maps: [random, micle]`` draws, for each listed init, a
+t-SNE map of its backbone's features before fine-tuning (the first seed's) on the test and
+shift images, coloured by class and by split and source (``embedding_map_<init>.png``, in
+the report): what pretraining separates, and where the shift sits.
+
 **Comparisons.** paired.csv compares every init with ``random`` (and ``micle`` with
 ``simclr``); ``compare: [[a, b], ...]`` adds pairs a - b of init labels (e.g. natural ->
 in-domain vs supervised natural, MICLe vs its matched SimCLR control).
@@ -147,8 +152,8 @@ PRETRAINING_COLUMNS = [
 PROTOCOL_KEYS = {
     "data", "image_size", "backbone", "small_stem", "pretrain", "pretrain_seeds", "inits",
     "label_fractions", "seeds", "finetune", "finetune_grid", "finetune_modes", "splits",
-    "external", "compare", "prune", "n_boot", "mean_over", "device", "title", "notes",
-    "patch_size",
+    "external", "compare", "prune", "embedding_maps", "n_boot", "mean_over", "device", "title",
+    "notes", "patch_size",
 }  # fmt: skip
 #: keys of a pretraining entry that the sweep reads itself (the others are run options)
 ENTRY_KEYS = ("data", "shared")
@@ -235,6 +240,7 @@ class Protocol:
     external: list[External] = field(default_factory=list)
     compare: list[tuple[str, str]] = field(default_factory=list)  # extra paired comparisons
     prune: bool = False  # drop finished fine-tunes' weights the sweep no longer needs
+    embedding_maps: list[str] = field(default_factory=list)  # inits whose features are mapped
     n_boot: int = 1000
     mean_over: list[str] | None = None
     device: str | None = None
@@ -252,7 +258,7 @@ class Protocol:
         for key in ("pretrain_seeds", "finetune_modes", *_SHARED):
             if out[key] is None:
                 out.pop(key)
-        for key in ("external", "finetune_grid", "compare", "prune"):
+        for key in ("external", "finetune_grid", "compare", "prune", "embedding_maps"):
             if not out[key]:
                 out.pop(key)
         if "compare" in out:
@@ -620,6 +626,12 @@ def load_protocol(protocol: dict[str, Any] | str | Path) -> Protocol:
         raise _fail(source, "splits", f"{splits} are not split names (test, shift, val)")
     external = _externals(raw.get("external"), source, base, splits)
     compare = _comparisons(raw.get("compare"), [i.label for i in inits], source)
+    maps = raw.get("embedding_maps")
+    embedding_maps = [str(x) for x in _list(maps, source, "embedding_maps")] if maps else []
+    unknown = [m for m in embedding_maps if m not in [i.label for i in inits]]
+    if unknown:
+        raise _fail(source, "embedding_maps", f"{unknown[0]!r} is not an init "
+                    f"({', '.join(i.label for i in inits)})")  # fmt: skip
     prune = raw.get("prune", False)
     if not isinstance(prune, bool):
         raise _fail(source, "prune", f"expected true or false, got {prune!r}")
@@ -632,7 +644,7 @@ def load_protocol(protocol: dict[str, Any] | str | Path) -> Protocol:
         data=data, inits=inits, label_fractions=fractions, seeds=seeds, **shared,
         pretrain=pretrain, roles=roles, pretrain_seeds=pretrain_seeds, finetune=finetune,
         finetune_grid=grid, finetune_modes=modes, splits=splits, external=external,
-        compare=compare, prune=prune, n_boot=n_boot,
+        compare=compare, prune=prune, embedding_maps=embedding_maps, n_boot=n_boot,
         mean_over=mean_over, title=title, notes=notes, source=source,
     )  # fmt: skip
 
@@ -1173,6 +1185,65 @@ def _select(p: Protocol, group: list[_Job], where: str) -> _Job:
     return chosen
 
 
+#: images per embedding map (a class-stratified draw past it keeps t-SNE to seconds)
+MAP_IMAGES = 2000
+
+
+def draw_embedding_maps(p: Protocol, out_dir: Path, splits: list[str]) -> list[tuple[str, str]]:
+    """``embedding_maps: [init, ...]``: for each init, a t-SNE map of its backbone's features
+    (before fine-tuning: what pretraining made of the images; the first seed's run) of the
+    test and shift images, coloured by class and by source, so a reader sees what
+    pretraining separates and where the shift sits. Returns (file, caption) pairs."""
+    import numpy as np
+    import torch
+
+    from medssl.models.backbones import backbone_from_config
+    from medssl.options import default_of
+    from medssl.report.plots import plot_embedding_map
+    from medssl.train.common import initialise_backbone, load_eval_data
+    from medssl.train.monitor import model_outputs
+    from medssl.train.pretrain import PretrainConfig
+
+    if not p.embedding_maps:
+        return []
+    figures = []
+    seed = p.seeds[0]
+    group = next(g for g in _groups(plan(p, out_dir, progress=False)) if g[0].seed == seed)
+    size = group[0].config.image_size or 0
+    manifest, parts, pixels = load_eval_data(p.data, size, progress=False)
+    rows = np.concatenate([parts[s] for s in splits if s in parts.names()])
+    rng = np.random.default_rng(0)
+    if len(rows) > MAP_IMAGES:
+        rows = np.sort(rng.choice(rows, MAP_IMAGES, replace=False))
+    where = np.empty(len(manifest), dtype=object)
+    for s in splits:
+        where[parts[s]] = s
+    table = manifest.table.iloc[rows]
+    labels = [manifest.class_names[int(t)] for t in manifest.targets[rows]] if (
+        manifest.task == "multiclass") else None  # fmt: skip
+    for label in p.embedding_maps:
+        init = next(i for i in p.inits if i.label == label)
+        job = next(j for j in _finetune_jobs(p, seed, out_dir, False) if j.init is init)
+        cfg = job.config  # its architecture and init, as the sweep fine-tunes it
+        settings = {"backbone": cfg.backbone or default_of(PretrainConfig, "backbone"),
+                    "small_stem": cfg.small_stem, "image_size": size,
+                    "patch_size": getattr(cfg, "patch_size", 0)}  # fmt: skip
+        torch.manual_seed(seed)  # the random init's backbone is the fine-tunes' random start
+        backbone, _ = backbone_from_config(settings)
+        initialise_backbone(backbone, cfg.init)
+        features = model_outputs(backbone, pixels, rows, torch.device("cpu")).numpy()
+        colour_by = {"source": [f"{w}: {src}" for w, src in zip(
+            where[rows], table["source"], strict=True)]}  # fmt: skip
+        if labels is not None:
+            colour_by = {"class": labels, **colour_by}
+        name = f"embedding_map_{label}.png"
+        plot_embedding_map(features, out_dir / name, colour_by, title=f"{label} backbone")
+        figures.append((name, f"t-SNE map of the {label} backbone's features (before "
+                        f"fine-tuning; seed {seed}) of {len(rows)} {' and '.join(splits)} "
+                        "images, coloured by class and by split: source."))  # fmt: skip
+    return figures
+
+
 def _prune(group: list[_Job], chosen: _Job) -> None:
     """``prune: true``: once a group is chosen and evaluated, its runs' training state
     (``checkpoints/last.pt``: weights and optimiser moments, only needed to continue a run)
@@ -1254,9 +1325,11 @@ def run_sweep(
     curves = collect_pretraining(p, out_dir)
     paired = write_paired(results, out_dir, n_boot=p.n_boot, comparisons=p.compare)
     title = p.title or f"medssl sweep: {p.data['dataset']}"
+    maps = draw_embedding_maps(p, out_dir, splits)
     report = write_report(
-        results, out_dir, title, _notes(p), paired_csv=paired, pretraining_csv=curves
-    )
+        results, out_dir, title, _notes(p), paired_csv=paired, pretraining_csv=curves,
+        extra_figures=maps,
+    )  # fmt: skip
     _say(
         f"sweep finished in {(time.perf_counter() - started) / 60:.1f} min: {results} and {report}"
     )

@@ -264,7 +264,7 @@ def _skipped_steps_notes(results: pd.DataFrame, curves: pd.DataFrame | None) -> 
 
 def write_report(
     results_csv: Path, out_dir: Path, title: str, notes: str = "", paired_csv: Path | None = None,
-    pretraining_csv: Path | None = None,
+    pretraining_csv: Path | None = None, extra_figures: Sequence[tuple[str, str]] = (),
 ) -> Path:  # fmt: skip
     """Write the full report of a sweep into ``out_dir`` and return ``report.html``'s path.
 
@@ -281,7 +281,8 @@ def write_report(
     ``paired_csv`` (a sweep's ``paired.csv``, :mod:`medssl.paired`) adds a table of paired
     differences for the headline metric to ``results.md`` and the reports.
     ``pretraining_csv`` (a sweep's ``pretraining.csv``) adds ``pretraining_curves.png``, the
-    k-NN and loss curves of its pretraining runs. Runs whose finite-step guard skipped
+    k-NN and loss curves of its pretraining runs; ``extra_figures`` are more (file, caption) pairs
+    of PNGs already in ``out_dir`` (a sweep's embedding maps). Runs whose finite-step guard skipped
     optimiser steps (results.csv's and pretraining.csv's ``skipped_steps``) are listed, so
     no result silently rests on a shortened training.
     """
@@ -388,6 +389,7 @@ def write_report(
             )
         )
     problems += _skipped_steps_notes(df, curves)
+    figures += [_Figure(file, caption) for file, caption in extra_figures]
     for p in problems:
         warnings.warn(p, stacklevel=2)
 
