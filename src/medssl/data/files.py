@@ -56,6 +56,25 @@ def read_csv(path: Path, required: Iterable[str], dataset: str) -> pd.DataFrame:
     return frame
 
 
+def csv_relative_images(
+    names: Iterable[str], csv_path: Path, column: str, dataset: str
+) -> list[str]:
+    """Absolute or CSV-relative image paths (relative to the CSV's folder); a missing file is
+    an error naming its row and column."""
+    base = csv_path.parent
+    paths: list[str] = []
+    for row, name in enumerate(names):
+        path = Path(name).expanduser()
+        path = path if path.is_absolute() else base / path
+        if not path.is_file():
+            raise MedsslError(
+                f"{dataset}: image {name} in {csv_path} (row {row + 2}, column '{column}') "
+                f"not found at {path}"
+            )
+        paths.append(str(path))
+    return paths
+
+
 def resolve_images(
     names: Iterable[str], index: dict[str, Path], csv_path: Path, dataset: str
 ) -> list[str]:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from medssl.data.adapters.nih import NO_FINDING
-from medssl.data.files import IMAGE_EXTENSIONS, read_csv, require_dir
+from medssl.data.files import IMAGE_EXTENSIONS, csv_relative_images, read_csv, require_dir
 from medssl.data.manifest import Manifest
 from medssl.errors import MedsslError
 
@@ -50,22 +50,6 @@ def _cells(frame: pd.DataFrame, column: str, csv_path: Path, what: str) -> list[
         if not cell:
             raise MedsslError(f"csv: {csv_path} row {row + 2}: empty {what} in column '{column}'")
     return cells
-
-
-def _images(names: list[str], csv_path: Path, column: str) -> list[str]:
-    """Absolute or CSV-relative image paths; a missing file is an error naming its row."""
-    base = csv_path.parent
-    paths: list[str] = []
-    for row, name in enumerate(names):
-        path = Path(name).expanduser()
-        path = path if path.is_absolute() else base / path
-        if not path.is_file():
-            raise MedsslError(
-                f"csv: image {name} in {csv_path} (row {row + 2}, column '{column}') "
-                f"not found at {path}"
-            )
-        paths.append(str(path))
-    return paths
 
 
 def _multilabel(cells: list[str], sep: str, csv_path: Path) -> tuple[np.ndarray, list[str]]:
@@ -108,7 +92,7 @@ def load_csv(
     optional = [c for c in (csv_case, csv_source, csv_view) if c]
     frame = read_csv(path, list(dict.fromkeys([csv_image, csv_label, *optional])), "csv")
     image_cells = _cells(frame, csv_image, path, "image path")
-    images = _images(image_cells, path, csv_image)
+    images = csv_relative_images(image_cells, path, csv_image, "csv")
     labels = _cells(frame, csv_label, path, "label")
     warnings: list[str] = []
     if csv_case:

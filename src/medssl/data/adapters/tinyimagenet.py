@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medssl.data.files import read_csv, require_dir
+from medssl.data.files import csv_relative_images, read_csv, require_dir
 from medssl.data.manifest import Manifest
 from medssl.errors import MedsslError
 
@@ -53,12 +53,7 @@ def load_tiny_imagenet(root: str | Path) -> Manifest:
     base = require_dir(Path(root), NAME)
     csv_path = base / LABELS_CSV
     frame = read_csv(csv_path, ["image", "label", "case_id", "split"], NAME)
-    images = [str(base / name) for name in frame["image"]]
-    missing = next((i for i, p in enumerate(images) if not Path(p).is_file()), None)
-    if missing is not None:
-        raise MedsslError(
-            f"{NAME}: {csv_path} row {missing + 2}: image {frame['image'][missing]} not found"
-        )
+    images = csv_relative_images(list(frame["image"]), csv_path, "image", NAME)
     labels = list(frame["label"])
     names = _class_order(base, labels)
     lookup = {n: i for i, n in enumerate(names)}
