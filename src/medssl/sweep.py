@@ -460,7 +460,7 @@ def _finetune_grid(value: Any, finetune: dict[str, Any], source: str) -> dict[st
         name = next(iter(checked[0]))  # the option's field name (batch-size -> batch_size)
         if name in finetune:
             raise _fail(source, where, "is also set in finetune; remove one of them")
-        if name in ("linear_probe",):
+        if name == "linear_probe":
             raise _fail(source, where, "is set by finetune_modes")
         options = [c[name] for c in checked]
         if len(set(map(repr, options))) != len(options):
@@ -727,6 +727,7 @@ class _Job:
     seed: int = 0
     mode: str = "finetune"
     candidate: dict[str, Any] = field(default_factory=dict)  # its finetune_grid values
+    entry: str = ""  # a pretraining job's protocol entry
     last_of_group: bool = True  # the last candidate of its (init, mode, fraction, seed)
 
     @property
@@ -809,7 +810,7 @@ def _pretrain_jobs(
         method = SUPERVISED if role.supervised else cfg.method
         data = f" on {role.data['dataset']}" if role.data else ""
         desc = f"pretrain {run_name} ({method}{data}, {cfg.epochs} epochs{start})"
-        jobs.append(_Job("pretrain", run_name, desc, cfg, seed=seed or 0))
+        jobs.append(_Job("pretrain", run_name, desc, cfg, seed=seed or 0, entry=name))
     return jobs
 
 
@@ -1046,12 +1047,10 @@ def collect_pretraining(p: Protocol, out_dir: Path) -> Path:
     """(Re)write ``pretraining.csv``: each pretraining run's log.csv rows (loss, k-NN
     validation scores, skipped steps per epoch), the curves behind a budget choice."""
     rows = []
-    seen: set[str] = set()
-    for job in plan(p, out_dir, progress=False):
-        if job.kind != "pretrain" or job.name in seen or not (job.run / "log.csv").is_file():
+    for job in plan(p, out_dir, progress=False):  # each pretraining run once, shared ones too
+        if job.kind != "pretrain" or not (job.run / "log.csv").is_file():
             continue
-        seen.add(job.name)
-        entry = job.name if job.name in p.pretrain else job.name.rsplit("-s", 1)[0]
+        entry = job.entry
         role = p.roles.get(entry, EntryRole())
         method = SUPERVISED if role.supervised else job.config.method
         dataset = (role.data or p.data)["dataset"]
@@ -1208,8 +1207,8 @@ def draw_embedding_maps(p: Protocol, out_dir: Path, splits: list[str]) -> list[t
         return []
     figures = []
     seed = p.seeds[0]
-    group = next(g for g in _groups(plan(p, out_dir, progress=False)) if g[0].seed == seed)
-    size = group[0].config.image_size or 0
+    jobs = _finetune_jobs(p, seed, out_dir, False)  # the first seed's, with each init's start
+    size = jobs[0].config.image_size or 0
     manifest, parts, pixels = load_eval_data(p.data, size, progress=False)
     rows = np.concatenate([parts[s] for s in splits if s in parts.names()])
     rng = np.random.default_rng(0)
@@ -1223,7 +1222,7 @@ def draw_embedding_maps(p: Protocol, out_dir: Path, splits: list[str]) -> list[t
         manifest.task == "multiclass") else None  # fmt: skip
     for label in p.embedding_maps:
         init = next(i for i in p.inits if i.label == label)
-        job = next(j for j in _finetune_jobs(p, seed, out_dir, False) if j.init is init)
+        job = next(j for j in jobs if j.init is init)
         cfg = job.config  # its architecture and init, as the sweep fine-tunes it
         settings = {"backbone": cfg.backbone or default_of(PretrainConfig, "backbone"),
                     "small_stem": cfg.small_stem, "image_size": size,
