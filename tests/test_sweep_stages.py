@@ -208,3 +208,44 @@ def test_stage_keys_are_checked(tmp_path: Path) -> None:
     no_seeds = {k: v for k, v in base.items() if k != "pretrain_seeds"}
     with pytest.raises(MedsslError, match=r"pretrain\.natural\.shared: needs pretrain_seeds"):
         load_protocol(no_seeds)
+
+
+def test_grid_chosen_on_the_first_seed_is_reused(tmp_path: Path, monkeypatch) -> None:
+    """finetune_grid_seeds: first -- later seeds fine-tune only the first seed's choice."""
+    protocol = {
+        "data": {"dataset": "ham10000", "root": str(write_ham_layout(tmp_path / "ham"))},
+        "image_size": 16, "inits": ["random"], "label_fractions": [1.0], "seeds": [0, 1, 2],
+        "finetune": FT, "finetune_grid": {"lr": LRS}, "finetune_grid_seeds": "first",
+        "finetune_modes": ["finetune", "linear"], "splits": ["test"], "n_boot": 10,
+    }  # fmt: skip
+    out = tmp_path / "out"
+    run_sweep(protocol, out, progress=False)
+    selection = pd.read_csv(out / "selection.csv")
+    for mode, rows in selection.groupby("mode"):
+        first = rows[rows["seed"] == 0]
+        assert len(first) == len(LRS) and (first["selected_on_seed"] == 0).all()
+        chosen = first.loc[first["selected"], "candidate"].iloc[0]
+        later = rows[rows["seed"] > 0]
+        assert list(later["seed"]) == [1, 2] and (later["selected_on_seed"] == 0).all()
+        assert set(later["candidate"]) == {chosen} and later["selected"].all()
+        # the candidates not chosen were never trained for the later seeds
+        trained = {p.name for p in (out / "finetune").iterdir()}
+        suffix = "-linear" if mode == "linear" else ""
+        chosen_run = Path(first.loc[first["selected"], "run"].iloc[0]).name
+        for seed in (1, 2):
+            of_seed = {n for n in trained if n.startswith(f"random{suffix}-f1-s{seed}-")}
+            assert of_seed == {chosen_run.replace("-s0-", f"-s{seed}-")}
+    results = pd.read_csv(out / "results.csv")
+    assert len(results) == 2 * 3 and set(results["selected_on_seed"]) == {0}
+    notes = (out / "report.md").read_text()
+    assert "tried on seed 0 only" in notes
+
+    calls: list[str] = []
+    monkeypatch.setattr(finetune_module, "finetune", lambda c: calls.append(c.out))
+    run_sweep(protocol, out, progress=False)  # everything reused, nothing retrained
+    assert calls == []
+    with pytest.raises(MedsslError, match=r"finetune_grid_seeds: expected one of all, first"):
+        load_protocol({**protocol, "finetune_grid_seeds": "some"})
+    no_grid = {k: v for k, v in protocol.items() if k != "finetune_grid"}
+    with pytest.raises(MedsslError, match=r"finetune_grid_seeds: needs a finetune_grid"):
+        load_protocol(no_grid)

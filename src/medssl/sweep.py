@@ -71,6 +71,10 @@ choice. ``selection.csv`` lists every candidate's validation score; results.csv'
 ``selected`` / ``selected_val`` say which one each row comes from. ``prune: true`` deletes a
 finished group's training state (``checkpoints/last.pt``) and the weights of the candidates
 not chosen (a grid over a large sweep would otherwise fill the disk).
+``finetune_grid_seeds: first`` tries the grid on the first of ``seeds`` only: every later
+seed fine-tunes just the candidate that seed chose for the same (init, mode, fraction), so
+the hyper-parameters are still chosen on validation, once per init and fraction, at a third
+of the cost of a three-value grid (``all``, the default, chooses for every seed anew).
 
 **Embedding maps.** ``embedding_maps: [random, micle]`` draws, for each listed init, a
 t-SNE map of its backbone's features before fine-tuning (the first seed's) on the test and
@@ -139,10 +143,12 @@ _METRIC_COLUMNS = [
 _CI_COLUMNS = [f"{m}_ci_{end}" for m in _METRIC_COLUMNS for end in ("low", "high")]
 RESULT_COLUMNS = [
     "dataset", "init", "mode", "label_fraction", "seed", "split", "n", "n_cases",
-    *_METRIC_COLUMNS, *_CI_COLUMNS, "selected", "selected_val", "skipped_steps", "run",
+    *_METRIC_COLUMNS, *_CI_COLUMNS, "selected", "selected_val", "selected_on_seed",
+    "skipped_steps", "run",
 ]  # fmt: skip
 SELECTION_COLUMNS = [
-    "init", "mode", "label_fraction", "seed", "candidate", "val_score", "selected", "run",
+    "init", "mode", "label_fraction", "seed", "candidate", "val_score", "selected",
+    "selected_on_seed", "run",
 ]  # fmt: skip
 PRETRAINING_COLUMNS = [
     "run", "entry", "seed", "method", "dataset", "epoch", "loss", "knn_accuracy",
@@ -151,10 +157,13 @@ PRETRAINING_COLUMNS = [
 ]  # fmt: skip
 PROTOCOL_KEYS = {
     "data", "image_size", "backbone", "small_stem", "pretrain", "pretrain_seeds", "inits",
-    "label_fractions", "seeds", "finetune", "finetune_grid", "finetune_modes", "splits",
+    "label_fractions", "seeds", "finetune", "finetune_grid", "finetune_grid_seeds",
+    "finetune_modes", "splits",
     "external", "compare", "prune", "embedding_maps", "n_boot", "mean_over", "device", "title",
     "notes", "patch_size",
 }  # fmt: skip
+#: ``finetune_grid_seeds``: try the grid for every seed, or on the first seed only
+GRID_SEEDS = ("all", "first")
 #: keys of a pretraining entry that the sweep reads itself (the others are run options)
 ENTRY_KEYS = ("data", "shared")
 #: ``method`` of a pretraining entry that is a supervised run (medssl finetune options)
@@ -235,6 +244,8 @@ class Protocol:
     finetune: dict[str, Any] = field(default_factory=dict)
     #: fine-tuning options tried per (init, mode, fraction, seed); the best on val is kept
     finetune_grid: dict[str, list[Any]] = field(default_factory=dict)
+    #: "all": the grid is tried for every seed; "first": on the first seed only
+    finetune_grid_seeds: str = "all"
     finetune_modes: list[str] | None = None  # None: ["finetune"], run names without a mode
     splits: list[str] = field(default_factory=list)
     external: list[External] = field(default_factory=list)
@@ -261,6 +272,8 @@ class Protocol:
         for key in ("external", "finetune_grid", "compare", "prune", "embedding_maps"):
             if not out[key]:
                 out.pop(key)
+        if out["finetune_grid_seeds"] == "all":
+            out.pop("finetune_grid_seeds")
         if "compare" in out:
             out["compare"] = [list(pair) for pair in out["compare"]]
         out["inits"] = [
@@ -608,6 +621,12 @@ def load_protocol(protocol: dict[str, Any] | str | Path) -> Protocol:
         raw.get("finetune"), FinetuneConfig, _FINETUNE_RESERVED, source, "finetune"
     )
     grid = _finetune_grid(raw.get("finetune_grid"), finetune, source)
+    grid_seeds = raw.get("finetune_grid_seeds", "all")
+    if grid_seeds not in GRID_SEEDS:
+        raise _fail(source, "finetune_grid_seeds",
+                    f"expected one of {', '.join(GRID_SEEDS)}, got {grid_seeds!r}")  # fmt: skip
+    if grid_seeds != "all" and not grid:
+        raise _fail(source, "finetune_grid_seeds", "needs a finetune_grid to choose from")
     modes = raw.get("finetune_modes")
     if modes is not None:
         modes = [str(m) for m in _list(modes, source, "finetune_modes")]
@@ -643,7 +662,8 @@ def load_protocol(protocol: dict[str, Any] | str | Path) -> Protocol:
     return Protocol(
         data=data, inits=inits, label_fractions=fractions, seeds=seeds, **shared,
         pretrain=pretrain, roles=roles, pretrain_seeds=pretrain_seeds, finetune=finetune,
-        finetune_grid=grid, finetune_modes=modes, splits=splits, external=external,
+        finetune_grid=grid, finetune_grid_seeds=grid_seeds, finetune_modes=modes,
+        splits=splits, external=external,
         compare=compare, prune=prune, embedding_maps=embedding_maps, n_boot=n_boot,
         mean_over=mean_over, title=title, notes=notes, source=source,
     )  # fmt: skip
@@ -1005,6 +1025,51 @@ def select_candidate(group: list[_Job]) -> tuple[_Job, float | None]:
     return group[best[1]], best[0]
 
 
+def _group_key(job: _Job) -> tuple[str, str, float]:
+    return (job.init.label, job.mode, job.fraction)
+
+
+def trained_candidates(
+    p: Protocol, group: list[_Job], first: dict[tuple[str, str, float], list[_Job]]
+) -> tuple[list[_Job], int]:
+    """The candidates of ``group`` that are trained, and the seed whose validation chooses
+    among them. All of them, chosen on the group's own seed, unless ``finetune_grid_seeds``
+    is ``first`` and the group belongs to a later seed: then only the candidate the first
+    seed chose for the same (init, mode, fraction) (none until that group has finished).
+    ``first`` maps that key to the first seed's group."""
+    head = group[0]
+    lead = first.get(_group_key(head))
+    if p.finetune_grid_seeds == "all" or lead is None or head.seed == lead[0].seed:
+        return group, head.seed
+    if not all(is_complete(j.run) for j in lead):
+        return [], lead[0].seed
+    chosen = select_candidate(lead)[0].candidate
+    return [j for j in group if j.candidate == chosen], lead[0].seed
+
+
+def _first_seed_groups(p: Protocol, groups: list[list[_Job]]) -> dict[tuple[str, str, float],
+                                                                       list[_Job]]:  # fmt: skip
+    """Each (init, mode, fraction)'s group of the first fine-tuning seed."""
+    return {_group_key(g[0]): g for g in groups if g[0].seed == p.seeds[0]}
+
+
+def _finished_choices(
+    p: Protocol, out_dir: Path
+) -> list[tuple[list[_Job], _Job, float | None, int]]:
+    """Every finished group's trained candidates, the one chosen on validation, its score
+    and the seed whose validation chose it."""
+    groups = _groups(plan(p, out_dir, progress=False))
+    first = _first_seed_groups(p, groups)
+    out = []
+    for group in groups:
+        trained, chosen_on = trained_candidates(p, group, first)
+        if not trained or not all(is_complete(j.run) for j in trained):
+            continue
+        chosen, score = select_candidate(trained)
+        out.append((trained, chosen, score, chosen_on))
+    return out
+
+
 def skipped_steps(run: Path) -> int | None:
     """Optimiser steps the finite-step guard skipped in a run (the sum of log.csv's column;
     None when the run has no log)."""
@@ -1019,16 +1084,13 @@ def collect_selection(p: Protocol, out_dir: Path) -> Path:
     """(Re)write ``selection.csv``: every grid candidate's validation score, the chosen one
     marked (one row per fine-tune without a grid)."""
     rows = []
-    for group in _groups(plan(p, out_dir, progress=False)):
-        if not all(is_complete(j.run) for j in group):
-            continue
-        chosen, _ = select_candidate(group)
-        for job in group:
+    for trained, chosen, _, chosen_on in _finished_choices(p, out_dir):
+        for job in trained:
             rows.append({
                 "init": job.init.label, "mode": job.mode, "label_fraction": job.fraction,
                 "seed": job.seed, "candidate": candidate_name(job.candidate),
-                "val_score": _metric(validation_score(job.run)),
-                "selected": job is chosen, "run": job.run.relative_to(out_dir).as_posix(),
+                "val_score": _metric(validation_score(job.run)), "selected": job is chosen,
+                "selected_on_seed": chosen_on, "run": job.run.relative_to(out_dir).as_posix(),
             })  # fmt: skip
     return _write_csv(out_dir / "selection.csv", SELECTION_COLUMNS, rows)
 
@@ -1070,10 +1132,7 @@ def collect_results(p: Protocol, out_dir: Path, splits: list[str]) -> Path:
     import json
 
     rows = []
-    for group in _groups(plan(p, out_dir, progress=False)):
-        if not all(is_complete(j.run) for j in group):
-            continue
-        job, score = select_candidate(group)
+    for _, job, score, chosen_on in _finished_choices(p, out_dir):
         for split, label in _eval_files(p, splits):
             path = job.run / f"eval_{label}.json"
             if not path.is_file():
@@ -1086,6 +1145,7 @@ def collect_results(p: Protocol, out_dir: Path, splits: list[str]) -> Path:
                 **{k: _metric(metrics.get(k)) for k in _METRIC_COLUMNS},
                 **_ci_cells(metrics.get("ci") or {}),
                 "selected": candidate_name(job.candidate), "selected_val": _metric(score),
+                "selected_on_seed": chosen_on,
                 "skipped_steps": _metric(skipped_steps(job.run)),
                 "run": job.run.relative_to(out_dir).as_posix(),
             })  # fmt: skip
@@ -1116,11 +1176,16 @@ def _notes(p: Protocol) -> str:
     if p.finetune_grid:
         tried = "; ".join(f"{k} {', '.join(map(_value_name, v))}" for k, v in
                           p.finetune_grid.items())  # fmt: skip
-        lines.append(
-            f"Fine-tuning grid: {tried}; for each init, mode, label fraction and seed the "
-            "candidate with the best validation score is kept and only it is evaluated "
-            "(selection.csv)."
-        )
+        how = (
+            "for each init, mode, label fraction and seed the candidate with the best "
+            "validation score is kept"
+            if p.finetune_grid_seeds == "all" else
+            f"tried on seed {p.seeds[0]} only: for each init, mode and label fraction the "
+            "candidate with the best validation score there is the one every later seed "
+            "fine-tunes"
+        )  # fmt: skip
+        lines.append(f"Fine-tuning grid: {tried}; {how}; only the chosen run is evaluated "
+                     "(selection.csv).")  # fmt: skip
     for name, role in p.roles.items():
         if role.data or role.shared or role.supervised:
             what = [SUPERVISED if role.supervised else "self-supervised"]
@@ -1175,10 +1240,12 @@ def _evaluate(p: Protocol, job: _Job, splits: list[str], where: str) -> None:
         _say(f"    evaluated on {split}: {score} ({time.perf_counter() - t0:.0f} s)")
 
 
-def _select(p: Protocol, group: list[_Job], where: str) -> _Job:
+def _select(p: Protocol, group: list[_Job], where: str, chosen_before: bool = False) -> _Job:
     """The grid candidate to evaluate, said when there was a choice."""
     chosen, score = select_candidate(group)
-    if len(group) > 1:
+    if chosen_before:
+        _say(f"    {candidate_name(chosen.candidate)}, as chosen on seed {p.seeds[0]}")
+    elif len(group) > 1:
         shown = "none scored" if score is None else f"val {score:.4f}"
         _say(f"    chose {candidate_name(chosen.candidate)} on validation ({shown})")
     return chosen
@@ -1281,7 +1348,9 @@ def run_sweep(
         raise MedsslError(f"--out {out_dir} is a run directory, not a sweep folder")
     (out_dir / "protocol.yaml").write_text(yaml.safe_dump(p.to_dict(), sort_keys=False))
 
-    groups = {g[-1].name: g for g in _groups(jobs)}  # by the name of each group's last job
+    all_groups = _groups(jobs)
+    first = _first_seed_groups(p, all_groups)
+    group_of = {job.name: group for group in all_groups for job in group}
     done = sum(is_complete(j.run) for j in jobs)
     n_ft = sum(j.kind == "finetune" for j in jobs)
     tested = ", ".join([*splits, *(e.split for e in p.external)])
@@ -1295,7 +1364,11 @@ def run_sweep(
     for i, job in enumerate(jobs, 1):
         head = f"[{i}/{len(jobs)}] {job.description}"
         where = f"{p.source}: {job.kind} {job.name}"
-        if is_complete(job.run):
+        group = group_of.get(job.name, [])
+        trained, chosen_on = trained_candidates(p, group, first) if group else ([], job.seed)
+        if job.kind == "finetune" and not any(j is job for j in trained):
+            _say(f"{head} ... not run: the grid was chosen on seed {p.seeds[0]}")
+        elif is_complete(job.run):
             stale = _stale_settings(job, out_dir)
             if stale:
                 raise MedsslError(
@@ -1315,10 +1388,11 @@ def run_sweep(
                 raise MedsslError(f"{where}: {exc}") from None
             _say(f"{head} ... finished in {time.perf_counter() - t0:.0f} s")
         if job.kind == "finetune" and job.last_of_group:
-            chosen = _select(p, groups[job.name], where)
+            trained, chosen_on = trained_candidates(p, group, first)  # this group's runs now
+            chosen = _select(p, trained, where, chosen_on != job.seed)
             _evaluate(p, chosen, splits, f"{p.source}: finetune {chosen.name}")
             if p.prune:
-                _prune(groups[job.name], chosen)
+                _prune(group, chosen)
     results = collect_results(p, out_dir, splits)
     collect_selection(p, out_dir)
     curves = collect_pretraining(p, out_dir)
