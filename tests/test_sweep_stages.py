@@ -249,3 +249,55 @@ def test_grid_chosen_on_the_first_seed_is_reused(tmp_path: Path, monkeypatch) ->
     no_grid = {k: v for k, v in protocol.items() if k != "finetune_grid"}
     with pytest.raises(MedsslError, match=r"finetune_grid_seeds: needs a finetune_grid"):
         load_protocol(no_grid)
+
+
+def test_a_record_resumes_the_sweep_on_a_machine_without_its_folder(
+    staged: tuple[Path, dict], tmp_path: Path, monkeypatch
+) -> None:
+    """--record keeps results, logs, evaluations and the shared backbones, no training state;
+    a new folder restored from it reuses every run, and a half-done seed is left out."""
+    import shutil
+
+    source, protocol = staged
+    out, record = tmp_path / "out", tmp_path / "record"
+    shutil.copytree(source, out)
+    # seed 1 is not finished: one of its chosen fine-tunes has no metrics yet
+    unfinished = out / "finetune" / "micle-f1-s1-lr0.003"
+    (unfinished / "metrics.json").unlink()
+    calls: list[str] = []
+    monkeypatch.setattr(pretrain_module, "pretrain", lambda c: calls.append(c.out))
+
+    def stopped(config) -> None:  # the machine goes away during seed 1's last fine-tune
+        calls.append(config.out)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune_module, "finetune", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(protocol, out, progress=False, record=record)
+    assert calls == [str(unfinished)]
+    files = {p.relative_to(record).as_posix() for p in record.rglob("*") if p.is_file()}
+    assert "pretrain/natural/backbone.safetensors" in files  # shared: later seeds need it
+    assert "pretrain/supervised/backbone.safetensors" in files
+    assert "pretrain/derm-s0/backbone.safetensors" not in files  # per seed: not kept
+    assert "pretrain/derm-s0/metrics.json" in files
+    assert "finetune/micle-f1-s0-lr0.003/metrics.json" in files
+    assert not [f for f in files if "-s1" in f]  # seed 1 is not finished: none of it
+    assert not [f for f in files if "checkpoints/" in f or f.endswith(("best.pt", ".tmp"))]
+    assert {"results.csv", "paired.csv", "selection.csv", "embedding_map_micle.png"} <= files
+
+    shutil.rmtree(out)
+    shutil.copytree(source, out)
+    calls.clear()
+    monkeypatch.setattr(finetune_module, "finetune", lambda c: calls.append(c.out))
+    run_sweep(protocol, out, progress=False, record=record)  # seed 1 finished: recorded
+    assert calls == []
+    assert (record / "finetune" / "micle-f1-s1-lr0.003" / "eval_test.json").is_file()
+    assert not (record / "pretrain" / "derm-s1" / "backbone.safetensors").exists()
+
+    fresh = tmp_path / "fresh"
+    run_sweep(protocol, fresh, progress=False, record=record)
+    assert calls == []  # every run reused from the record
+    a, b = (pd.read_csv(d / "results.csv") for d in (source, fresh))
+    pd.testing.assert_frame_equal(a.drop(columns="run"), b.drop(columns="run"))
+    with pytest.raises(MedsslError, match="--record .* must be a folder of its own"):
+        run_sweep(protocol, fresh, progress=False, record=fresh / "rec")

@@ -350,7 +350,7 @@ def add_knn_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
 def sweep_command(args: argparse.Namespace) -> int:
     from medssl.commands.sweep import run_sweep
 
-    run_sweep(args.protocol, args.out, progress=not args.quiet)
+    run_sweep(args.protocol, args.out, progress=not args.quiet, record=args.record)
     return 0
 
 
@@ -362,6 +362,12 @@ def add_sweep_parser(commands) -> None:  # noqa: ANN001 - argparse's private typ
     p.add_argument("protocol", help="protocol YAML (see medssl.sweep)")
     p.add_argument("--out", required=True, help="sweep folder (resumed when it exists)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch output of the runs")
+    p.add_argument(
+        "--record", metavar="DIR",
+        help="keep the sweep's record in DIR (results, logs, evaluations, shared pretraining "
+        "backbones; no training state): restored into --out first and updated after each "
+        "finished seed, so the sweep resumes on a machine without --out",
+    )  # fmt: skip
 
 
 def demo_command(args: argparse.Namespace) -> int:

@@ -1070,6 +1070,34 @@ def _finished_choices(
     return out
 
 
+def _is_shared_run(p: Protocol, job: _Job) -> bool:
+    """A pretraining run that every seed uses: a ``shared`` entry, or any entry of a protocol
+    without ``pretrain_seeds``."""
+    return job.kind == "pretrain" and (
+        p.pretrain_seeds is None or p.roles.get(job.entry, EntryRole()).shared
+    )
+
+
+def finished_seeds(p: Protocol, jobs: list[_Job]) -> tuple[list[Path], dict[int, list[Path]]]:
+    """The shared pretraining runs, and the runs of every seed whose work is all done (its
+    own pretraining runs and the fine-tunes it trains; with ``finetune_grid_seeds: first``
+    a later seed's unchosen candidates are not its work): what ``--record`` keeps."""
+    groups = _groups(jobs)
+    first = _first_seed_groups(p, groups)
+    needed = {id(j) for g in groups for j in trained_candidates(p, g, first)[0]}
+    shared = [j.run for j in jobs if _is_shared_run(p, j)]
+    by_seed: dict[int, list[_Job]] = {}
+    for job in jobs:
+        if not _is_shared_run(p, job) and (job.kind == "pretrain" or id(job) in needed):
+            by_seed.setdefault(job.seed, []).append(job)
+    done = {
+        seed: [j.run for j in seed_jobs] for seed, seed_jobs in by_seed.items()
+        if any(j.kind == "finetune" for j in seed_jobs)  # a seed with its fine-tunes planned
+        and all(is_complete(j.run) for j in seed_jobs)
+    }  # fmt: skip
+    return shared, done
+
+
 def skipped_steps(run: Path) -> int | None:
     """Optimiser steps the finite-step guard skipped in a run (the sum of log.csv's column;
     None when the run has no log)."""
@@ -1274,6 +1302,16 @@ def draw_embedding_maps(p: Protocol, out_dir: Path, splits: list[str]) -> list[t
         return []
     figures = []
     seed = p.seeds[0]
+    n_test = "test and shift" if "shift" in splits else " and ".join(splits)
+
+    def caption(label: str) -> str:
+        return (f"t-SNE map of the {label} backbone's features (before fine-tuning; seed "
+                f"{seed}) of up to {MAP_IMAGES} {n_test} images, coloured by class and by "
+                "split: source.")  # fmt: skip
+
+    missing = [x for x in p.embedding_maps if not (out_dir / _map_file(x)).is_file()]
+    if not missing:  # drawn before (their backbones may be gone since: a copied record)
+        return [(_map_file(x), caption(x)) for x in p.embedding_maps]
     jobs = _finetune_jobs(p, seed, out_dir, False)  # the first seed's, with each init's start
     size = jobs[0].config.image_size or 0
     manifest, parts, pixels = load_eval_data(p.data, size, progress=False)
@@ -1288,6 +1326,10 @@ def draw_embedding_maps(p: Protocol, out_dir: Path, splits: list[str]) -> list[t
     labels = [manifest.class_names[int(t)] for t in manifest.targets[rows]] if (
         manifest.task == "multiclass") else None  # fmt: skip
     for label in p.embedding_maps:
+        name = _map_file(label)
+        if label not in missing:
+            figures.append((name, caption(label)))
+            continue
         init = next(i for i in p.inits if i.label == label)
         job = next(j for j in jobs if j.init is init)
         cfg = job.config  # its architecture and init, as the sweep fine-tunes it
@@ -1302,12 +1344,13 @@ def draw_embedding_maps(p: Protocol, out_dir: Path, splits: list[str]) -> list[t
             where[rows], table["source"], strict=True)]}  # fmt: skip
         if labels is not None:
             colour_by = {"class": labels, **colour_by}
-        name = f"embedding_map_{label}.png"
         plot_embedding_map(features, out_dir / name, colour_by, title=f"{label} backbone")
-        figures.append((name, f"t-SNE map of the {label} backbone's features (before "
-                        f"fine-tuning; seed {seed}) of {len(rows)} {' and '.join(splits)} "
-                        "images, coloured by class and by split: source."))  # fmt: skip
+        figures.append((name, caption(label)))
     return figures
+
+
+def _map_file(label: str) -> str:
+    return f"embedding_map_{label}.png"
 
 
 def _prune(group: list[_Job], chosen: _Job) -> None:
@@ -1324,21 +1367,37 @@ def _prune(group: list[_Job], chosen: _Job) -> None:
             (job.run / BEST).unlink(missing_ok=True)
 
 
+def _save_record(p: Protocol, jobs: list[_Job], out_dir: Path, record: Path | None) -> None:
+    from medssl.sweep_record import save_record
+
+    if record is None:
+        return
+    shared, seeds = finished_seeds(p, jobs)
+    written, recorded = save_record(out_dir, record, shared, seeds)
+    held = f"seeds {', '.join(map(str, recorded))}" if recorded else "no finished seed yet"
+    _say(f"record {record}: {written} files updated ({held})")
+
+
 def run_sweep(
-    protocol: dict[str, Any] | str | Path, out_dir: str | Path, progress: bool = True
-) -> Path:
+    protocol: dict[str, Any] | str | Path, out_dir: str | Path, progress: bool = True,
+    record: str | Path | None = None,
+) -> Path:  # fmt: skip
     """Run (or resume) a sweep into ``out_dir`` and return the path of its ``results.csv``.
 
     ``progress`` controls the per-epoch output of the training runs; the sweep's own
-    ``[i/n]`` lines are always printed.
+    ``[i/n]`` lines are always printed. ``record``: a folder that keeps the sweep's record
+    (:mod:`medssl.sweep_record`): restored into ``out_dir`` first, brought up to date after
+    each finished seed, so the sweep resumes from it on a machine without ``out_dir``.
     """
-    from medssl.paired import write_paired
-    from medssl.report import write_report
+    from medssl.sweep_record import check_record_dir, restore_record
     from medssl.train.finetune import FinetuneConfig, finetune
     from medssl.train.pretrain import pretrain
 
     p = load_protocol(protocol)
     out_dir = Path(out_dir).expanduser().resolve()
+    record = Path(record).expanduser().resolve() if record is not None else None
+    if record is not None:
+        check_record_dir(record, out_dir)
     splits, class_names = _check_splits(p)
     _check_external(p, class_names)
     jobs = plan(p, out_dir, progress)
@@ -1346,11 +1405,14 @@ def run_sweep(
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / CONFIG).is_file() or (out_dir / "checkpoints").is_dir():
         raise MedsslError(f"--out {out_dir} is a run directory, not a sweep folder")
+    if record is not None and (copied := restore_record(record, out_dir)):
+        _say(f"restored {copied} files from the record {record}")
     (out_dir / "protocol.yaml").write_text(yaml.safe_dump(p.to_dict(), sort_keys=False))
 
     all_groups = _groups(jobs)
     first = _first_seed_groups(p, all_groups)
     group_of = {job.name: group for group in all_groups for job in group}
+    last_of_seed = {j.seed: j for j in jobs if j.kind == "finetune"}
     done = sum(is_complete(j.run) for j in jobs)
     n_ft = sum(j.kind == "finetune" for j in jobs)
     tested = ", ".join([*splits, *(e.split for e in p.external)])
@@ -1393,6 +1455,26 @@ def run_sweep(
             _evaluate(p, chosen, splits, f"{p.source}: finetune {chosen.name}")
             if p.prune:
                 _prune(group, chosen)
+        if job is last_of_seed.get(job.seed) and job is not jobs[-1]:
+            _say(f"seed {job.seed} finished: the tables and report so far")
+            write_outputs(p, out_dir, splits)
+            _save_record(p, jobs, out_dir, record)
+    results, report = write_outputs(p, out_dir, splits)
+    _save_record(p, jobs, out_dir, record)
+    _say(
+        f"sweep finished in {(time.perf_counter() - started) / 60:.1f} min: {results} and {report}"
+    )
+    return results
+
+
+def write_outputs(p: Protocol, out_dir: Path, splits: list[str]) -> tuple[Path, Path]:
+    """(Re)write results.csv, selection.csv, pretraining.csv, paired.csv, the embedding maps
+    and the report from the finished runs; returns the paths of results.csv and the report.
+    The sweep does this after each seed's fine-tunes too, so a stopped sweep holds the table
+    of its finished seeds."""
+    from medssl.paired import write_paired
+    from medssl.report import write_report
+
     results = collect_results(p, out_dir, splits)
     collect_selection(p, out_dir)
     curves = collect_pretraining(p, out_dir)
@@ -1403,7 +1485,4 @@ def run_sweep(
         results, out_dir, title, _notes(p), paired_csv=paired, pretraining_csv=curves,
         extra_figures=maps,
     )  # fmt: skip
-    _say(
-        f"sweep finished in {(time.perf_counter() - started) / 60:.1f} min: {results} and {report}"
-    )
-    return results
+    return results, report
