@@ -109,6 +109,9 @@ checkpoint, an evaluation whose ``eval_<split>.json`` exists is not redone, and
 again (or after a crash, or with more seeds) only does what is missing. A finished run made
 with a different configuration is never silently reused: that is an error naming the
 differing settings. A protocol without the newer keys plans exactly the runs it always did.
+The tables, maps and report are also rewritten after each finished seed, so a stopped sweep
+holds the table of its finished seeds. ``record`` (``medssl sweep --record DIR``) keeps a
+compact copy that lets the sweep resume on a machine without ``OUT`` (:mod:`medssl.sweep_record`).
 """
 
 from __future__ import annotations
@@ -1415,9 +1418,13 @@ def run_sweep(
     last_of_seed = {j.seed: j for j in jobs if j.kind == "finetune"}
     done = sum(is_complete(j.run) for j in jobs)
     n_ft = sum(j.kind == "finetune" for j in jobs)
+    n_trained = sum(  # with finetune_grid_seeds: first, a later seed trains one candidate
+        len(g) if p.finetune_grid_seeds == "all" or g[0].seed == p.seeds[0] else 1
+        for g in all_groups
+    )
     tested = ", ".join([*splits, *(e.split for e in p.external)])
     _say(
-        f"sweep: dataset {p.data['dataset']}, {len(jobs) - n_ft} pretraining and {n_ft} "
+        f"sweep: dataset {p.data['dataset']}, {len(jobs) - n_ft} pretraining and {n_trained} "
         f"fine-tuning runs, splits {tested} -> {out_dir}"
     )
     if done:
@@ -1449,6 +1456,8 @@ def run_sweep(
             except MedsslError as exc:
                 raise MedsslError(f"{where}: {exc}") from None
             _say(f"{head} ... finished in {time.perf_counter() - t0:.0f} s")
+            if _is_shared_run(p, job):  # every seed starts from it: record it now
+                _save_record(p, jobs, out_dir, record)
         if job.kind == "finetune" and job.last_of_group:
             trained, chosen_on = trained_candidates(p, group, first)  # this group's runs now
             chosen = _select(p, trained, where, chosen_on != job.seed)
