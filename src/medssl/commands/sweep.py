@@ -26,5 +26,6 @@ def run_sweep(
         raise stopped(
             exc,
             f"sweep {out} stopped; its finished runs are kept and an interrupted one resumes: "
-            f"run medssl sweep {protocol} --out {out} again to continue",
+            f"run medssl sweep {protocol} --out {out}"
+            f"{f' --record {record}' if record is not None else ''} again to continue",
         ) from None
