@@ -1428,7 +1428,7 @@ def run_sweep(
         f"fine-tuning runs, splits {tested} -> {out_dir}"
     )
     if done:
-        _say(f"resuming: {done} of {len(jobs)} runs are already complete")
+        _say(f"resuming: {done} of {len(jobs) - n_ft + n_trained} runs are already complete")
     started = time.perf_counter()
     for i, job in enumerate(jobs, 1):
         head = f"[{i}/{len(jobs)}] {job.description}"
