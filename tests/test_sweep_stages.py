@@ -252,10 +252,12 @@ def test_grid_chosen_on_the_first_seed_is_reused(tmp_path: Path, monkeypatch) ->
 
 
 def test_a_record_resumes_the_sweep_on_a_machine_without_its_folder(
-    staged: tuple[Path, dict], tmp_path: Path, monkeypatch
+    staged: tuple[Path, dict], tmp_path: Path, monkeypatch, capsys
 ) -> None:
     """--record keeps results, logs, evaluations and the shared backbones, no training state;
-    a new folder restored from it reuses every run, and a half-done seed is left out."""
+    a new folder restored from it reuses every run, and a half-done seed is left out (of the
+    record and of the tables written at a finished seed's end); a resumed sweep passes a
+    recorded seed without rewriting its tables."""
     import shutil
 
     source, protocol = staged
@@ -284,6 +286,18 @@ def test_a_record_resumes_the_sweep_on_a_machine_without_its_folder(
     assert not [f for f in files if "-s1" in f]  # seed 1 is not finished: none of it
     assert not [f for f in files if "checkpoints/" in f or f.endswith(("best.pt", ".tmp"))]
     assert {"results.csv", "paired.csv", "selection.csv", "embedding_map_micle.png"} <= files
+    # the tables written at seed 0's end hold seed 0 alone, though seed 1 has finished runs
+    assert set(pd.read_csv(out / "results.csv")["seed"]) == {0}
+    assert set(pd.read_csv(out / "pretraining.csv")["seed"].dropna()) == {0}
+
+    written = (out / "results.csv").stat().st_mtime_ns
+    capsys.readouterr()
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):  # stopped again: seed 0 is recorded, nothing new
+        run_sweep(protocol, out, progress=False, record=record)
+    assert calls == [str(unfinished)]
+    assert "seed 0 finished" not in capsys.readouterr().out  # no tables, no record rewritten
+    assert (out / "results.csv").stat().st_mtime_ns == written
 
     shutil.rmtree(out)
     shutil.copytree(source, out)

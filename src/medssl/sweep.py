@@ -120,6 +120,7 @@ import csv
 import math
 import re
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -1057,14 +1058,16 @@ def _first_seed_groups(p: Protocol, groups: list[list[_Job]]) -> dict[tuple[str,
 
 
 def _finished_choices(
-    p: Protocol, out_dir: Path
+    p: Protocol, out_dir: Path, seeds: Collection[int] | None = None
 ) -> list[tuple[list[_Job], _Job, float | None, int]]:
     """Every finished group's trained candidates, the one chosen on validation, its score
-    and the seed whose validation chose it."""
+    and the seed whose validation chose it (only the groups of ``seeds`` when given)."""
     groups = _groups(plan(p, out_dir, progress=False))
     first = _first_seed_groups(p, groups)
     out = []
     for group in groups:
+        if seeds is not None and group[0].seed not in seeds:
+            continue
         trained, chosen_on = trained_candidates(p, group, first)
         if not trained or not all(is_complete(j.run) for j in trained):
             continue
@@ -1111,11 +1114,11 @@ def skipped_steps(run: Path) -> int | None:
         return sum(int(float(r.get("skipped_steps") or 0)) for r in csv.DictReader(fh))
 
 
-def collect_selection(p: Protocol, out_dir: Path) -> Path:
+def collect_selection(p: Protocol, out_dir: Path, seeds: Collection[int] | None = None) -> Path:
     """(Re)write ``selection.csv``: every grid candidate's validation score, the chosen one
-    marked (one row per fine-tune without a grid)."""
+    marked (one row per fine-tune without a grid; only ``seeds``' fine-tunes when given)."""
     rows = []
-    for trained, chosen, _, chosen_on in _finished_choices(p, out_dir):
+    for trained, chosen, _, chosen_on in _finished_choices(p, out_dir, seeds):
         for job in trained:
             rows.append({
                 "init": job.init.label, "mode": job.mode, "label_fraction": job.fraction,
@@ -1136,12 +1139,15 @@ def _write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> Pa
     return path
 
 
-def collect_pretraining(p: Protocol, out_dir: Path) -> Path:
+def collect_pretraining(p: Protocol, out_dir: Path, seeds: Collection[int] | None = None) -> Path:
     """(Re)write ``pretraining.csv``: each pretraining run's log.csv rows (loss, k-NN
-    validation scores, skipped steps per epoch), the curves behind a budget choice."""
+    validation scores, skipped steps per epoch), the curves behind a budget choice. With
+    ``seeds``, the shared runs and those seeds' own runs only."""
     rows = []
     for job in plan(p, out_dir, progress=False):  # each pretraining run once, shared ones too
         if job.kind != "pretrain" or not (job.run / "log.csv").is_file():
+            continue
+        if seeds is not None and not _is_shared_run(p, job) and job.seed not in seeds:
             continue
         entry = job.entry
         role = p.roles.get(entry, EntryRole())
@@ -1157,13 +1163,16 @@ def collect_pretraining(p: Protocol, out_dir: Path) -> Path:
     return _write_csv(out_dir / "pretraining.csv", PRETRAINING_COLUMNS, rows)
 
 
-def collect_results(p: Protocol, out_dir: Path, splits: list[str]) -> Path:
+def collect_results(
+    p: Protocol, out_dir: Path, splits: list[str], seeds: Collection[int] | None = None
+) -> Path:
     """(Re)write ``results.csv`` from the evaluation files of the protocol's runs: one row
-    per (init, mode, fraction, seed, split), from the grid candidate chosen on validation."""
+    per (init, mode, fraction, seed, split), from the grid candidate chosen on validation
+    (only ``seeds``' fine-tunes when given)."""
     import json
 
     rows = []
-    for _, job, score, chosen_on in _finished_choices(p, out_dir):
+    for _, job, score, chosen_on in _finished_choices(p, out_dir, seeds):
         for split, label in _eval_files(p, splits):
             path = job.run / f"eval_{label}.json"
             if not path.is_file():
@@ -1241,14 +1250,17 @@ def _device(p: Protocol) -> dict[str, str]:
     return {"device": p.device} if p.device is not None else {}
 
 
-def _evaluate(p: Protocol, job: _Job, splits: list[str], where: str) -> None:
-    """Evaluate a finished fine-tune on every split and external set not yet evaluated."""
+def _evaluate(p: Protocol, job: _Job, splits: list[str], where: str) -> int:
+    """Evaluate a finished fine-tune on every split and external set not yet evaluated;
+    returns how many it evaluated."""
     from medssl import evaluation
     from medssl.metrics import ClassMap
 
+    evaluated = 0
     for split, label in _eval_files(p, splits):
         if (job.run / f"eval_{label}.json").is_file():
             continue
+        evaluated += 1
         ext = next((e for e in p.external if e.split == split), None)
         t0 = time.perf_counter()
         try:
@@ -1269,6 +1281,7 @@ def _evaluate(p: Protocol, job: _Job, splits: list[str], where: str) -> None:
             if isinstance(m.get(k), float)
         )  # fmt: skip
         _say(f"    evaluated on {split}: {score} ({time.perf_counter() - t0:.0f} s)")
+    return evaluated
 
 
 def _select(p: Protocol, group: list[_Job], where: str, chosen_before: bool = False) -> _Job:
@@ -1392,7 +1405,7 @@ def run_sweep(
     (:mod:`medssl.sweep_record`): restored into ``out_dir`` first, brought up to date after
     each finished seed, so the sweep resumes from it on a machine without ``out_dir``.
     """
-    from medssl.sweep_record import check_record_dir, restore_record
+    from medssl.sweep_record import check_record_dir, record_holds, restore_record
     from medssl.train.finetune import FinetuneConfig, finetune
     from medssl.train.pretrain import pretrain
 
@@ -1430,6 +1443,7 @@ def run_sweep(
     if done:
         _say(f"resuming: {done} of {len(jobs) - n_ft + n_trained} runs are already complete")
     started = time.perf_counter()
+    changed = False  # trained or evaluated anything since the tables were last written
     for i, job in enumerate(jobs, 1):
         head = f"[{i}/{len(jobs)}] {job.description}"
         where = f"{p.source}: {job.kind} {job.name}"
@@ -1456,18 +1470,26 @@ def run_sweep(
             except MedsslError as exc:
                 raise MedsslError(f"{where}: {exc}") from None
             _say(f"{head} ... finished in {time.perf_counter() - t0:.0f} s")
+            changed = True
             if _is_shared_run(p, job):  # every seed starts from it: record it now
                 _save_record(p, jobs, out_dir, record)
         if job.kind == "finetune" and job.last_of_group:
             trained, chosen_on = trained_candidates(p, group, first)  # this group's runs now
             chosen = _select(p, trained, where, chosen_on != job.seed)
-            _evaluate(p, chosen, splits, f"{p.source}: finetune {chosen.name}")
+            changed |= _evaluate(p, chosen, splits, f"{p.source}: finetune {chosen.name}") > 0
             if p.prune:
                 _prune(group, chosen)
         if job is last_of_seed.get(job.seed) and job is not jobs[-1]:
-            _say(f"seed {job.seed} finished: the tables and report so far")
-            write_outputs(p, out_dir, splits)
-            _save_record(p, jobs, out_dir, record)
+            # a resumed sweep passes finished seeds without redoing their tables and record
+            finished = finished_seeds(p, jobs)[1]
+            unrecorded = record is not None and not record_holds(
+                record, out_dir, finished.get(job.seed, [])
+            )
+            if changed or unrecorded:
+                _say(f"seed {job.seed} finished: the tables and report so far")
+                write_outputs(p, out_dir, splits, seeds=sorted(finished))
+                _save_record(p, jobs, out_dir, record)
+                changed = False
     results, report = write_outputs(p, out_dir, splits)
     _save_record(p, jobs, out_dir, record)
     _say(
@@ -1476,17 +1498,20 @@ def run_sweep(
     return results
 
 
-def write_outputs(p: Protocol, out_dir: Path, splits: list[str]) -> tuple[Path, Path]:
+def write_outputs(
+    p: Protocol, out_dir: Path, splits: list[str], seeds: Collection[int] | None = None
+) -> tuple[Path, Path]:
     """(Re)write results.csv, selection.csv, pretraining.csv, paired.csv, the embedding maps
     and the report from the finished runs; returns the paths of results.csv and the report.
-    The sweep does this after each seed's fine-tunes too, so a stopped sweep holds the table
-    of its finished seeds."""
+    The sweep does this after each seed's fine-tunes too, with ``seeds`` the finished ones,
+    so a stopped sweep holds the tables of its finished seeds and nothing of a half-done one
+    (whose runs the record does not hold)."""
     from medssl.paired import write_paired
     from medssl.report import write_report
 
-    results = collect_results(p, out_dir, splits)
-    collect_selection(p, out_dir)
-    curves = collect_pretraining(p, out_dir)
+    results = collect_results(p, out_dir, splits, seeds)
+    collect_selection(p, out_dir, seeds)
+    curves = collect_pretraining(p, out_dir, seeds)
     paired = write_paired(results, out_dir, n_boot=p.n_boot, comparisons=p.compare)
     title = p.title or f"medssl sweep: {p.data['dataset']}"
     maps = draw_embedding_maps(p, out_dir, splits)

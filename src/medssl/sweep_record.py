@@ -102,6 +102,11 @@ def save_record(
     return written, sorted(seed_runs)
 
 
+def record_holds(record: Path, out_dir: Path, runs: list[Path]) -> bool:
+    """Whether ``record`` holds every one of ``runs`` (folders of the sweep ``out_dir``)."""
+    return bool(runs) and all((record / run.relative_to(out_dir)).is_dir() for run in runs)
+
+
 def restore_record(record: Path, out_dir: Path) -> int:
     """Copy every file of ``record`` that ``out_dir`` lacks into it (an existing file is the
     sweep's own and stays); returns the number of files copied."""
