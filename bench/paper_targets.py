@@ -1,0 +1,138 @@
+"""Judge issue 17's targets (the paper's comparisons) on a finished sweep of
+protocols/ham10000-paper-32px.yaml, from its paired.csv and results.csv.
+
+    python bench/paper_targets.py sweeps/ham32-paper [--fraction 0.1]
+
+Each target is a paired difference of fine-tuned (or linear-probe) macro AUC at one label
+fraction, one value per seed (the pretraining seed and the fine-tuning seed go together).
+Printed per target and split: the mean over seeds, its 95% t-interval over seeds, the
+standard deviation of the per-seed differences, whether the target is met, and its power:
+
+* ``power``: the chance that this many seeds give an interval above 0 if the true
+  difference were the measured mean (normal approximation to the t-test:
+  Φ(mean / (sd/√n) − t)), so a miss with low power says "undecided at this budget", a
+  miss with high power says "not there";
+* ``seeds to decide``: the fewest seeds whose t-interval half-width would fall below
+  |mean| at this standard deviation (the budget that would settle the sign if the mean
+  held), "—" where the interval already excludes 0.
+
+A target of size ("≥ +0.02") is met when the interval is above 0 and the mean reaches the
+size; a mean below the size misses it however many seeds run.
+
+The "best SSL init" of the third target is chosen on **validation** (the mean over seeds of
+``selected_val`` in results.csv, the score that chose each learning rate), never on test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+SSL_INITS = ["natural", "derm", "natderm", "micle", "simclr_cont"]
+SPLIT_NAMES = {
+    "test": "test", "shift": "rosendahl", "external:ph2": "PH2 (nv/mel)",
+    "external:ph2-malignant": "PH2 benign/malignant",
+}  # fmt: skip
+
+
+def per_seed(paired: pd.DataFrame, a: str, b: str, mode: str, fraction: float, split: str,
+             metric: str = "auc_macro") -> np.ndarray:  # fmt: skip
+    """The per-seed paired differences a − b (NaN-free, in seed order)."""
+    q = paired[(paired.a == a) & (paired.b == b) & (paired["mode"] == mode)
+               & np.isclose(paired.label_fraction, fraction) & (paired.split == split)
+               & (paired.metric == metric) & (paired.seed.astype(str) != "mean")]  # fmt: skip
+    return q.sort_values("seed")["diff"].dropna().to_numpy(float)
+
+
+def seeds_to_decide(gap: float, sd: float, limit: int = 1000) -> int | None:
+    """Fewest seeds n whose 95% t half-width t(n−1)·sd/√n falls below ``gap`` (> 0)."""
+    if gap <= 0 or sd == 0:
+        return None
+    for n in range(2, limit + 1):
+        if stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n) < gap:
+            return n
+    return None
+
+
+def judge(diffs: np.ndarray, bound: float) -> dict[str, object]:
+    """Mean, t-interval, sd, met (interval above ``bound`` and mean >= bound), power."""
+    n = len(diffs)
+    mean = float(diffs.mean())
+    sd = float(diffs.std(ddof=1)) if n > 1 else float("nan")
+    t = stats.t.ppf(0.975, n - 1) if n > 1 else float("nan")
+    half = t * sd / math.sqrt(n) if n > 1 else float("nan")
+    low, high = mean - half, mean + half
+    # the target is "difference >= bound, interval above 0" (bound 0: "> 0, interval above 0")
+    met = bool(n > 1 and low > 0 and mean >= bound)
+    power = (
+        float(stats.norm.cdf(mean / (sd / math.sqrt(n)) - t)) if n > 1 and sd > 0
+        else float("nan")
+    )  # fmt: skip
+    decided = n > 1 and (low > 0 or high < 0)
+    need = None if decided else seeds_to_decide(abs(mean), sd)
+    return {"n": n, "mean": mean, "low": low, "high": high, "sd": sd, "met": met,
+            "power": power, "need": need}  # fmt: skip
+
+
+def _fmt(x: float) -> str:
+    return f"{x:+.3f}".replace("-", "−")
+
+
+def row(label: str, split: str, bound: float, verdict: dict[str, object]) -> str:
+    v = verdict
+    interval = f"{_fmt(v['mean'])} [{_fmt(v['low'])}, {_fmt(v['high'])}]"
+    need = "—" if v["need"] is None else str(v["need"])
+    return (
+        f"| {label} | {SPLIT_NAMES.get(split, split)} | ≥ {_fmt(bound)} | {interval} | "
+        f"{v['sd']:.3f} | {v['n']} | {'**met**' if v['met'] else 'missed'} | "
+        f"{v['power']:.2f} | {need} |"
+    )
+
+
+def best_ssl_on_validation(results: pd.DataFrame, fraction: float) -> tuple[str, pd.Series]:
+    """The SSL init with the highest mean validation score (fine-tuned, at ``fraction``)."""
+    r = results[(results["mode"] == "finetune") & np.isclose(results.label_fraction, fraction)
+                & (results.split == "test") & results.init.isin(SSL_INITS)]  # fmt: skip
+    val = r.groupby("init")["selected_val"].mean().sort_values(ascending=False)
+    return str(val.index[0]), val
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep", type=Path, help="a sweep folder of the paper protocol")
+    parser.add_argument("--fraction", type=float, default=0.1, help="label fraction")
+    args = parser.parse_args()
+    paired = pd.read_csv(args.sweep / "paired.csv")
+    results = pd.read_csv(args.sweep / "results.csv")
+    f = args.fraction
+    best, val = best_ssl_on_validation(results, f)
+    print(f"best SSL init on validation at {f:g} labels (mean val macro AUC over seeds): "
+          + ", ".join(f"{i} {s:.4f}" for i, s in val.items()))  # fmt: skip
+    targets = [
+        ("natderm − supervised", "natderm", "supervised", "finetune", 0.02, ["test", "shift"]),
+        ("natderm − natural", "natderm", "natural", "finetune", 0.0, ["test", "shift"]),
+        (f"{best} (best SSL on val) − random", best, "random", "finetune", 0.03,
+         ["test", "shift", "external:ph2", "external:ph2-malignant"]),
+        ("micle − simclr_cont", "micle", "simclr_cont", "finetune", 0.0, ["test", "shift"]),
+        ("micle − simclr_cont, linear probe", "micle", "simclr_cont", "linear", 0.0,
+         ["test", "shift"]),
+    ]  # fmt: skip
+    print(f"\n| target ({f * 100:g}% labels) | split | bound | mean [95% t-interval over "
+          "seeds] | sd | seeds | verdict | power | seeds to decide |")
+    print("|---|---|---:|---|---:|---:|---|---:|---:|")
+    for label, a, b, mode, bound, splits in targets:
+        for split in splits:
+            diffs = per_seed(paired, a, b, mode, f, split)
+            if len(diffs) == 0:
+                print(f"| {label} | {SPLIT_NAMES.get(split, split)} | — | no rows | | | | | |")
+                continue
+            print(row(label, split, bound, judge(diffs, bound)))
+
+
+if __name__ == "__main__":
+    main()
