@@ -503,3 +503,19 @@ def test_plots_take_an_interval_that_lies_beside_its_point(tmp_path):
     s["auc_macro_hi"] = s["auc_macro_mean"] + 0.02
     assert_png(plot_label_efficiency(s, "auc_macro", tmp_path / "l.png"))
     assert_png(plot_shift_bars(s, "auc_macro", tmp_path / "b.png"))
+
+
+def test_label_efficiency_colours_inits_apart_and_keeps_bands_in_range(tmp_path):
+    """The paper protocol's eight inits get eight colours (the fine-tuned and linear rows of
+    one init share its colour), and a band over two seeds never draws an AUC past [0, 1]."""
+    from medssl.report.plots import _styles, _within
+
+    inits = ["random", "supervised", "natural", "derm", "natderm", "micle", "simclr_cont",
+             "simclr"]  # fmt: skip
+    assert len({colour for colour, _ in _styles(inits).values()}) == len(inits)
+    assert _within("auc_macro", np.array([-2.0, 0.5, 3.0])).tolist() == [0.0, 0.5, 1.0]
+    s = summarize(make_results(splits=["test", "shift"]))
+    linear = s.assign(init=s["init"] + " (linear)")
+    both = pd.concat([s, linear], ignore_index=True)
+    both["auc_macro_lo"] -= 3.0
+    assert_png(plot_label_efficiency(both, "auc_macro", tmp_path / "l.png"))

@@ -20,6 +20,8 @@ import pandas as pd
 
 from medssl.errors import MedsslError
 from medssl.report.summary import (
+    METRIC_RANGES,
+    _init_mode,
     _metric_label,
     _ordered_inits,
     _ordered_splits,
@@ -47,20 +49,33 @@ _FIXED_COLOURS = {
     "simclr": _OKABE_ITO["sky"],
     "micle": _OKABE_ITO["vermillion"],
 }
-_SPARE_COLOURS = [_OKABE_ITO[k] for k in ("green", "purple", "blue", "yellow")]
+#: colours for inits without a fixed one: first those no fixed init uses, then the rest
+_SPARE_COLOURS = [_OKABE_ITO[k] for k in ("green", "purple", "blue", "yellow", "sky", "orange")]
 _MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 _SPLIT_COLOURS = {"test": _OKABE_ITO["blue"], "shift": _OKABE_ITO["orange"]}
 _DPI = 150
 
 
 def _styles(inits: Sequence[str]) -> dict[str, tuple[str, str]]:
-    """(colour, marker) per init: fixed for known inits, spare colours for the rest."""
-    spare = iter(_SPARE_COLOURS * (1 + len(inits) // len(_SPARE_COLOURS)))
+    """(colour, marker) per init: fixed for known inits, spare colours for the rest (a colour
+    no other init of the figure has, while the eight colours last)."""
+    taken = {_FIXED_COLOURS[i] for i in inits if i in _FIXED_COLOURS}
+    free = [c for c in _SPARE_COLOURS if c not in taken] + [
+        c for c in _SPARE_COLOURS if c in taken
+    ]  # fmt: skip
+    spare = iter(free * (1 + len(inits) // len(free)))
     out = {}
     for i, init in enumerate(inits):
         colour = _FIXED_COLOURS.get(init) or next(spare)
         out[init] = (colour, _MARKERS[i % len(_MARKERS)])
     return out
+
+
+def _within(metric: str, values: np.ndarray) -> np.ndarray:
+    """``values`` clipped to the metric's range (an interval over two seeds can reach past
+    an AUC of 1; the figure shows what the metric can be)."""
+    low, high = METRIC_RANGES.get(metric, (-np.inf, np.inf))
+    return np.clip(values, low, high)
 
 
 def _new_figure(width: float, height: float):
@@ -91,65 +106,35 @@ def _check_summary(summary: pd.DataFrame, metric: str) -> None:
 def plot_label_efficiency(
     summary: pd.DataFrame, metric: str, path: Path | str, title: str | None = None
 ) -> Path:
-    """Metric against label fraction, one line per init, one panel per split.
+    """Metric against label fraction, one line per init, one panel per split, one row of
+    panels per mode (fine-tuning, then ``<init> (linear)`` and other modes), each init in
+    the same colour and marker in every row.
 
     The x axis is logarithmic with ticks at the label fractions that were run (as %); the
-    band is the CI over seeds (error bars instead when only one fraction was run). Panels
-    share the y axis so the drop under distribution shift reads directly.
+    band is the CI over seeds, clipped to the metric's range (error bars instead when only
+    one fraction was run). Panels share the y axis so the drop under distribution shift,
+    and from fine-tuning to a frozen backbone, reads directly.
     """
     _check_summary(summary, metric)
-    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
-
     splits = _ordered_splits(summary["split"])
     inits = _ordered_inits(summary["init"])
-    styles = _styles(inits)
-    fractions = sorted(summary["label_fraction"].unique())
-    fig = _new_figure(1.0 + 4.6 * len(splits), 4.6)
-    axes = fig.subplots(1, len(splits), sharey=True, squeeze=False)[0]
-    for ax, split in zip(axes, splits, strict=True):
-        drew = False
-        for init in inits:
-            sub = summary[(summary["init"] == init) & (summary["split"] == split)]
-            sub = sub.sort_values("label_fraction")
-            x = sub["label_fraction"].to_numpy(dtype=float)
-            y = sub[f"{metric}_mean"].to_numpy(dtype=float)
-            if not np.isfinite(y).any():
-                continue
-            lo = sub[f"{metric}_lo"].to_numpy(dtype=float)
-            hi = sub[f"{metric}_hi"].to_numpy(dtype=float)
-            colour, marker = styles[init]
-            linestyle = "--" if init == "random" else "-"
-            ax.plot(x, y, marker=marker, color=colour, ls=linestyle, lw=2, ms=6, label=init)
-            ok = np.isfinite(lo) & np.isfinite(hi)
-            if len(fractions) > 1:
-                ax.fill_between(x, lo, hi, where=ok, color=colour, alpha=0.15, lw=0)
-            elif ok.any():
-                ax.errorbar(
-                    x[ok],
-                    y[ok],
-                    # a bootstrap interval may lie beside its point (ECE is biased upward on
-                    # resamples): the bar then ends at the point, it never goes negative
-                    yerr=[np.clip(y[ok] - lo[ok], 0, None), np.clip(hi[ok] - y[ok], 0, None)],
-                    fmt="none",
-                    ecolor=colour,
-                    capsize=4,
-                    lw=1.5,
-                )
-            drew = True
-        if not drew:
-            ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xscale("log")
-        ax.xaxis.set_major_locator(FixedLocator(fractions))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _pct(v)))
-        ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xlim(fractions[0] / 1.4, fractions[-1] * 1.4)
-        ax.set_title(_split_label(split), fontsize=11)
-        ax.set_xlabel("Labelled fraction of the training set (log scale)")
-        ax.grid(True, alpha=0.3)
-    axes[0].set_ylabel(_metric_label(metric))
+    modes = list(dict.fromkeys(_init_mode(i)[1] for i in inits))
+    styles = _styles(list(dict.fromkeys(_init_mode(i)[0] for i in inits)))
+    fig = _new_figure(1.0 + 4.6 * len(splits), 0.8 + 3.8 * len(modes))
+    axes = fig.subplots(len(modes), len(splits), sharey=True, squeeze=False)
+    for row, mode in zip(axes, modes, strict=True):
+        in_mode = [i for i in inits if _init_mode(i)[1] == mode]
+        for ax, split in zip(row, splits, strict=True):
+            _draw_efficiency_panel(ax, summary, metric, split, in_mode, styles)
+            heading = _split_label(split)
+            if len(modes) > 1:
+                heading += f" — {mode or 'fine-tuned'}"
+            ax.set_title(heading, fontsize=11)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(_metric_label(metric))
     fig.suptitle(title or f"Label efficiency — {_metric_label(metric)}", fontsize=12)
-    handles, labels = axes[0].get_legend_handles_labels()
-    for ax in axes[1:]:
+    handles, labels = [], []
+    for ax in axes.ravel():
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             if lab not in labels:
                 handles.append(h)
@@ -159,11 +144,60 @@ def plot_label_efficiency(
             handles,
             labels,
             loc="outside lower center",
-            ncols=min(len(labels), 5),
+            ncols=min(len(labels), 8),
             title="Initialisation (band: 95% CI over seeds; one seed: case bootstrap)",
             frameon=False,
         )
     return _save(fig, path)
+
+
+def _draw_efficiency_panel(
+    ax, summary: pd.DataFrame, metric: str, split: str, inits: list[str],
+    styles: dict[str, tuple[str, str]],
+) -> None:  # fmt: skip
+    """One panel of :func:`plot_label_efficiency`: ``inits`` (of one mode) on ``split``."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    fractions = sorted(summary["label_fraction"].unique())
+    drew = False
+    for init in inits:
+        base = _init_mode(init)[0]
+        sub = summary[(summary["init"] == init) & (summary["split"] == split)]
+        sub = sub.sort_values("label_fraction")
+        x = sub["label_fraction"].to_numpy(dtype=float)
+        y = sub[f"{metric}_mean"].to_numpy(dtype=float)
+        if not np.isfinite(y).any():
+            continue
+        lo = _within(metric, sub[f"{metric}_lo"].to_numpy(dtype=float))
+        hi = _within(metric, sub[f"{metric}_hi"].to_numpy(dtype=float))
+        colour, marker = styles[base]
+        linestyle = "--" if base == "random" else "-"
+        ax.plot(x, y, marker=marker, color=colour, ls=linestyle, lw=2, ms=6, label=base)
+        ok = np.isfinite(lo) & np.isfinite(hi)
+        if len(fractions) > 1:
+            ax.fill_between(x, lo, hi, where=ok, color=colour, alpha=0.15, lw=0)
+        elif ok.any():
+            ax.errorbar(
+                x[ok],
+                y[ok],
+                # a bootstrap interval may lie beside its point (ECE is biased upward on
+                # resamples): the bar then ends at the point, it never goes negative
+                yerr=[np.clip(y[ok] - lo[ok], 0, None), np.clip(hi[ok] - y[ok], 0, None)],
+                fmt="none",
+                ecolor=colour,
+                capsize=4,
+                lw=1.5,
+            )
+        drew = True
+    if not drew:
+        ax.text(0.5, 0.5, "no values", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(fractions))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: _pct(v)))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlim(fractions[0] / 1.4, fractions[-1] * 1.4)
+    ax.set_xlabel("Labelled fraction of the training set (log scale)")
+    ax.grid(True, alpha=0.3)
 
 
 def plot_shift_bars(

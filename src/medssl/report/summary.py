@@ -33,6 +33,10 @@ METRIC_LABELS: dict[str, str] = {
     "sensitivity": "Sensitivity",
     "specificity": "Specificity",
 }
+#: the values a metric can take (an interval over few seeds can reach past them; figures clip)
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    m: (0.0, 1.0) for m in [*METRICS, "ece", *OPERATING_METRICS]
+}
 #: marks a cell whose interval is one run's case-level bootstrap, not an interval over seeds
 CASE_CI_MARK = "†"
 SPLIT_LABELS: dict[str, str] = {"test": "In-distribution (test)", "shift": "Distribution shift"}
