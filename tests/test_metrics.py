@@ -563,3 +563,24 @@ def test_case_level_prediction_is_the_mean_of_the_case_images() -> None:
     _, y, _, conflicting = case_level(np.full((4, 2), 0.5), targets, np.array([0, 0, 1, 1]),
                                       "multilabel")  # fmt: skip
     assert conflicting == 1 and np.isnan(y[0, 1]) and y[0, 0] == 1
+
+
+def test_merged_float32_probabilities_past_one_by_rounding_are_scored():
+    """A float32 softmax summed over merged model classes can reach 1.0000001 (the PH2
+    benign/malignant evaluation of a sweep stopped on it: scikit-learn's Brier score refused
+    it); the sum is clipped, while values truly outside [0, 1] are a clear error."""
+    from medssl.metrics import merge_model_classes
+
+    row = np.array([[0.004392745904624462, 0.029222125187516212, 0.07638240605592728,
+                     0.0005886911530978978, 0.8888260722160339, 7.154522609198466e-05,
+                     0.0005164812901057303]], dtype=np.float32)  # fmt: skip
+    names = [f"c{i}" for i in range(7)]
+    assert (row @ np.ones((7, 1), np.float32))[0, 0] > 1  # the rounding the fix is about
+    merged, groups = merge_model_classes(row, names, {"all": names, "none": []})
+    assert groups == ["all", "none"] and merged.dtype == np.float32
+    assert merged[0, 0] == 1.0 and merged[0, 1] == 0.0
+    probs = np.vstack([merged, [[0.0, 1.0]]]).astype(np.float32)
+    probs[0, 0] = np.nextafter(np.float32(1), np.float32(2))  # as an unclipped sum gives
+    assert multiclass_calibration(probs, np.array([0, 1]))["brier"] == pytest.approx(0.0)
+    with pytest.raises(MedsslError, match=r"must lie in \[0, 1\].*logits"):
+        multiclass_calibration(np.array([[2.5, -1.5], [0.0, 1.0]]), np.array([0, 1]))

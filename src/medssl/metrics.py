@@ -76,6 +76,10 @@ def _check_names(names: Sequence[str], expected: int, what: str) -> list[str]:
     return names
 
 
+#: how far past [0, 1] a probability may lie from float rounding alone (then it is clipped)
+PROB_TOLERANCE = 1e-4
+
+
 def _check_probs(probs: np.ndarray) -> np.ndarray:
     probs = np.asarray(probs, dtype=np.float64)
     if probs.ndim != 2:
@@ -86,7 +90,15 @@ def _check_probs(probs: np.ndarray) -> np.ndarray:
         raise MedsslError("no predictions to evaluate (0 rows)")
     if not np.all(np.isfinite(probs)):
         raise MedsslError("probabilities contain NaN or infinite values")
-    return probs
+    low, high = float(probs.min()), float(probs.max())
+    if low < -PROB_TOLERANCE or high > 1 + PROB_TOLERANCE:
+        raise MedsslError(
+            f"probabilities must lie in [0, 1], got values from {low:.6g} to {high:.6g} "
+            "(scores or logits instead of probabilities?)"
+        )
+    # float32 rounding (a softmax, or model classes merged by summing) can pass 1 by ~1e-7,
+    # which scikit-learn's Brier score refuses
+    return np.clip(probs, 0.0, 1.0)
 
 
 def _check_labels(labels: np.ndarray, n_rows: int, n_classes: int) -> np.ndarray:
@@ -1027,7 +1039,7 @@ def merge_model_classes(
     """
     names = [str(n) for n in model_names]
     probs = np.asarray(probs)
-    merge = np.zeros((len(names), len(groups)), dtype=probs.dtype)
+    merge = np.zeros((len(names), len(groups)), dtype=np.float64)
     for j, (group, members) in enumerate(groups.items()):
         for m in members:
             if m not in names:
@@ -1036,4 +1048,8 @@ def merge_model_classes(
                     f"class; model classes: {', '.join(names)}"
                 )
             merge[names.index(m), j] = 1
-    return probs @ merge, [str(g) for g in groups]
+    # summed in float64 and clipped: float32 sums of a softmax can pass 1 by a rounding step
+    merged = np.clip(probs.astype(np.float64) @ merge, 0.0, 1.0)
+    return merged.astype(probs.dtype if probs.dtype.kind == "f" else np.float64), [
+        str(g) for g in groups
+    ]
