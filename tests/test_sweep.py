@@ -161,6 +161,22 @@ def test_finished_run_with_other_settings_is_not_reused(
         run_sweep(protocol, out, progress=False)
 
 
+def test_a_run_made_on_data_at_another_path_names_both_roots(
+    demo: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep moved to a machine whose data sits elsewhere: its finished runs are not
+    taken for runs of this data (medssl cannot tell), and the error says what would do."""
+    out, _ = demo
+    monkeypatch.setattr(finetune_module, "finetune", _Spy())
+    protocol = demo_protocol(budget="smoke")
+    protocol["data"]["root"] = str(tmp_path / "moved")
+    with pytest.raises(MedsslError) as caught:
+        run_sweep(protocol, out, progress=False)
+    message = str(caught.value)
+    assert "different settings (data)" in message
+    assert f"the protocol's is {tmp_path / 'moved'}" in message and "symbolic link" in message
+
+
 # --------------------------------------------------------------------------- validation
 
 

@@ -907,6 +907,25 @@ def _stale_settings(job: _Job, out_dir: Path) -> list[str]:
     return sorted(k for k in set(old) | set(new) if differs(k))
 
 
+def _moved_data_hint(job: _Job) -> str:
+    """When a finished run differs only in its data root (a sweep or record moved to a
+    machine whose data sits elsewhere): the two roots, and what makes the run reusable.
+    medssl cannot tell that two roots hold the same images, so it does not assume it."""
+    old = dict(read_config(job.run).get("data") or {})
+    new = dict(asdict(job.config.resolved()).get("data") or {})
+    if not old or old.get("root") == new.get("root"):
+        return ""
+    if {k: v for k, v in old.items() if k != "root"} != {
+        k: v for k, v in new.items() if k != "root"
+    }:  # fmt: skip
+        return ""
+    return (
+        f" (the run's data root was {old.get('root')}, the protocol's is {new.get('root')}: "
+        "if they hold the same dataset, make it reachable at the run's path, a symbolic "
+        "link will do)"
+    )
+
+
 # --------------------------------------------------------------------------- running
 
 
@@ -1457,6 +1476,7 @@ def run_sweep(
                 raise MedsslError(
                     f"{where}: {job.run} holds a finished run made with different settings "
                     f"({', '.join(stale)}); choose another --out or restore the protocol"
+                    + _moved_data_hint(job)
                 )
             _say(f"{head} ... done before, reused")
         else:
