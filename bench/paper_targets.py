@@ -49,11 +49,16 @@ def per_seed(paired: pd.DataFrame, a: str, b: str, mode: str, fraction: float, s
     return q.sort_values("seed")["diff"].dropna().to_numpy(float)
 
 
-def seeds_to_decide(gap: float, sd: float, limit: int = 1000) -> int | None:
-    """Fewest seeds n whose 95% t half-width t(n−1)·sd/√n falls below ``gap`` (> 0)."""
+#: the most seeds :func:`seeds_to_decide` looks at
+MAX_SEEDS = 1000
+
+
+def seeds_to_decide(gap: float, sd: float) -> int | None:
+    """Fewest seeds n whose 95% t half-width t(n−1)·sd/√n falls below ``gap`` (> 0); None
+    when no number up to :data:`MAX_SEEDS` would (a mean at 0 is never told from 0)."""
     if gap <= 0 or sd == 0:
         return None
-    for n in range(2, limit + 1):
+    for n in range(2, MAX_SEEDS + 1):
         if stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n) < gap:
             return n
     return None
@@ -74,7 +79,7 @@ def judge(diffs: np.ndarray, bound: float) -> dict[str, object]:
         else float("nan")
     )  # fmt: skip
     decided = n > 1 and (low > 0 or high < 0)
-    need = None if decided else seeds_to_decide(abs(mean), sd)
+    need = "—" if decided else seeds_to_decide(abs(mean), sd) or f"> {MAX_SEEDS}"
     return {"n": n, "mean": mean, "low": low, "high": high, "sd": sd, "met": met,
             "power": power, "need": need}  # fmt: skip
 
@@ -86,7 +91,7 @@ def _fmt(x: float) -> str:
 def row(label: str, split: str, bound: float, verdict: dict[str, object]) -> str:
     v = verdict
     interval = f"{_fmt(v['mean'])} [{_fmt(v['low'])}, {_fmt(v['high'])}]"
-    need = "—" if v["need"] is None else str(v["need"])
+    need = str(v["need"])
     return (
         f"| {label} | {SPLIT_NAMES.get(split, split)} | ≥ {_fmt(bound)} | {interval} | "
         f"{v['sd']:.3f} | {v['n']} | {'**met**' if v['met'] else 'missed'} | "
