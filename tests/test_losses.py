@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import math
 from pathlib import Path
 
@@ -194,6 +195,12 @@ def _worker(rank: int, init_method: str, out_dir: str, x_a: Tensor, x_b: Tensor)
 
         mdist.barrier()
         torch.save(result, Path(out_dir) / f"rank{rank}.pt")
+        # DDP's reducer and gloo's pending work hold the group: freed before it is
+        # destroyed, or a rank can abort at exit ("terminate called without an active
+        # exception", once in a CI run under load)
+        del ddp, ddp_loss, model, loss, gathered
+        gc.collect()
+        mdist.barrier()
     finally:
         mdist.cleanup()
 
