@@ -21,7 +21,12 @@ if [ ! -f "$CARRY/data.tar.gz" ] || stale "$CARRY/data.tar.gz"; then
     mv "$CARRY/data.tar.gz.tmp" "$CARRY/data.tar.gz"
 fi
 
-# --- wheels: one version of each (two would stop the install on the device)
+# --- wheels: one version of each (two would stop the install on the device), at the
+# versions in .venv: lightly (and hydra, omegaconf) come with the bench extra, not with setup.sh
+if ! "$PY" -c "import lightly" 2>/dev/null; then
+    "$PY" -m pip install -q -c constraints-ci.txt -e ".[bench]" 2>&1 \
+        | { grep -v "^WARNING: Location" || true; }
+fi
 version() { "$PY" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$1"; }
 rm -rf "$CARRY/wheels"
 mkdir -p "$CARRY/wheels"
