@@ -31,13 +31,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from evidence_tables import SPLIT_NAMES, _num
 from scipy import stats
 
+from medssl.paired import t_interval, t_quantile_975
+
 SSL_INITS = ["natural", "derm", "natderm", "micle", "simclr_cont"]
-SPLIT_NAMES = {
-    "test": "test", "shift": "rosendahl", "external:ph2": "PH2 (nv/mel)",
-    "external:ph2-malignant": "PH2 benign/malignant",
-}  # fmt: skip
 
 
 def per_seed(paired: pd.DataFrame, a: str, b: str, mode: str, fraction: float, split: str,
@@ -59,19 +58,18 @@ def seeds_to_decide(gap: float, sd: float) -> int | None:
     if gap <= 0 or sd == 0:
         return None
     for n in range(2, MAX_SEEDS + 1):
-        if stats.t.ppf(0.975, n - 1) * sd / math.sqrt(n) < gap:
+        if t_quantile_975(n - 1) * sd / math.sqrt(n) < gap:
             return n
     return None
 
 
 def judge(diffs: np.ndarray, bound: float) -> dict[str, object]:
-    """Mean, t-interval, sd, met (interval above ``bound`` and mean >= bound), power."""
+    """Mean, t-interval (paired.csv's own, :func:`medssl.paired.t_interval`), sd, met
+    (interval above 0 and mean >= ``bound``), power."""
     n = len(diffs)
-    mean = float(diffs.mean())
+    mean, low, high = t_interval(diffs)
     sd = float(diffs.std(ddof=1)) if n > 1 else float("nan")
-    t = stats.t.ppf(0.975, n - 1) if n > 1 else float("nan")
-    half = t * sd / math.sqrt(n) if n > 1 else float("nan")
-    low, high = mean - half, mean + half
+    t = t_quantile_975(n - 1) if n > 1 else float("nan")
     # the target is "difference >= bound, interval above 0" (bound 0: "> 0, interval above 0")
     met = bool(n > 1 and low > 0 and mean >= bound)
     power = (
@@ -84,16 +82,12 @@ def judge(diffs: np.ndarray, bound: float) -> dict[str, object]:
             "power": power, "need": need}  # fmt: skip
 
 
-def _fmt(x: float) -> str:
-    return f"{x:+.3f}".replace("-", "−")
-
-
 def row(label: str, split: str, bound: float, verdict: dict[str, object]) -> str:
     v = verdict
-    interval = f"{_fmt(v['mean'])} [{_fmt(v['low'])}, {_fmt(v['high'])}]"
+    interval = f"{_num(v['mean'])} [{_num(v['low'])}, {_num(v['high'])}]"
     need = str(v["need"])
     return (
-        f"| {label} | {SPLIT_NAMES.get(split, split)} | ≥ {_fmt(bound)} | {interval} | "
+        f"| {label} | {SPLIT_NAMES.get(split, split)} | ≥ {_num(bound)} | {interval} | "
         f"{v['sd']:.3f} | {v['n']} | {'**met**' if v['met'] else 'missed'} | "
         f"{v['power']:.2f} | {need} |"
     )
