@@ -8,9 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from helpers.images import write_dicom
 from medssl.data.adapters import load_manifest
 from medssl.data.adapters.chexpert import CHEXPERT_FINDINGS, CHEXPERT_TO_SHARED, load_chexpert
 from medssl.data.adapters.generic import load_csv, load_folder
@@ -24,30 +23,6 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def write_image(path: Path, value: int = 128, size: tuple[int, int] = (6, 5)) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("L", size, color=value).save(path)
-    return path
-
-
-def write_dicom(path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2") -> Path:
-    """A minimal valid 16-bit grayscale DICOM file (CR image storage)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16
-    ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixels.astype("<u2").tobytes()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
     return path
 
 

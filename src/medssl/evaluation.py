@@ -359,7 +359,8 @@ def evaluate_run(
     _check_outputs(run, label, class_map)
     unreadable = skip_unreadable if external else bool(cfg.get("skip_unreadable"))
     loaded = load_eval_data(
-        spec, cfg["image_size"], _source_scale(cfg), cfg["cache_dir"], unreadable
+        spec, cfg["image_size"], _source_scale(cfg), cfg["cache_dir"], unreadable,
+        needs_labels="evaluation",
     )
     manifest, splits, pixels = loaded
     scope = _scope(manifest, splits, split, external, allow_training_images)

@@ -127,7 +127,8 @@ from typing import Any
 
 import yaml
 
-from medssl.data.spec import DataSpec, read_spec
+from medssl.data.exclusion import checked_exclusion
+from medssl.data.spec import DataSpec, is_pool, read_spec
 from medssl.errors import MedsslError
 from medssl.options import Given, Where, check_seed, read, read_yaml_mapping, spelling
 from medssl.train.run import (
@@ -440,6 +441,18 @@ def _entry_role(
     return settings, role
 
 
+def _exclude_evaluation_data(role: EntryRole, data: dict[str, Any], source: str, key: str) -> None:
+    """An entry pretraining on an unlabeled pool never sees the protocol's evaluation cases:
+    unless it names its own ``exclude``, the pool loses every image (and its case) of the
+    protocol data's val, test and shift splits (:mod:`medssl.data.exclusion`)."""
+    if not role.data or not is_pool(role.data):
+        return
+    if role.supervised:
+        raise _fail(source, f"{key}.data", "a supervised entry needs labelled data")
+    if not role.data.get("exclude"):
+        role.data = {**role.data, "exclude": checked_exclusion({"data": data})}
+
+
 def _check_shared_chains(
     pretrain: dict[str, dict[str, Any]], roles: dict[str, EntryRole],
     pretrain_seeds: list[int] | None, source: str,
@@ -547,6 +560,7 @@ def load_protocol(protocol: dict[str, Any] | str | Path) -> Protocol:
             raise _fail(source, f"pretrain.{name}", "names must be letters, digits, _.+- "
                         "and not 'random'")  # fmt: skip
         settings, roles[name] = _entry_role(settings, source, f"pretrain.{name}", base)
+        _exclude_evaluation_data(roles[name], data, source, f"pretrain.{name}")
         cls, reserved = (
             (FinetuneConfig, _SUPERVISED_RESERVED) if roles[name].supervised
             else (PretrainConfig, _PRETRAIN_RESERVED)

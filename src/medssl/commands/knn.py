@@ -97,7 +97,9 @@ def compare_backbones(
         labels[label] = init
     arch, size, stem, patch = _architecture(inits, backbone, image_size, small_stem, patch_size)
     architecture = {"backbone": arch, "image_size": size, "small_stem": stem, "patch_size": patch}
-    manifest, splits, pixels = load_data(data, size, cache_dir, progress=progress)
+    manifest, splits, pixels = load_data(
+        data, size, cache_dir, progress=progress, needs_labels="the k-NN comparison"
+    )
     if split not in splits.indices or split == "train":
         choices = ", ".join(s for s in splits.indices if s != "train")
         raise MedsslError(f"--split {split}: not a query split of this dataset ({choices})")

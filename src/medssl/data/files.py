@@ -37,6 +37,22 @@ def index_images(root: Path, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> di
     return found
 
 
+def hidden(name: str) -> bool:
+    """A hidden file or folder, or macOS's archive metadata: never an image of the data."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def walk_images(folder: Path, extensions: Iterable[str] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Image files anywhere below ``folder``, sorted; hidden files and folders skipped."""
+    exts = tuple(e.lower() for e in extensions)
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not hidden(d))
+        names = [f for f in sorted(filenames) if not hidden(f) and f.lower().endswith(exts)]
+        found.extend(Path(dirpath) / f for f in names)
+    return found
+
+
 def read_csv(path: Path, required: Iterable[str], dataset: str) -> pd.DataFrame:
     """Read a CSV and check it has the columns an adapter needs."""
     if not path.is_file():

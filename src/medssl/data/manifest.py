@@ -19,7 +19,9 @@ feed the subgroup metrics of ``medssl evaluate`` (:mod:`medssl.subgroups`): ``se
 
 Labels live beside the table in :attr:`Manifest.targets` so that the table stays light:
 ``(N,)`` int64 class indices for ``multiclass``, ``(N, K)`` float32 multi-hot with NaN for
-uncertain or missing findings for ``multilabel``.
+uncertain or missing findings for ``multilabel``. An unlabeled manifest (pretraining data:
+the ``images`` dataset, or any dataset read with ``unlabeled``) has no class names and
+every target is :data:`NO_LABEL`.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from medssl.errors import MedsslError
 Task = Literal["multiclass", "multilabel"]
 COLUMNS = ("image", "case_id", "source", "view", "official_split")
 METADATA = ("sex", "age", "localization")
+NO_LABEL = -1  #: the target of every row of an unlabeled manifest
 
 
 @dataclass
@@ -51,6 +54,8 @@ class Manifest:
     warnings: list[str] = field(default_factory=list)
     #: images dropped as unreadable (``--skip-unreadable``) before this manifest was made
     unreadable_dropped: int = 0
+    #: what a leakage exclusion left out of this pool (:mod:`medssl.data.exclusion`)
+    excluded: dict | None = None
 
     def __post_init__(self) -> None:
         missing = [c for c in COLUMNS if c not in self.table.columns]
@@ -66,7 +71,9 @@ class Manifest:
         for col in METADATA:
             if col in self.table.columns:
                 self.table[col] = self.table[col].fillna("").astype(str)
-        if self.task == "multiclass":
+        if not self.class_names:  # unlabeled: pretraining data
+            self.targets = np.full(len(self.table), NO_LABEL, dtype=np.int64)
+        elif self.task == "multiclass":
             self.targets = np.asarray(self.targets, dtype=np.int64)
             bad = np.flatnonzero((self.targets < 0) | (self.targets >= len(self.class_names)))
             if bad.size:
@@ -87,6 +94,31 @@ class Manifest:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def labelled(self) -> bool:
+        return bool(self.class_names)
+
+    def without_labels(self) -> Manifest:
+        """The same images, cases and sources with no labels (a pretraining pool)."""
+        return Manifest(
+            name=self.name,
+            table=self.table.copy(),
+            targets=np.full(len(self), NO_LABEL, dtype=np.int64),
+            class_names=[],
+            task="multiclass",
+            pixels=self.pixels,
+            warnings=list(self.warnings),
+            unreadable_dropped=self.unreadable_dropped,
+        )
+
+    def require_labels(self, what: str) -> None:
+        """A one-line error when ``what`` (fine-tuning, evaluation, k-NN) meets unlabeled data."""
+        if not self.labelled:
+            raise MedsslError(
+                f"{self.name}: the data has no labels ({what} needs them); unlabeled images "
+                "serve pretraining only"
+            )
+
     def subset(self, indices: np.ndarray | list[int]) -> Manifest:
         """A manifest of the given rows, in that order (pixels follow when present)."""
         idx = np.asarray(indices, dtype=np.int64)
@@ -105,6 +137,7 @@ class Manifest:
             pixels=pixels,
             warnings=list(self.warnings),
             unreadable_dropped=self.unreadable_dropped,
+            excluded=self.excluded,
         )
 
     def case_codes(self) -> tuple[np.ndarray, np.ndarray]:
@@ -114,6 +147,8 @@ class Manifest:
 
     def class_counts(self) -> dict[str, int]:
         """Images per class (multiclass) or positive images per finding (multilabel)."""
+        if not self.labelled:
+            return {}
         if self.task == "multiclass":
             counts = np.bincount(self.targets, minlength=self.num_classes)
         else:
@@ -126,6 +161,8 @@ class Manifest:
         Multiclass: the class. Multilabel: the rarest positive finding of the row (or
         "none"), which keeps rare findings spread over the splits.
         """
+        if not self.labelled:
+            return np.zeros(len(self), dtype=np.int64)
         if self.task == "multiclass":
             return self.targets.copy()
         positive = self.targets == 1
@@ -139,10 +176,16 @@ class Manifest:
     def summary(self) -> dict:
         """Counts that a user checks first: images, cases, bags, classes, sources."""
         per_case = Counter(self.table["case_id"])
-        return {
+        sizes = np.fromiter(per_case.values(), dtype=np.int64)
+        out = {
             "images": len(self),
             "cases": len(per_case),
-            "multi_image_cases": sum(1 for n in per_case.values() if n >= 2),
+            "multi_image_cases": int((sizes >= 2).sum()),
+            "images_per_case_median": float(np.median(sizes)),
+            "images_per_case_max": int(sizes.max()),
             "classes": self.class_counts(),
             "sources": {k: int(v) for k, v in self.table["source"].value_counts().items()},
         }
+        if self.excluded:
+            out["excluded"] = dict(self.excluded)
+        return out

@@ -104,3 +104,27 @@ class PairSampler(Sampler[tuple[int, int, int]]):
 
     def __len__(self) -> int:
         return self.global_len // self.world_size
+
+
+def bag_statistics(bags: CaseBags) -> dict[str, float]:
+    """What MICLe can pair: images, cases, cases with 2+ images, images per case."""
+    sizes = np.diff(bags.offsets)
+    sizes = sizes[sizes > 0]
+    return {
+        "pretrain_images": len(bags),
+        "pretrain_cases": int(sizes.size),
+        "multi_image_cases": int((sizes >= 2).sum()),
+        "images_per_case_median": float(np.median(sizes)) if sizes.size else 0.0,
+        "images_per_case_max": int(sizes.max()) if sizes.size else 0,
+    }
+
+
+def describe_bags(bags: CaseBags) -> str:
+    """:func:`bag_statistics` as one line."""
+    s = bag_statistics(bags)
+    median = s["images_per_case_median"]
+    return (
+        f"{s['pretrain_images']:,} images, {s['pretrain_cases']:,} cases, "
+        f"{s['multi_image_cases']:,} with 2+ images; images per case median "
+        f"{median:g}, max {s['images_per_case_max']}"
+    )

@@ -7,15 +7,20 @@ rebuild the exact manifest and splits a pretraining run used, and a user can poi
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from medssl.data.adapters import DATASETS, load_manifest
+from medssl.data.adapters.unlabeled import NAME as IMAGES
 from medssl.data.manifest import Manifest
 from medssl.data.splits import SPLIT_SCHEMES, Splits, make_splits
 from medssl.errors import MedsslError
 from medssl.options import MAX_SEED, Given, option, read, settings
+
+#: settings left out of a saved spec at their default (runs made before them compare equal)
+_UNRECORDED_DEFAULTS = {"split_scheme": "canonical", "unlabeled": False, "exclude": None}
 
 
 @dataclass
@@ -36,6 +41,16 @@ class DataSpec:
         help="canonical: medssl's 70/10/20 re-split by case; official: the publisher's split "
         "(CheXpert, NIH lists, MedMNIST, pneumonia folders; docs/PROTOCOLS.md)",
     )  # fmt: skip
+    unlabeled: bool = option(
+        False, help="pretraining: every image of the dataset without its label, no split "
+        "(as --dataset images does for a folder or CSV of images)",
+    )  # fmt: skip
+    exclude: dict[str, Any] | None = option(
+        None, metavar="PATH[:SPLITS[:BY]]",
+        help="unlabeled data: leave out the images (and their cases) of a labelled set's "
+        "splits. PATH: a run directory or a YAML data spec; SPLITS default val,test,shift; "
+        "BY: file (same file or bytes, default) or case (also the same case id)",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         # A dataset's canonical protocol may hold out sources (HAM10000: rosendahl; the
@@ -48,6 +63,12 @@ class DataSpec:
 
     def load(self) -> tuple[Manifest, Splits]:
         manifest = load_manifest(self.dataset, self.root, **self.options)
+        if self.unlabeled:
+            manifest = manifest.without_labels()
+        if self.exclude:
+            from medssl.data.exclusion import exclude_from_pool
+
+            manifest = exclude_from_pool(manifest, self.exclude)
         return manifest, self.splits(manifest)
 
     def splits(self, manifest: Manifest) -> Splits:
@@ -56,8 +77,9 @@ class DataSpec:
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        if out["split_scheme"] == "canonical":  # runs made before the option compare equal
-            del out["split_scheme"]
+        for key, default in _UNRECORDED_DEFAULTS.items():
+            if out[key] == default:
+                del out[key]
         return out
 
     @classmethod
@@ -65,6 +87,11 @@ class DataSpec:
         """A spec as a run recorded it (lenient: older runs may hold options of other
         datasets); user input goes through :func:`read_spec`."""
         return cls(**data)
+
+
+def is_pool(spec: dict[str, Any]) -> bool:
+    """Whether a saved spec is unlabeled pretraining data (no split, no labels)."""
+    return spec.get("dataset") == IMAGES or bool(spec.get("unlabeled"))
 
 
 #: the spec's own settings (besides the dataset's options)
@@ -80,6 +107,17 @@ def read_spec(given: Given, options: Given | None = None, base: Path | None = No
     (default: the working directory).
     """
     given = given.only([*SPEC_KEYS, "options"]) if options is not None else given
+    if isinstance(given.get("exclude"), str | os.PathLike):  # PATH[:SPLITS[:BY]]
+        from medssl.data.exclusion import exclusion_from_text
+
+        text = os.fspath(given.get("exclude"))
+        given.set("exclude", exclusion_from_text(text, base or Path.cwd(), given.name("exclude")),
+                  given.where_of("exclude"))  # fmt: skip
+    elif given.get("exclude") is not None:
+        from medssl.data.exclusion import checked_exclusion
+
+        given.set("exclude", checked_exclusion(given.get("exclude"), given.name("exclude")),
+                  given.where_of("exclude"))  # fmt: skip
     if "options" in given:
         where = given.where_of("options")
         nested = read(DataSpec, given.only(["options"]))["options"]

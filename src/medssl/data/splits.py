@@ -218,12 +218,22 @@ def make_splits(
     seed: int = 0,
     shift_sources: list[str] | None = None,
 ) -> Splits:
-    """The splits of ``scheme``: :func:`canonical_splits` or :func:`official_splits`."""
+    """The splits of ``scheme``: :func:`canonical_splits` or :func:`official_splits`; an
+    unlabeled manifest is one pretraining pool (:func:`pool_splits`) whatever the scheme."""
+    if not manifest.labelled:
+        return pool_splits(manifest)
     if scheme == "canonical":
         return canonical_splits(manifest, seed, shift_sources)
     if scheme == "official":
         return official_splits(manifest, seed, shift_sources)
     raise MedsslError(f"--split-scheme {scheme!r} is not one of {', '.join(SPLIT_SCHEMES)}")
+
+
+def pool_splits(manifest: Manifest) -> Splits:
+    """Unlabeled data is not split: every image is a pretraining image ("train"). What must
+    stay out of pretraining (a labelled set's evaluation cases) is removed from the pool
+    before (:mod:`medssl.data.exclusion`)."""
+    return Splits({"train": np.arange(len(manifest), dtype=np.int64)}, "pool")
 
 
 def cases_shared_between_splits(manifest: Manifest, splits: Splits) -> int:

@@ -225,10 +225,12 @@ def load_data(
     skip_unreadable: bool = False,
     progress: bool = True,
     source_scale: float = 1.0,
+    needs_labels: str = "",
 ) -> tuple[Manifest, Splits, np.ndarray]:
     """Manifest, splits and decoded pixels for a run's data spec: the sources training
     views are cut from (``(N, S, S, 3)`` at ``source_scale`` 1, larger above it; see
-    :mod:`medssl.data.cache`).
+    :mod:`medssl.data.cache`). ``needs_labels``: what needs them (``"fine-tuning"``):
+    unlabeled data is then refused before any image is decoded.
 
     The one place every command loads data through, so it is also where the data layer's
     warnings (the manifest's and the split's) are shown: once per process, on stderr, by
@@ -236,6 +238,8 @@ def load_data(
     """
     data = DataSpec.from_dict(spec)
     manifest, splits = data.load()
+    if needs_labels:
+        manifest.require_labels(needs_labels)
     reduced, pixels = decoded_images(
         manifest,
         image_size,
@@ -258,12 +262,13 @@ def load_eval_data(
     cache_dir: str | None = None,
     skip_unreadable: bool = False,
     progress: bool = True,
+    needs_labels: str = "",
 ) -> tuple[Manifest, Splits, np.ndarray]:
     """:func:`load_data` with un-augmented ``(N, S, S, 3)`` images (evaluation, prediction
     references): the cache itself at ``source_scale`` 1, else
     :func:`~medssl.data.cache.eval_images` of the sources."""
     manifest, splits, pixels = load_data(
-        spec, image_size, cache_dir, skip_unreadable, progress, source_scale=source_scale
+        spec, image_size, cache_dir, skip_unreadable, progress, source_scale, needs_labels
     )
     return manifest, splits, eval_images(pixels, image_size)
 

@@ -220,7 +220,7 @@ class Finetuner:
         self.device = resolve_device(cfg.device)
         self.manifest, self.splits, self.pixels = load_data(
             cfg.data, cfg.image_size, cfg.cache_dir, cfg.skip_unreadable, cfg.progress,
-            source_scale=cfg.source_scale,
+            source_scale=cfg.source_scale, needs_labels="fine-tuning",
         )  # fmt: skip
         self.eval_pixels = eval_images(self.pixels, cfg.image_size)  # validation: S x S
         m = self.manifest

@@ -119,3 +119,23 @@ def knn_metrics(
     else:
         found = multilabel_metrics(scores, targets, class_names, None)
     return {key: found[key] for key in KNN_METRICS[task]}
+
+
+#: images embedded for :func:`feature_spread` (a fixed sample: the check costs seconds)
+SPREAD_SAMPLE = 2048
+
+
+def feature_spread(
+    backbone: nn.Module, pixels: np.ndarray, rows: np.ndarray, device: torch.device
+) -> float:
+    """The collapse check of a run without labels: the mean per-dimension standard deviation
+    of the L2-normalised backbone features of a fixed sample of ``rows``, times sqrt(d).
+
+    Features spread evenly over the unit sphere give about 1; a collapsed embedding (every
+    image mapped to one point, the failure of contrastive training without negatives or with
+    a broken augmentation) gives 0.
+    """
+    rng = np.random.default_rng(0)
+    sample = rng.choice(rows, size=min(len(rows), SPREAD_SAMPLE), replace=False)
+    features = F.normalize(model_outputs(backbone, pixels, np.sort(sample), device), dim=1)
+    return float(features.std(dim=0).mean() * features.shape[1] ** 0.5)

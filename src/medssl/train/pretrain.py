@@ -31,8 +31,11 @@ from medssl.augment import (
 )
 from medssl.data.cache import MAX_IMAGE_SIZE, eval_images
 from medssl.data.datasets import PairViews, unchanged
-from medssl.data.pairs import METHODS, CaseBags, PairSampler
+from medssl.data.exclusion import describe_exclusion
+from medssl.data.manifest import Manifest
+from medssl.data.pairs import METHODS, CaseBags, PairSampler, bag_statistics, describe_bags
 from medssl.data.spec import checked_data
+from medssl.data.splits import Splits
 from medssl.errors import MedsslError
 from medssl.losses import NTXentLoss
 from medssl.models.backbones import backbone_from_config, backbone_traits
@@ -47,12 +50,13 @@ from medssl.train.common import (
     autocast,
     initialise_backbone,
     load_data,
+    load_eval_data,
     resolve_device,
     resolve_init,
     resolve_num_workers,
     resolve_precision,
 )
-from medssl.train.monitor import backbone_knn_scores, knn_metrics
+from medssl.train.monitor import backbone_knn_scores, feature_spread, knn_metrics
 from medssl.train.optim import (
     OPTIMIZERS,
     PRETRAIN_DEFAULTS,
@@ -242,6 +246,7 @@ class Pretrainer:
         )  # fmt: skip
         self.manifest, self.splits, self.pixels = manifest, splits, pixels
         self._eval_pixels: np.ndarray | None = None
+        self._labelled: tuple[Manifest, Splits, np.ndarray] | None = None
         self.train_rows = splits["train"]
         world = dist.world_size()
         if cfg.batch_size % world:
@@ -255,6 +260,13 @@ class Pretrainer:
             )
         codes, _ = manifest.case_codes()
         self.bags = CaseBags(np.unique(codes[self.train_rows], return_inverse=True)[1])
+        self._say(f"pretraining data: {describe_bags(self.bags)}{describe_exclusion(manifest)}")
+        if not manifest.labelled:
+            self._say(
+                "no labels: the monitor logs loss, distinct-pair share and the feature spread "
+                "(collapse check, 0 = collapsed)"
+                + (", and k-NN on the excluded labelled set" if cfg.data.get("exclude") else "")
+            )
         self.sampler = PairSampler(
             self.bags, cfg.method, seed=cfg.seed, rank=dist.rank(), world_size=world,
             global_batch_size=cfg.batch_size,
@@ -382,17 +394,41 @@ class Pretrainer:
         Multiclass: top-1 accuracy, balanced accuracy and macro AUC (top-1 alone mostly
         tracks the majority class on imbalanced data); multilabel: macro AUC.
         """
-        if "val" not in self.splits or not len(self.splits["val"]):
-            return {}
-        m, val_rows = self.manifest, self.splits["val"]
         if self._eval_pixels is None:  # un-augmented S x S images of the sources
             self._eval_pixels = eval_images(self.pixels, self.cfg.image_size)
+        if not self.manifest.labelled:  # a pool: the collapse check, and a labelled set's k-NN
+            spread = feature_spread(
+                self.model.backbone, self._eval_pixels, self.train_rows, self.device
+            )
+            return {**self._labelled_knn(), "feature_std": spread}
+        if "val" not in self.splits or not len(self.splits["val"]):
+            return {}
+        return self._knn(self.manifest, self.splits, self._eval_pixels)
+
+    def _knn(self, m: Manifest, splits: Splits, pixels: np.ndarray) -> dict[str, float]:
+        val_rows = splits["val"]
         scores = backbone_knn_scores(
-            self.model.backbone, self._eval_pixels, self.train_rows, val_rows, m.targets,
+            self.model.backbone, pixels, splits["train"], val_rows, m.targets,
             m.num_classes, self.device, k=self.cfg.knn_k,
         )  # fmt: skip
         found = knn_metrics(m.task, scores, m.targets[val_rows], m.class_names)
         return {f"knn_{k}": v for k, v in found.items() if v is not None}
+
+    def _labelled_knn(self) -> dict[str, float]:
+        """k-NN scores of an unlabeled pool's run on the labelled set its exclusion names
+        (train split as references, val split as queries); {} without one."""
+        exclusion = self.cfg.data.get("exclude")
+        if not exclusion:
+            return {}
+        if self._labelled is None:
+            self._labelled = load_eval_data(
+                exclusion["data"], self.cfg.image_size, cache_dir=self.cfg.cache_dir,
+                progress=self.cfg.progress,
+            )  # fmt: skip
+        manifest, splits, pixels = self._labelled
+        if not manifest.labelled or "val" not in splits or not len(splits["val"]):
+            return {}
+        return self._knn(manifest, splits, pixels)
 
     def fit(self) -> dict[str, Any]:
         try:
@@ -430,7 +466,7 @@ class Pretrainer:
             )
             done = epoch + 1 - self.start_epoch
             eta = (time.perf_counter() - started) / done * (cfg.epochs - epoch - 1)
-            knn = {k: v for k, v in row.items() if k.startswith("knn_")}
+            knn = {k: v for k, v in row.items() if k.startswith("knn_") or k == "feature_std"}
             extra = f", {_knn_text(knn)}" if knn else ""
             self._say(
                 f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}, "
@@ -448,6 +484,10 @@ class Pretrainer:
         # the whole run's skipped steps (log.csv has them per epoch): a result that rests on
         # a shortened training says so
         metrics.update({"epochs": cfg.epochs, "method": cfg.method, "skipped_steps": skipped})
+        metrics.update(bag_statistics(self.bags))
+        if self.manifest.excluded:  # config.yaml says what was excluded, this how much
+            excluded = self.manifest.excluded
+            metrics.update(excluded_images=excluded["images"], excluded_cases=excluded["cases"])
         self.run.finish(metrics)
         dist.barrier()
         return metrics

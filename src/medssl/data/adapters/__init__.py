@@ -21,6 +21,7 @@ from medssl.data.adapters.medmnist import load_medmnist
 from medssl.data.adapters.nih import load_nih
 from medssl.data.adapters.pneumonia import load_pneumonia
 from medssl.data.adapters.tinyimagenet import load_tiny_imagenet
+from medssl.data.adapters.unlabeled import load_images
 from medssl.data.manifest import Manifest
 from medssl.data.synthetic import SYNTHETIC_SHIFT_SOURCE, make_synthetic
 from medssl.errors import MedsslError
@@ -59,6 +60,20 @@ class CsvOptions:
     csv_labels_sep: str | None = option(
         None, help="separator of multi-label values, e.g. '|' (multi-label task)"
     )
+
+
+@dataclass(frozen=True)
+class ImagesOptions:
+    case_by: str = option(
+        "image", metavar="RULE",
+        help="images: which images form one case (MICLe's bags): image, parent (the folder), "
+        "regex:PATTERN (one group, searched in the path below --root), column:NAME (a column "
+        "of the CSV), dicom:TAG[+TAG] (e.g. dicom:PatientID, dicom:StudyInstanceUID)",
+    )  # fmt: skip
+    csv_path: str | None = option(None, help="the image list (default: none, scan --root)")
+    csv_image: str = option("image", help="image path column")
+    csv_source: str | None = option(None, help="source (site) column")
+    csv_view: str | None = option(None, help="view column")
 
 
 @dataclass(frozen=True)
@@ -104,6 +119,9 @@ DATASETS: dict[str, Dataset] = {
                 about="Tiny ImageNet, natural images (labels.csv + images/{train,val}/<wnid>)"),
         Dataset("csv", load_csv, CsvOptions, about="a labels CSV of image paths"),
         Dataset("folder", load_folder, about="class subfolders of images"),
+        Dataset("images", load_images, ImagesOptions,
+                about="unlabeled images for pretraining: a folder (searched recursively) or a "
+                "CSV of paths; cases from --case-by"),
         Dataset("synthetic", _synthetic, SyntheticOptions, needs_root=False,
                 shift_sources=(SYNTHETIC_SHIFT_SOURCE,),
                 about="generated demo images (not medical data)"),

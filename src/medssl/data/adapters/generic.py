@@ -6,7 +6,6 @@ Both accept any format :func:`medssl.data.imageio.read_image` decodes, DICOM inc
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +13,14 @@ import numpy as np
 import pandas as pd
 
 from medssl.data.adapters.nih import NO_FINDING
-from medssl.data.files import IMAGE_EXTENSIONS, csv_relative_images, read_csv, require_dir
+from medssl.data.files import (
+    IMAGE_EXTENSIONS,
+    csv_relative_images,
+    hidden,
+    read_csv,
+    require_dir,
+    walk_images,
+)
 from medssl.data.manifest import Manifest
 from medssl.errors import MedsslError
 
@@ -127,24 +133,6 @@ def load_csv(
     return manifest
 
 
-def _hidden(name: str) -> bool:
-    return name.startswith(".") or name == "__MACOSX"
-
-
-def _walk_images(folder: Path) -> list[Path]:
-    """Image files anywhere below ``folder``, sorted; hidden files and folders skipped."""
-    exts = tuple(e.lower() for e in IMAGE_EXTENSIONS)
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not _hidden(d))
-        found.extend(
-            Path(dirpath) / f
-            for f in sorted(filenames)
-            if not _hidden(f) and f.lower().endswith(exts)
-        )
-    return found
-
-
 def load_folder(root: str | Path) -> Manifest:
     """ImageFolder layout ``root/<class>/**/<image>``; classes = sorted subfolder names.
 
@@ -153,7 +141,7 @@ def load_folder(root: str | Path) -> Manifest:
     in ``root`` belong to no class and are ignored with a warning.
     """
     root = require_dir(root, "folder").absolute()
-    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not _hidden(p.name))
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir() and not hidden(p.name))
     if not class_dirs:
         raise MedsslError(f"folder: no class subfolders in {root} (expected root/<class>/<image>)")
     warnings: list[str] = []
@@ -161,7 +149,7 @@ def load_folder(root: str | Path) -> Manifest:
     names: list[str] = []
     empty: list[str] = []
     for folder in class_dirs:
-        files = _walk_images(folder)
+        files = walk_images(folder)
         if not files:
             empty.append(folder.name)
             continue
@@ -174,7 +162,7 @@ def load_folder(root: str | Path) -> Manifest:
         )
     if empty:
         warnings.append(f"folder: class folder(s) without images left out: {', '.join(empty)}")
-    loose = [f for f in root.iterdir() if f.is_file() and not _hidden(f.name)]
+    loose = [f for f in root.iterdir() if f.is_file() and not hidden(f.name)]
     loose = [f for f in loose if f.name.lower().endswith(IMAGE_EXTENSIONS)]
     if loose:
         warnings.append(f"folder: {len(loose)} image(s) directly in {root} belong to no class")
