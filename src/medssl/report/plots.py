@@ -597,6 +597,8 @@ def plot_forest(
     95% interval and a vertical line at 0; the marker is filled where the interval excludes
     0 (a decided difference), hollow where it holds 0.
     """
+    from matplotlib.ticker import MaxNLocator
+
     from medssl.report.headline import _ordered_modes, mode_name
 
     est = estimates if splits is None else estimates[estimates["split"].isin(list(splits))]
@@ -625,6 +627,8 @@ def plot_forest(
                     markerfacecolor=colour if r.side else "white")  # fmt: skip
         ax.axvline(0, color="#555555", lw=1)
         ax.grid(True, axis="x", alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+        ax.tick_params(axis="x", labelsize=8)
         ax.set_title(f"{mode_name(mode)}\n{_split_label(split)}", fontsize=9)
         ax.set_xlabel(f"difference in {_metric_label(metric)}", fontsize=8)
     for i in range(1, len(rows)):
