@@ -3,7 +3,8 @@
 :func:`write_report` assembles the tables (:mod:`medssl.report.tables`) and figures
 (:mod:`medssl.report.plots`) of a ``results.csv`` and its ``paired.csv`` into a Markdown page
 and a self-contained HTML page (figures embedded), with the text that explains how to read
-them.
+them. Both pages open with the headline (:mod:`medssl.report.headline`) and the forest plot
+of the paired differences; the protocol box, "How to read this" and the tables follow.
 """
 
 from __future__ import annotations
@@ -316,19 +317,26 @@ def write_report(
 
     Files: ``results_summary.csv`` (:func:`summarize`), ``results.md`` (the table),
     ``label_efficiency_<metric>.png`` per metric, ``shift_<metric>.png`` for the headline
-    metric when a shift split exists, ``roc_<split>.png`` per split from one run per init
-    (largest label fraction, lowest seed), ``report.md`` (linking the PNGs) and
-    ``report.html`` (self-contained: PNGs embedded as base64, so it can be mailed).
+    metric when a shift split exists, ``roc_<split>.png`` and ``reliability_<split>.png``
+    (one panel per init) per split from one fine-tuned run per init (lowest label fraction,
+    lowest seed), ``forest_<metric>.png`` (the paired differences, with ``paired_csv``),
+    ``report.md`` (linking the PNGs) and ``report.html`` (self-contained: PNGs embedded as
+    base64, so it can be mailed). Both pages open with the headline
+    (:mod:`medssl.report.headline`: each init at the lowest label fraction and its paired
+    difference to random, in words) and the forest plot.
 
     A missing results file or column raises MedsslError. Missing or unreadable prediction
     files only skip the ROC plot: the report says so (and a warning is issued), because run
     directories are often not copied along with the results table.
 
     ``paired_csv`` (a sweep's ``paired.csv``, :mod:`medssl.paired`) adds a table of paired
-    differences for the headline metric to ``results.md`` and the reports.
+    differences for the headline metric to ``results.md`` and the reports (rows whose
+    interval excludes 0 bold in Markdown, highlighted in HTML), the headline's differences
+    and the forest plot.
     ``pretraining_csv`` (a sweep's ``pretraining.csv``) adds ``pretraining_curves.png``, the
-    k-NN and loss curves of its pretraining runs; ``extra_figures`` are more (file, caption) pairs
-    of PNGs already in ``out_dir`` (a sweep's embedding maps). Runs whose finite-step guard skipped
+    k-NN (only when a run logged one) and loss curves of its pretraining runs;
+    ``extra_figures`` are more (file, caption) pairs of PNGs already in ``out_dir`` (a sweep's
+    embedding maps). Runs whose finite-step guard skipped
     optimiser steps (results.csv's and pretraining.csv's ``skipped_steps``) are listed, so
     no result silently rests on a shortened training.
     """
