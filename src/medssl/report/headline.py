@@ -283,8 +283,9 @@ def headline_html(h: Headline) -> str:
                     tds += ['<td class="num">—</td>'] * 2
                     continue
                 side = {1: " above", -1: " below"}.get(c.side, "")  # fmt: skip
+                tip = f' title="{e(c.verdict)}"' if c.verdict else ""
                 tds += [f'<td class="num">{e(c.score_text)}</td>',
-                        f'<td class="num{side}" title="{e(c.verdict)}">{e(c.diff_text)}</td>']
+                        f'<td class="num{side}"{tip}>{e(c.diff_text)}</td>']
             out.append(f"<tr>{''.join(tds)}</tr>")
         out.append("</tbody>\n</table>")
     sentences = headline_sentences(h)

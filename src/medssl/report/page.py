@@ -236,7 +236,7 @@ def _forest(paired: pd.DataFrame, metric: str, top: Headline, out_dir: Path) -> 
     plot_forest(estimates, metric, out_dir / name, top.splits)
     splits = " and ".join(_split_label(s).lower() for s in top.splits)
     return _Figure(name, (
-        f"Paired differences in {_metric_label(metric)} (a − b, fine-tuned with the same seed), "
+        f"Paired differences in {_metric_label(metric)} (a − b, trained with the same seed), "
         f"{splits}, every comparison of paired.csv: mean over seeds with its 95% t-interval "
         "over seeds (one seed: its paired case-bootstrap interval); vertical line: no "
         "difference; filled marker: the interval excludes 0. Rows: label fraction (lowest "
