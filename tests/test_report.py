@@ -685,3 +685,26 @@ def test_protocol_box_prints_settings_not_python_dicts(tmp_path):
     box = page[page.index('<div class="notes">') :]
     box = box[: box.index("</div>")]
     assert "{" not in box and "augment_overrides: crop_scale_min = 0.3" in box
+
+
+def test_paired_estimates_take_the_mean_over_seeds_or_the_one_seeds_interval():
+    from medssl.report import interval_side, paired_estimates
+
+    common = {"mode": "finetune", "label_fraction": 0.1, "split": "test", "metric": "auc_macro",
+              "b": "random"}  # fmt: skip
+    paired = pd.DataFrame([
+        {**common, "a": "simclr", "seed": "0", "diff": 0.05, "ci_low": 0.01, "ci_high": 0.09},
+        {**common, "a": "simclr", "seed": "1", "diff": 0.07, "ci_low": 0.03, "ci_high": 0.11},
+        {**common, "a": "simclr", "seed": "mean", "diff": 0.06, "ci_low": -0.07, "ci_high": 0.19},
+        {**common, "a": "micle", "seed": "0", "diff": -0.04, "ci_low": -0.06, "ci_high": -0.02},
+        {**common, "a": "micle", "seed": "mean", "diff": -0.04, "ci_low": None, "ci_high": None},
+    ])  # fmt: skip
+    est = paired_estimates(paired, "auc_macro").set_index("a")
+    # two seeds: the t-interval over seeds decides (it holds 0 though each seed's excludes it)
+    assert est.loc["simclr", ["low", "high", "kind", "n_seeds", "side"]].tolist() == [
+        -0.07, 0.19, "seeds", 2, 0]
+    # one seed: the mean row has no interval; that seed's paired case bootstrap stands in
+    assert est.loc["micle", ["low", "high", "kind", "side"]].tolist() == [-0.06, -0.02, "cases", -1]
+    assert paired_estimates(paired, "accuracy").empty
+    assert [interval_side(*x) for x in [(0.1, 0.2), (-0.2, -0.1), (-0.1, 0.1), (math.nan, 1)]] == [
+        1, -1, 0, 0]
