@@ -344,7 +344,7 @@ def test_write_report_skips_roc_when_predictions_are_missing(tmp_path):
     csv = write_sweep(tmp_path, splits=["test"])
     # one metric keeps this test to a single label-efficiency plot (matplotlib is slow-ish)
     pd.read_csv(csv).drop(columns=["accuracy", "balanced_accuracy"]).to_csv(csv, index=False)
-    for f in (tmp_path / "runs").glob("micle-1-*/predictions_test.npz"):
+    for f in (tmp_path / "runs").glob("micle-0.1-*/predictions_test.npz"):  # lowest fraction
         f.unlink()
     with pytest.warns(UserWarning, match="predictions_test.npz"):
         html_path = write_report(csv, tmp_path / "out", "t")
@@ -519,3 +519,192 @@ def test_label_efficiency_colours_inits_apart_and_keeps_bands_in_range(tmp_path)
     both = pd.concat([s, linear], ignore_index=True)
     both["auc_macro_lo"] -= 3.0
     assert_png(plot_label_efficiency(both, "auc_macro", tmp_path / "l.png"))
+
+
+# --------------------------------------------------------------------------- headline
+
+#: the paired differences of write_paired: (a, b, fraction, split) -> (diff, low, high) of the
+#: mean over seeds; simclr − random at 10% is decided, micle − random at 10% is not
+PAIRED = {
+    ("simclr", "random", 0.1, "test"): (0.100, 0.050, 0.150),
+    ("micle", "random", 0.1, "test"): (0.020, -0.010, 0.050),
+    ("simclr", "random", 0.1, "shift"): (-0.060, -0.090, -0.030),
+    ("micle", "random", 0.1, "shift"): (0.010, -0.020, 0.040),
+    ("micle", "simclr", 0.1, "test"): (-0.080, -0.120, -0.040),
+    ("simclr", "random", 1.0, "test"): (0.004, -0.010, 0.018),
+}
+
+
+def write_paired(path: Path) -> Path:
+    """A paired.csv as medssl.paired writes it: per seed rows and the mean row."""
+    rows = []
+    for (a, b, fraction, split), (diff, low, high) in PAIRED.items():
+        common = {"mode": "finetune", "label_fraction": fraction, "split": split,
+                  "metric": "auc_macro", "a": a, "b": b}  # fmt: skip
+        for seed in SEEDS:
+            rows.append({**common, "seed": seed, "diff": diff + 0.01 * (seed - 1), "ci_low": low,
+                         "ci_high": high, "ci_kind": "paired-case-bootstrap"})  # fmt: skip
+        rows.append({**common, "seed": "mean", "diff": diff, "ci_low": low, "ci_high": high,
+                     "ci_kind": "t-over-seeds"})  # fmt: skip
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+def _png_width(path: Path) -> int:
+    return int.from_bytes(path.read_bytes()[16:20], "big")  # the PNG header's IHDR width
+
+
+def test_report_opens_with_the_headline_and_the_forest_plot(tmp_path):
+    csv = write_sweep(tmp_path)
+    df = pd.read_csv(csv).drop(columns=["accuracy", "balanced_accuracy"])
+    df.to_csv(csv, index=False)
+    for f in (tmp_path / "runs").glob("*-1-*/predictions_*.npz"):
+        f.unlink()  # only the lowest fraction's runs have predictions: that is all it needs
+    paired = write_paired(tmp_path / "paired.csv")
+    out = tmp_path / "out"
+    write_report(csv, out, "t", notes="Backbone resnet18.", paired_csv=paired)
+    md = (out / "report.md").read_text()
+    headings = re.findall(r"^## (.*)$", md, re.M)
+    assert headings[:3] == ["Headline: 10% of the labels", "Protocol", "How to read this"]
+    head = md[md.index("## Headline") : md.index("## Protocol")]
+    # each init's mean over seeds at 10%, and its paired difference to random
+    simclr = make_results(fractions=[0.1])
+    simclr = simclr[(simclr["init"] == "simclr") & (simclr["split"] == "test")]["auc_macro"]
+    mean, low, high = t_interval(simclr.tolist())
+    row = next(line for line in head.splitlines() if line.startswith("| simclr |"))
+    assert row.split(" | ")[1] == f"{mean:.3f} [{low:.2f}, {high:.2f}]"
+    assert row.split(" | ")[2] == "**+0.100 [+0.050, +0.150]**"  # decided: bold
+    assert row.split(" | ")[4].rstrip(" |") == "**−0.060 [−0.090, −0.030]**"
+    micle = next(line for line in head.splitlines() if line.startswith("| micle |"))
+    assert micle.split(" | ")[2] == "+0.020 [−0.010, +0.050]"  # not decided: plain
+    assert ("Fine-tuned, in-distribution (test): interval above 0 (better than random) for "
+            "simclr; interval includes 0 (not decided) for micle.") in head  # fmt: skip
+    assert "interval below 0 (worse than random) for simclr" in head
+    # the forest plot right after the headline, the headline's splits, every comparison
+    assert "![Paired differences in AUC (macro)" in head and "(forest_auc_macro.png)" in head
+    assert_png(out / "forest_auc_macro.png")
+    page = (out / "report.html").read_text()
+    first_h2 = re.search(r"<h2>(.*?)</h2>", page).group(1)
+    assert first_h2 == "Headline: 10% of the labels"
+    headline_html = page[page.index("<h2>Headline") : page.index("<h2>Protocol</h2>")]
+    assert '<td class="num above" title="interval above 0">+0.100 [+0.050, +0.150]</td>' in (
+        headline_html)
+    assert 'alt="Paired differences in AUC (macro)' in headline_html
+    # ROC and reliability from the lowest fraction's runs, which the captions name
+    for name in ("roc_test.png", "reliability_test.png", "roc_shift.png"):
+        assert_png(out / name)
+    assert "ROC curves, in-distribution (test), at the lowest label fraction (10%)" in md
+    assert "seed 0 at 10% of labels for every initialisation" in md
+    # small multiples: one panel per init side by side, not three lines in one square
+    assert _png_width(out / "reliability_test.png") > 1.3 * _png_width(out / "roc_test.png")
+
+
+def test_paired_table_highlights_decided_rows(tmp_path):
+    csv = write_sweep(tmp_path, splits=["test"])
+    pd.read_csv(csv).drop(columns=["accuracy", "balanced_accuracy"]).to_csv(csv, index=False)
+    out = tmp_path / "out"
+    write_report(csv, out, "t", paired_csv=write_paired(tmp_path / "paired.csv"))
+    results = (out / "results.md").read_text()
+    decided = next(line for line in results.splitlines() if "**simclr − random**" in line)
+    assert "| 10% | In-distribution (test) |" in decided
+    assert "**+0.100 [+0.050, +0.150]**" in decided
+    undecided = next(line for line in results.splitlines() if "micle − random" in line)
+    assert "**" not in undecided
+    assert "**micle − simclr**" in results  # below 0 is decided too
+    page = (out / "report.html").read_text()
+    rows = re.findall(r"<tr( class=\"\w+\")?><td>finetune</td><td>(\d+%)</td>"
+                      r"<td>In-distribution \(test\)</td><td>([^<]*)</td>", page)  # fmt: skip
+    marked = {(fraction, pair): cls for cls, fraction, pair in rows}
+    assert marked[("10%", "simclr − random")] == ' class="above"'
+    assert marked[("10%", "micle − simclr")] == ' class="below"'
+    assert marked[("10%", "micle − random")] == ""
+    assert marked[("100%", "simclr − random")] == ""
+
+
+def test_the_demo_headline_is_the_reports(tmp_path):
+    """One function makes the demo's terminal headline and the report's: same numbers."""
+    from medssl.demo import headline as demo_headline
+    from medssl.report.headline import headline, headline_lines
+
+    csv = write_sweep(tmp_path, splits=["test", "shift"])
+    linear = pd.read_csv(csv).assign(mode="linear", auc_macro=lambda d: d["auc_macro"] - 0.1)
+    both = pd.concat([pd.read_csv(csv).assign(mode="finetune"), linear], ignore_index=True)
+    both.to_csv(csv, index=False)
+    write_paired(tmp_path / "paired.csv")
+    lines = demo_headline(tmp_path)
+    assert lines == headline_lines(headline(csv, tmp_path / "paired.csv"))
+    assert lines[0].startswith("With 10% of the labels, AUC (macro), higher is better")
+    assert lines[1] == "  fine-tuned, in-distribution (test)"  # fine-tuned first
+    simclr = next(line for line in lines[2:] if line.split()[0] == "simclr")
+    assert "+0.100 [+0.050, +0.150]" in simclr and simclr.endswith("interval above 0")
+    micle = next(line for line in lines[2:] if line.split()[0] == "micle")
+    assert micle.endswith("interval includes 0")
+    assert "  linear probe, in-distribution (test)" in lines
+    low = both[(both["label_fraction"] == 0.1) & (both["mode"] == "linear")
+               & (both["split"] == "test") & (both["init"] == "random")]  # fmt: skip
+    mean, lo, hi = t_interval(low["auc_macro"].tolist())
+    after = lines[lines.index("  linear probe, in-distribution (test)") + 1]
+    assert after.split()[:4] == ["random", f"{mean:.3f}", f"[{lo:.2f},", f"{hi:.2f}]"]
+
+
+def test_no_empty_knn_panel_without_knn_rows(tmp_path):
+    from medssl.report.plots import plot_pretraining_curves
+
+    curves = pd.DataFrame({
+        "run": ["a"] * 3 + ["b"] * 3, "entry": ["simclr"] * 3 + ["micle"] * 3,
+        "epoch": [1, 2, 3] * 2, "loss": [6.0, 5.5, 5.2, 4.0, 3.9, 3.7],
+        "knn_auc_macro": [np.nan] * 6, "val_auc_macro": [np.nan] * 6,
+    })  # fmt: skip
+    loss_only = plot_pretraining_curves(curves, tmp_path / "loss.png")
+    with_knn = plot_pretraining_curves(curves.assign(knn_auc_macro=0.7), tmp_path / "knn.png")
+    assert _png_width(with_knn) > 1.6 * _png_width(loss_only)  # two panels against one
+    csv = write_sweep(tmp_path, splits=["test"])
+    pd.read_csv(csv).drop(columns=["accuracy", "balanced_accuracy"]).to_csv(csv, index=False)
+    curves.to_csv(tmp_path / "pretraining.csv", index=False)
+    out = tmp_path / "out"
+    write_report(csv, out, "t", pretraining_csv=tmp_path / "pretraining.csv")
+    md = (out / "report.md").read_text()
+    assert "Pretraining: the training loss (no run logged a k-NN monitor" in md
+    assert _png_width(out / "pretraining_curves.png") == _png_width(loss_only)
+
+
+def test_protocol_box_prints_settings_not_python_dicts(tmp_path):
+    from medssl.demo import demo_protocol
+    from medssl.sweep import _notes, load_protocol, settings_text
+
+    notes = _notes(load_protocol(demo_protocol(budget="smoke")))
+    assert "{" not in notes and "[" not in notes and "Protocol: protocol" not in notes
+    assert "augment_overrides: crop_scale_min = 0.3, blur_p = 0;" in notes.replace(".\n", ";\n")
+    assert settings_text({}) == "defaults"
+    assert settings_text({"epochs": 3, "grid": [0.1, 0.01], "augment": ""}) == (
+        "epochs: 3; grid: 0.1, 0.01")
+    csv = write_sweep(tmp_path, splits=["test"])
+    pd.read_csv(csv).drop(columns=["accuracy", "balanced_accuracy"]).to_csv(csv, index=False)
+    write_report(csv, tmp_path / "out", "t", notes=notes)
+    page = (tmp_path / "out" / "report.html").read_text()
+    box = page[page.index('<div class="notes">') :]
+    box = box[: box.index("</div>")]
+    assert "{" not in box and "augment_overrides: crop_scale_min = 0.3" in box
+
+
+def test_paired_estimates_take_the_mean_over_seeds_or_the_one_seeds_interval():
+    from medssl.report import interval_side, paired_estimates
+
+    common = {"mode": "finetune", "label_fraction": 0.1, "split": "test", "metric": "auc_macro",
+              "b": "random"}  # fmt: skip
+    paired = pd.DataFrame([
+        {**common, "a": "simclr", "seed": "0", "diff": 0.05, "ci_low": 0.01, "ci_high": 0.09},
+        {**common, "a": "simclr", "seed": "1", "diff": 0.07, "ci_low": 0.03, "ci_high": 0.11},
+        {**common, "a": "simclr", "seed": "mean", "diff": 0.06, "ci_low": -0.07, "ci_high": 0.19},
+        {**common, "a": "micle", "seed": "0", "diff": -0.04, "ci_low": -0.06, "ci_high": -0.02},
+        {**common, "a": "micle", "seed": "mean", "diff": -0.04, "ci_low": None, "ci_high": None},
+    ])  # fmt: skip
+    est = paired_estimates(paired, "auc_macro").set_index("a")
+    # two seeds: the t-interval over seeds decides (it holds 0 though each seed's excludes it)
+    assert est.loc["simclr", ["low", "high", "kind", "n_seeds", "side"]].tolist() == [
+        -0.07, 0.19, "seeds", 2, 0]
+    # one seed: the mean row has no interval; that seed's paired case bootstrap stands in
+    assert est.loc["micle", ["low", "high", "kind", "side"]].tolist() == [-0.06, -0.02, "cases", -1]
+    assert paired_estimates(paired, "accuracy").empty
+    assert [interval_side(*x) for x in [(0.1, 0.2), (-0.2, -0.1), (-0.1, 0.1), (math.nan, 1)]] == [
+        1, -1, 0, 0]

@@ -84,11 +84,16 @@ def test_demo_smoke_makes_every_row_and_the_report(demo: tuple[Path, str]) -> No
     assert "| Init | Labels |" in printed and "SYNTHETIC" in printed
     assert "[14/14] finetune micle f=1 seed=0" in printed
     # the headline comes first: every init's score at the low fraction, paired differences
+    # (medssl.report.headline, the same as the report's first section), fine-tuned first
     head = printed[printed.index("what pretraining buys") :].splitlines()
-    assert head[1].startswith("With 10% of the labels, macro AUC")
-    low = df[(df["label_fraction"] == 0.1) & (df["mode"] == "linear") & (df["split"] == "test")]
+    assert head[1].startswith("With 10% of the labels, AUC (macro), higher is better")
+    assert head[2] == "  fine-tuned, in-distribution (test)"
+    low = df[(df["label_fraction"] == 0.1) & (df["mode"] == "finetune") & (df["split"] == "test")]
     scores = [f"{low.loc[low['init'] == i, 'auc_macro'].item():.3f}" for i in INITS]
-    assert head[3].split()[4:7] == scores
+    rows = [line.split()[:2] for line in head[3:6]]
+    assert rows == [[init, score] for init, score in zip(INITS, scores, strict=True)]
+    assert "interval" in head[4] and "baseline" in head[3]
+    assert "## Headline: 10% of the labels" in (out / "report.md").read_text()
     assert head.index(next(h for h in head if h.startswith("| Init"))) > 6
     # MICLe continues from SimCLR, as in the paper
     micle = yaml.safe_load((out / "pretrain" / "micle" / "config.yaml").read_text())

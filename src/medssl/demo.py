@@ -19,11 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from medssl.errors import MedsslError
 from medssl.options import check_seed
-from medssl.paired import PAIRED_BOOTSTRAP
 from medssl.sweep import run_sweep
 
 SYNTHETIC_BANNER = (
@@ -84,10 +81,6 @@ _REAL_BUDGETS: dict[str, dict[str, Any]] = {
 }  # fmt: skip
 BUDGETS = sorted(_SYNTHETIC_BUDGETS)
 INITS = ["random", "simclr", "micle"]
-_NAMES = {"random": "random init", "simclr": "SimCLR", "micle": "MICLe"}
-_MODE_NAMES = {"linear": "linear probe", "finetune": "fine-tuned"}
-_METRIC_NAMES = {"auc_macro": "macro AUC", "auc_mean_selected": "mean AUC"}
-_SPLIT_NAMES = {"test": "in distribution", "shift": "on the unseen site"}
 
 
 def demo_protocol(
@@ -148,56 +141,17 @@ def demo_protocol(
     }
 
 
-def _percent(fraction: float) -> str:
-    return f"{100 * fraction:g}%"
+def headline(out_dir: Path, fraction: float | None = None, metric: str | None = None) -> list[str]:
+    """The demo's first lines: each initialisation's ``metric`` (default: the report's
+    headline metric) at the label ``fraction`` (default: the lowest), per mode and split,
+    with its paired difference to random and that interval in words. The same headline
+    opens the report (:mod:`medssl.report.headline`)."""
+    from medssl.report.headline import headline as sweep_headline
+    from medssl.report.headline import headline_lines
 
-
-def headline(out_dir: Path, fraction: float, metric: str = "auc_macro") -> list[str]:
-    """The demo's first lines: a small table of each initialisation's ``metric`` at the label
-    ``fraction``, per mode and split, with each pretrained init's paired difference to random
-    (paired case-bootstrap 95% interval from ``paired.csv``)."""
-    import pandas as pd
-
-    results = pd.read_csv(out_dir / "results.csv")
-    paired_path = out_dir / "paired.csv"
-    paired = pd.read_csv(paired_path) if paired_path.is_file() else None
-    rows = results[np.isclose(results["label_fraction"], fraction)]
-    label = _METRIC_NAMES.get(metric, metric)
-    lines = [
-        f"With {_percent(fraction)} of the labels, {label} (higher is better); pretrained - "
-        "random with its 95% CI:",
-        f"  {'':34s}{'random':>8s}{'SimCLR':>8s}{'MICLe':>8s}   "
-        f"{'SimCLR - random':24s}{'MICLe - random'}",
-    ]
-    for mode in [m for m in _MODE_NAMES if m in set(rows["mode"])]:
-        for split in [s for s in _SPLIT_NAMES if s in set(rows["split"])]:
-            cell = rows[(rows["mode"] == mode) & (rows["split"] == split)]
-            scores = "".join(
-                f"{cell.loc[cell['init'] == i, metric].mean():8.3f}" for i in INITS
-            )
-            diffs = "".join(
-                f"{_paired_text(paired, mode, fraction, split, metric, i):24s}" for i in INITS[1:]
-            )
-            name = f"{_MODE_NAMES[mode]}, {_SPLIT_NAMES[split]}"
-            lines.append(f"  {name:34s}{scores}   {diffs}".rstrip())
-    return lines
-
-
-def _paired_text(
-    paired: Any, mode: str, fraction: float, split: str, metric: str, init: str
-) -> str:
-    """``+0.123 [+0.045, +0.201]``: the run's paired difference to random and its interval."""
-    if paired is None:
-        return ""
-    row = paired[
-        (paired["mode"] == mode) & np.isclose(paired["label_fraction"], fraction)
-        & (paired["split"] == split) & (paired["metric"] == metric) & (paired["a"] == init)
-        & (paired["b"] == "random") & (paired["ci_kind"] == PAIRED_BOOTSTRAP)
-    ]  # fmt: skip
-    if row.empty:
-        return ""
-    r = row.iloc[0]
-    return f"{r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+    return headline_lines(
+        sweep_headline(out_dir / "results.csv", out_dir / "paired.csv", metric, fraction)
+    )
 
 
 def run_demo(
@@ -231,7 +185,7 @@ def run_demo(
     results = run_sweep(protocol, out, progress=progress)
     kind = "SYNTHETIC data (not medical images)" if synthetic else protocol["data"]["dataset"]
     print(f"\n== medssl demo on {kind}: what pretraining buys ==")
-    print("\n".join(headline(out, min(protocol["label_fractions"]))))
+    print("\n".join(headline(out)))
     if synthetic:
         print(textwrap.fill(WHY_NOTE, width=100))
     table = (out / "results.md").read_text(encoding="utf-8").split("\n## ")[0].rstrip()

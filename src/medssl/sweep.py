@@ -1225,24 +1225,43 @@ def collect_results(
     return _write_csv(out_dir / "results.csv", RESULT_COLUMNS, rows)
 
 
+def _readable(value: Any) -> str:
+    """A setting's value as report text: a mapping as ``key = value`` pairs, a list comma
+    separated; never Python's repr of a dict or list."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} = {_readable(v)}" for k, v in value.items()) or "none"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_readable(v) for v in value) or "none"
+    return _value_name(value)
+
+
+def settings_text(settings: dict[str, Any]) -> str:
+    """``epochs: 20; augment_overrides: crop_scale_min = 0.3, blur_p = 0`` (``defaults`` when
+    empty; unset values left out): a protocol entry's settings as the report's protocol box
+    shows them."""
+    shown = {k: v for k, v in settings.items() if v is not None and v != ""}  # unset: default
+    return "; ".join(f"{k}: {_readable(v)}" for k, v in shown.items()) or "defaults"
+
+
 def _notes(p: Protocol) -> str:
     from medssl.options import default_of
     from medssl.train.pretrain import PretrainConfig
 
     backbone = p.backbone or default_of(PretrainConfig, "backbone")
     size = p.image_size or default_of(PretrainConfig, "image_size")
-    lines = [f"Protocol: {p.source}. Backbone {backbone}, images {size} px."]
+    # a protocol given as a dict (the demo, the API) has no file to name
+    origin = p.source.removeprefix("protocol ").strip() if p.source != "protocol" else ""
+    lines = [(f"Protocol file: {origin}. " if origin else "")
+             + f"Backbone {backbone}, images {size} px."]  # fmt: skip
     for name, entry in p.pretrain.items():
-        settings = ", ".join(f"{k} {v}" for k, v in entry.items())
-        lines.append(f"Pretraining {name}: {settings or 'defaults'}.")
+        lines.append(f"Pretraining {name}: {settings_text(entry)}.")
     if p.pretrain_seeds is not None:
         lines.append(
             f"Pretraining seeds {', '.join(map(str, p.pretrain_seeds))}: fine-tuning seed s "
             "starts from the pretraining run of seed s (chained entries too)."
         )
-    ft = ", ".join(f"{k} {v}" for k, v in p.finetune.items())
     lines.append(
-        f"Fine-tuning: {ft or 'defaults'}; modes {', '.join(modes(p))}; "
+        f"Fine-tuning: {settings_text(p.finetune)}; modes {', '.join(modes(p))}; "
         f"seeds {', '.join(map(str, p.seeds))}; "
         f"case-level bootstrap resamples per evaluation: {p.n_boot}."
     )
@@ -1270,8 +1289,12 @@ def _notes(p: Protocol) -> str:
     for ext in p.external:
         lines.append(
             f"External test set {ext.name} ({ext.data['dataset']}, every image, no further "
-            f"training): class map {ext.class_map or 'by name'}"
-            + (f"; merged model classes {ext.model_classes}" if ext.model_classes else "")
+            "training): class map "
+            + (", ".join(f"{k} → {'left out' if v is None else v}"
+                         for k, v in (ext.class_map or {}).items()) or "by name")
+            + ("; merged model classes " + "; ".join(
+                f"{k} = {' + '.join(map(str, v))}" for k, v in ext.model_classes.items())
+               if ext.model_classes else "")
             + "."
         )
     text = "\n".join(lines)

@@ -19,18 +19,25 @@ columns a sweep writes; marked †), which describes the test-set sampling uncer
 run, not run-to-run variation. Calibration (ECE, Brier), operating points and subgroups
 get tables of their own; reliability diagrams come from the stored predictions.
 
+The report opens with the headline (:mod:`~medssl.report.headline`, also the demo's terminal
+headline): each init at the lowest label fraction and its paired difference to random with
+its interval, said in words; a forest plot of ``paired.csv`` follows.
+
 The package: :mod:`~medssl.report.summary` (the results table checked and summarised over
 seeds; labels and orders of inits, splits and metrics), :mod:`~medssl.report.tables`
-(Markdown and HTML tables), :mod:`~medssl.report.plots` (matplotlib figures) and
+(Markdown and HTML tables), :mod:`~medssl.report.plots` (matplotlib figures),
+:mod:`~medssl.report.headline` (the headline) and
 :mod:`~medssl.report.page` (:func:`write_report`: the files and pages of a sweep's report).
 Everything public is importable from ``medssl.report``.
 """
 
 from __future__ import annotations
 
+from medssl.report.headline import Headline, headline, headline_lines
 from medssl.report.page import write_report
 from medssl.report.plots import (
     RocCurve,
+    plot_forest,
     plot_label_efficiency,
     plot_reliability,
     plot_roc,
@@ -49,6 +56,8 @@ from medssl.report.summary import (
     OPERATING_METRICS,
     REQUIRED,
     SPLIT_LABELS,
+    interval_side,
+    paired_estimates,
     split_file_label,
     summarize,
 )
@@ -61,8 +70,9 @@ from medssl.report.tables import (
 
 __all__ = [
     "CALIBRATION_METRICS", "CASE_CI_MARK", "INIT_DESCRIPTIONS", "INIT_ORDER", "KEYS",
-    "METRICS", "METRIC_LABELS", "OPERATING_METRICS", "REQUIRED", "SPLIT_LABELS", "RocCurve",
-    "html_table", "markdown_table", "paired_html_table", "paired_markdown_table",
+    "METRICS", "METRIC_LABELS", "OPERATING_METRICS", "REQUIRED", "SPLIT_LABELS", "Headline",
+    "RocCurve", "headline", "headline_lines", "html_table", "interval_side", "markdown_table",
+    "paired_estimates", "paired_html_table", "paired_markdown_table", "plot_forest",
     "plot_label_efficiency", "plot_reliability", "plot_roc", "plot_shift_bars",
     "reliability_data", "roc_curve_data", "split_file_label", "summarize", "write_report",
 ]  # fmt: skip

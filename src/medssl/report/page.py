@@ -3,7 +3,8 @@
 :func:`write_report` assembles the tables (:mod:`medssl.report.tables`) and figures
 (:mod:`medssl.report.plots`) of a ``results.csv`` and its ``paired.csv`` into a Markdown page
 and a self-contained HTML page (figures embedded), with the text that explains how to read
-them.
+them. Both pages open with the headline (:mod:`medssl.report.headline`) and the forest plot
+of the paired differences; the protocol box, "How to read this" and the tables follow.
 """
 
 from __future__ import annotations
@@ -16,30 +17,36 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from medssl.errors import MedsslError
+from medssl.report.headline import Headline, headline_from_tables, headline_html, headline_markdown
 from medssl.report.plots import (
+    plot_forest,
     plot_label_efficiency,
     plot_pretraining_curves,
     plot_reliability,
     plot_roc,
     plot_shift_bars,
+    pretraining_has_monitor,
 )
 from medssl.report.summary import (
     CALIBRATION_METRICS,
     CASE_CI_MARK,
     INIT_DESCRIPTIONS,
-    METRICS,
     OPERATING_METRICS,
+    _init_mode,
     _metric_label,
     _ordered_inits,
     _ordered_splits,
     _pct,
+    _primary_metric,
     _resolve_metrics,
     _split_label,
     _summarize,
     _validate,
+    paired_estimates,
     split_file_label,
 )
 from medssl.report.tables import (
@@ -153,13 +160,18 @@ def _resolve_run(run: str, results_csv: Path) -> Path:
 
 
 def _roc_runs(df: pd.DataFrame, split: str, results_csv: Path) -> tuple[dict[str, Path], str]:
-    """One run per init for the ROC plot: its largest label fraction, lowest seed."""
+    """One run per init for the ROC and reliability figures and the subgroup tables: the
+    fine-tuned runs (linear probes only where nothing was fine-tuned) at the lowest label
+    fraction, where the inits differ most (at 100% they often tie), lowest seed."""
     sub = df[(df["split"] == split) & df["run"].notna()]
+    tuned = sub["init"].map(lambda i: _init_mode(i)[1] in ("", "finetune"))
+    sub = sub[tuned] if tuned.any() else sub
+    sub = sub[np.isclose(sub["label_fraction"], sub["label_fraction"].min())]
     runs: dict[str, Path] = {}
     picked: list[tuple[str, str, str]] = []
     for init in _ordered_inits(sub["init"]):
         g = sub[sub["init"] == init]
-        g = g.sort_values(["label_fraction", "seed"], ascending=[False, True])
+        g = g.sort_values(["label_fraction", "seed"], ascending=[True, True])
         r = g.iloc[0]
         runs[init] = _resolve_run(str(r["run"]), results_csv)
         picked.append((init, _pct(r["label_fraction"]), str(r["seed"])))
@@ -169,11 +181,6 @@ def _roc_runs(df: pd.DataFrame, split: str, results_csv: Path) -> tuple[dict[str
     else:
         how = "; ".join(f"{i}: seed {s}, {f} of labels" for i, f, s in picked)
     return runs, how
-
-
-def _primary_metric(metrics: Sequence[str]) -> str:
-    """The headline metric: the first of :data:`METRICS` present."""
-    return next((m for m in METRICS if m in metrics), metrics[0])
 
 
 def _how_to_read(summary: pd.DataFrame, inits: Sequence[str], has_shift: bool) -> list[str]:
@@ -214,6 +221,44 @@ def _how_to_read(summary: pd.DataFrame, inits: Sequence[str], has_shift: bool) -
     return paras
 
 
+def _lowest(df: pd.DataFrame) -> float:
+    return float(df["label_fraction"].min())
+
+
+def _forest(paired: pd.DataFrame, metric: str, top: Headline, out_dir: Path) -> _Figure | None:
+    """The forest plot of paired.csv's differences in the headline's splits (none without)."""
+    if not metric:
+        return None
+    estimates = paired_estimates(paired, metric)
+    if not estimates["split"].isin(top.splits).any():
+        return None
+    name = f"forest_{metric}.png"
+    plot_forest(estimates, metric, out_dir / name, top.splits)
+    splits = " and ".join(_split_label(s).lower() for s in top.splits)
+    return _Figure(name, (
+        f"Paired differences in {_metric_label(metric)} (a − b, trained with the same seed), "
+        f"{splits}, every comparison of paired.csv: mean over seeds with its 95% t-interval "
+        "over seeds (one seed: its paired case-bootstrap interval); vertical line: no "
+        "difference; filled marker: the interval excludes 0. Rows: label fraction (lowest "
+        "first), then comparison; the numbers are in the paired table below."
+    ))  # fmt: skip
+
+
+def _headline_heading(top: Headline) -> str:
+    return f"Headline: {_pct(top.fraction)} of the labels"
+
+
+def _figure_md(f: _Figure) -> list[str]:
+    return [f"![{f.caption}]({f.file})", "", f"*{f.caption}*", ""]
+
+
+def _figure_html(f: _Figure, out_dir: Path) -> str:
+    e = html.escape
+    data = base64.b64encode((out_dir / f.file).read_bytes()).decode("ascii")
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{e(f.caption)}">'
+            f"<figcaption>{e(f.caption)}</figcaption></figure>")  # fmt: skip
+
+
 def _md_to_html_inline(text: str) -> str:
     """Escape, then turn the ``**bold**`` used in the fixed paragraphs into <strong>."""
     parts = html.escape(text).split("**")
@@ -233,6 +278,8 @@ table.results tr.group td { border-top: 2px solid #777; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { color: #444; font-size: 0.9em; }
 .warn { color: #a0522d; }
+td.above, tr.above td { background: #e3f2e6; } td.below, tr.below td { background: #fbe4e0; }
+table.headline td.above, table.headline td.below { font-weight: bold; }
 """
 
 
@@ -270,19 +317,26 @@ def write_report(
 
     Files: ``results_summary.csv`` (:func:`summarize`), ``results.md`` (the table),
     ``label_efficiency_<metric>.png`` per metric, ``shift_<metric>.png`` for the headline
-    metric when a shift split exists, ``roc_<split>.png`` per split from one run per init
-    (largest label fraction, lowest seed), ``report.md`` (linking the PNGs) and
-    ``report.html`` (self-contained: PNGs embedded as base64, so it can be mailed).
+    metric when a shift split exists, ``roc_<split>.png`` and ``reliability_<split>.png``
+    (one panel per init) per split from one fine-tuned run per init (lowest label fraction,
+    lowest seed), ``forest_<metric>.png`` (the paired differences, with ``paired_csv``),
+    ``report.md`` (linking the PNGs) and ``report.html`` (self-contained: PNGs embedded as
+    base64, so it can be mailed). Both pages open with the headline
+    (:mod:`medssl.report.headline`: each init at the lowest label fraction and its paired
+    difference to random, in words) and the forest plot.
 
     A missing results file or column raises MedsslError. Missing or unreadable prediction
     files only skip the ROC plot: the report says so (and a warning is issued), because run
     directories are often not copied along with the results table.
 
     ``paired_csv`` (a sweep's ``paired.csv``, :mod:`medssl.paired`) adds a table of paired
-    differences for the headline metric to ``results.md`` and the reports.
+    differences for the headline metric to ``results.md`` and the reports (rows whose
+    interval excludes 0 bold in Markdown, highlighted in HTML), the headline's differences
+    and the forest plot.
     ``pretraining_csv`` (a sweep's ``pretraining.csv``) adds ``pretraining_curves.png``, the
-    k-NN and loss curves of its pretraining runs; ``extra_figures`` are more (file, caption) pairs
-    of PNGs already in ``out_dir`` (a sweep's embedding maps). Runs whose finite-step guard skipped
+    k-NN (only when a run logged one) and loss curves of its pretraining runs;
+    ``extra_figures`` are more (file, caption) pairs of PNGs already in ``out_dir`` (a sweep's
+    embedding maps). Runs whose finite-step guard skipped
     optimiser steps (results.csv's and pretraining.csv's ``skipped_steps``) are listed, so
     no result silently rests on a shortened training.
     """
@@ -319,6 +373,8 @@ def write_report(
 
     has_shift = "shift" in splits and "test" in splits
     primary = _primary_metric(metrics)
+    top = headline_from_tables(df, paired if paired_metric else None, primary)
+    forest = _forest(paired, paired_metric, top, out_dir)
     figures: list[_Figure] = []
     problems: list[str] = []
     for m in metrics:
@@ -349,30 +405,34 @@ def write_report(
             if not runs:
                 continue
             name = f"roc_{split_file_label(split)}.png"
+            at = f"{_split_label(split)}, {_pct(_lowest(df))} of labels"
             try:
-                plot_roc(runs, split, out_dir / name)
+                plot_roc(runs, split, out_dir / name, title=f"ROC — {at}")
             except MedsslError as e:
                 problems.append(f"ROC curves for the {split} split were skipped: {e}")
                 continue
             figures.append(
                 _Figure(
                     name,
-                    f"ROC curves, {_split_label(split).lower()}, from one fine-tuning run per "
+                    f"ROC curves, {_split_label(split).lower()}, at the lowest label fraction "
+                    f"({_pct(_lowest(df))}), where the initialisations differ most: one run per "
                     f"initialisation ({how}). Legend: that run's AUC, not the mean over seeds.",
                 )
             )
             name = f"reliability_{split_file_label(split)}.png"
             try:
-                plot_reliability(runs, split, out_dir / name)
+                plot_reliability(runs, split, out_dir / name, title=f"Reliability — {at}")
             except MedsslError as e:
                 problems.append(f"The reliability diagram of the {split} split was skipped: {e}")
                 continue
             figures.append(
                 _Figure(
                     name,
-                    f"Reliability diagram, {_split_label(split).lower()}, from the same runs: "
-                    "observed frequency against mean confidence per bin (marker area: images "
-                    "in the bin); on the diagonal a model is calibrated. Legend: that run's ECE.",
+                    f"Reliability diagrams, {_split_label(split).lower()}, from the same runs "
+                    f"({_pct(_lowest(df))} of labels), one panel per initialisation (random "
+                    "repeated in grey dashes): observed frequency against mean confidence "
+                    "per bin (marker area: images in the bin); on the diagonal a model is "
+                    "calibrated. Panel titles: that run's ECE.",
                 )
             )
     else:
@@ -380,14 +440,14 @@ def write_report(
     curves = _read_curves(pretraining_csv)
     if curves is not None and not curves.empty:
         plot_pretraining_curves(curves, out_dir / "pretraining_curves.png")
-        figures.append(
-            _Figure(
-                "pretraining_curves.png",
-                "Pretraining: k-NN macro AUC on each run's validation split (supervised runs: "
-                "their validation AUC) and the training loss against epochs; one line per "
-                "pretraining seed.",
-            )
+        monitored = (
+            "k-NN macro AUC on each run's validation split (supervised runs: their "
+            "validation AUC) and the training loss"
+            if pretraining_has_monitor(curves)
+            else "the training loss (no run logged a k-NN monitor: knn_every was off)"
         )
+        figures.append(_Figure("pretraining_curves.png", f"Pretraining: {monitored} against "
+                               "epochs; one line per pretraining seed."))  # fmt: skip
     problems += _skipped_steps_notes(df, curves)
     figures += [_Figure(file, caption) for file, caption in extra_figures]
     for p in problems:
@@ -406,8 +466,11 @@ def write_report(
     howto = _how_to_read(summary, inits, has_shift)
 
     md = [f"# {md_text(title)}", "", md_text(meta), ""]  # user text is escaped, as in the HTML
+    md += [f"## {_headline_heading(top)}", "", headline_markdown(top)]
+    if forest is not None:
+        md += _figure_md(forest)
     if notes.strip():
-        md += [md_text(notes.strip(), block=True), ""]
+        md += ["## Protocol", "", md_text(notes.strip(), block=True), ""]
     md += ["## How to read this", ""]
     for p in howto:
         md += [p, ""]
@@ -419,17 +482,20 @@ def write_report(
     if figures:
         md += ["## Figures", ""]
         for f in figures:
-            md += [f"![{f.caption}]({f.file})", "", f"*{f.caption}*", ""]
+            md += _figure_md(f)
     for p in problems:
         md += [f"> Note: {md_text(p)}", ""]
     (out_dir / "report.md").write_text("\n".join(md), encoding="utf-8")
 
     e = html.escape
     body = [f"<h1>{e(title)}</h1>", f'<p class="meta">{e(meta)}</p>']
+    body += [f"<h2>{e(_headline_heading(top))}</h2>", headline_html(top)]
+    if forest is not None:
+        body.append(_figure_html(forest, out_dir))
     if notes.strip():
         paras = [p.strip() for p in notes.strip().split("\n\n") if p.strip()]
         body.append(
-            '<div class="notes">'
+            '<h2>Protocol</h2><div class="notes">'
             + "".join(f"<p>{e(p)}</p>".replace("\n", "<br>") for p in paras)
             + "</div>"
         )
@@ -446,12 +512,7 @@ def write_report(
         body += [f"<h2>{e(x.heading)}</h2>", x.html, f"<p>{e(x.note)}</p>"]
     if figures:
         body.append("<h2>Figures</h2>")
-    for f in figures:
-        data = base64.b64encode((out_dir / f.file).read_bytes()).decode("ascii")
-        body.append(
-            f'<figure><img src="data:image/png;base64,{data}" alt="{e(f.caption)}">'
-            f"<figcaption>{e(f.caption)}</figcaption></figure>"
-        )
+    body += [_figure_html(f, out_dir) for f in figures]
     body += [f'<p class="warn">Note: {e(p)}</p>' for p in problems]
     page = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'

@@ -555,24 +555,89 @@ def plot_reliability(
             raise MedsslError(f"{Path(run) / f'predictions_{label}.npz'}: {e}") from None
     multilabel = np.asarray(pred["targets"]).ndim == 2
     styles = _styles(list(curves))
-    fig = _new_figure(5.6, 5.8)
-    ax = fig.subplots()
-    ax.plot([0, 1], [0, 1], color="#999999", ls=":", lw=1, label="perfect calibration")
-    for init, (rate, conf, counts, ece) in curves.items():
+    ncols = min(4, len(curves))
+    nrows = math.ceil(len(curves) / ncols)
+    fig = _new_figure(2.6 * ncols + 0.4, 2.7 * nrows + 0.6)
+    axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey=True).ravel()
+    reference = curves.get("random")
+    for ax, (init, (rate, conf, counts, ece)) in zip(axes, curves.items(), strict=False):
+        ax.plot([0, 1], [0, 1], color="#999999", ls=":", lw=1)
+        if reference is not None and init != "random":  # the baseline, faint, in every panel
+            ax.plot(reference[1], reference[0], color="#aaaaaa", ls="--", lw=1)
         colour, marker = styles[init]
-        sizes = 12 + 200 * counts / counts.max()
-        ax.plot(conf, rate, color=colour, lw=1.5, ls="--" if init == "random" else "-",
-                label=f"{init} ({'pooled ' if multilabel else ''}ECE {ece:.3f})")  # fmt: skip
-        ax.scatter(conf, rate, s=sizes, color=colour, marker=marker, alpha=0.7, lw=0)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.01)
-    ax.set_aspect("equal")
+        ax.plot(conf, rate, color=colour, lw=1.5, ls="--" if init == "random" else "-")
+        ax.scatter(conf, rate, s=8 + 120 * counts / counts.max(), color=colour, marker=marker,
+                   alpha=0.7, lw=0)  # fmt: skip
+        ax.set(xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
+        ax.grid(True, alpha=0.3)
+        ax.set_title(f"{init} ({'pooled ' if multilabel else ''}ECE {ece:.3f})", fontsize=9)
+    for ax in axes[len(curves) :]:
+        ax.set_visible(False)  # no empty panel
     what = "finding probability (all findings pooled)" if multilabel else "top-class confidence"
-    ax.set_xlabel(f"Mean {what}, 15 bins")
-    ax.set_ylabel("Observed frequency" if multilabel else "Accuracy")
-    ax.grid(True, alpha=0.3)
-    ax.set_title(title or f"Reliability — {_split_label(split)}", fontsize=10)
-    ax.legend(loc="best", fontsize=9, title="Initialisation", title_fontsize=9)
+    fig.supxlabel(f"Mean {what}, 15 bins", fontsize=9)
+    fig.supylabel("Observed frequency" if multilabel else "Accuracy", fontsize=9)
+    baseline = "; grey dashed: random" if reference is not None and len(curves) > 1 else ""
+    fig.suptitle((title or f"Reliability — {_split_label(split)}")
+                 + f"\n(dotted: perfect calibration{baseline}; marker area: images in the bin)",
+                 fontsize=10)  # fmt: skip
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- forest plot
+
+
+def plot_forest(
+    estimates: pd.DataFrame, metric: str, path: Path | str, splits: Sequence[str] | None = None
+) -> Path:
+    """Forest plot of a sweep's paired differences in ``metric``.
+
+    ``estimates`` is :func:`~medssl.report.summary.paired_estimates` of a ``paired.csv``.
+    One panel per mode (fine-tuned first) and split (``splits``, default all), one row per
+    label fraction (lowest on top) and comparison ``a − b``: the mean difference with its
+    95% interval and a vertical line at 0; the marker is filled where the interval excludes
+    0 (a decided difference), hollow where it holds 0.
+    """
+    from matplotlib.ticker import MaxNLocator
+
+    from medssl.report.headline import _ordered_modes, mode_name
+
+    est = estimates if splits is None else estimates[estimates["split"].isin(list(splits))]
+    if est.empty:
+        raise MedsslError("no paired differences to plot")
+    present = set(zip(est["mode"], est["split"], strict=True))
+    modes, splits = _ordered_modes(list(est["mode"])), _ordered_splits(est["split"])
+    panels = [(m, s) for m in modes for s in splits if (m, s) in present]
+    fractions = sorted(est["label_fraction"].unique())
+    pairs = list(dict.fromkeys(zip(est["a"], est["b"], strict=True)))
+    compared = set(zip(est["label_fraction"], est["a"], est["b"], strict=True))
+    rows = [(f, a, b) for f in fractions for a, b in pairs if (f, a, b) in compared]
+    y_of = {r: i for i, r in enumerate(rows)}
+    colours = [_OKABE_ITO[k] for k in ("blue", "vermillion", "green", "purple", "orange", "sky")]
+    colour_of = {f: colours[i % len(colours)] for i, f in enumerate(fractions)}
+    fig = _new_figure(2.2 + 2.5 * len(panels), 1.4 + 0.24 * len(rows))
+    axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+    for ax, (mode, split) in zip(axes, panels, strict=True):
+        sub = est[(est["mode"] == mode) & (est["split"] == split)]
+        for r in sub.itertuples(index=False):
+            y = y_of[(r.label_fraction, r.a, r.b)]
+            colour = colour_of[r.label_fraction]
+            if math.isfinite(r.low) and math.isfinite(r.high):
+                ax.plot([r.low, r.high], [y, y], color=colour, lw=1.6)
+            ax.plot([r.diff], [y], marker="o", ms=5, color=colour,
+                    markerfacecolor=colour if r.side else "white")  # fmt: skip
+        ax.axvline(0, color="#555555", lw=1)
+        ax.grid(True, axis="x", alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+        ax.tick_params(axis="x", labelsize=8)
+        ax.set_title(f"{mode_name(mode)}\n{_split_label(split)}", fontsize=9)
+        ax.set_xlabel(f"difference in {_metric_label(metric)}", fontsize=8)
+    for i in range(1, len(rows)):
+        if rows[i][0] != rows[i - 1][0]:  # a rule between label fractions
+            for ax in axes:
+                ax.axhline(i - 0.5, color="#cccccc", lw=0.8)
+    axes[0].set_yticks(range(len(rows)))
+    axes[0].set_yticklabels([f"{_pct(f)} · {a} − {b}" for f, a, b in rows], fontsize=8)
+    axes[0].set_ylim(len(rows) - 0.5, -0.5)  # the first row on top
     return _save(fig, path)
 
 
@@ -646,38 +711,53 @@ def plot_embedding_map(
     return _save(fig, path)
 
 
+def _monitor_score(rows: pd.DataFrame) -> pd.Series:
+    """A run's k-NN macro AUC per epoch, or (supervised runs) its validation AUC."""
+    score = pd.to_numeric(rows.get("knn_auc_macro", pd.Series(index=rows.index)), errors="coerce")
+    if score.isna().all() and "val_auc_macro" in rows:
+        score = pd.to_numeric(rows["val_auc_macro"], errors="coerce")
+    return score
+
+
+def pretraining_has_monitor(curves: pd.DataFrame) -> bool:
+    """Whether any run of a ``pretraining.csv`` logged a k-NN (or validation) AUC: without
+    one (``knn_every`` off) the curves figure has no k-NN panel."""
+    return any(_monitor_score(rows).notna().any() for _, rows in curves.groupby("run"))
+
+
 def plot_pretraining_curves(curves: pd.DataFrame, path: Path | str) -> Path:
     """The convergence curves of a sweep's pretraining runs (its ``pretraining.csv``): the
     k-NN validation macro AUC (left; each run's own validation split) and the training loss
     (right) against epochs, one colour per entry, one line per seed. A supervised entry has
     no k-NN monitor: its validation AUC stands in on the left, its cross-entropy on the right.
+    When no run logged either (``knn_every`` off), the figure is the loss panel alone.
     """
     if curves.empty:
         raise MedsslError("no pretraining runs have a log yet")
     entries = list(dict.fromkeys(curves["entry"].astype(str)))
     styles = _styles(entries)
-    fig = _new_figure(10.0, 3.8)
-    left, right = fig.subplots(1, 2)
+    monitored = pretraining_has_monitor(curves)
+    fig = _new_figure(10.0 if monitored else 5.4, 3.8)
+    left, right = fig.subplots(1, 2) if monitored else (None, fig.subplots())
     labelled: set[str] = set()
     for (entry, _run), rows in curves.groupby(["entry", "run"], sort=False):
         entry = str(entry)
         colour, marker = styles[entry]
         label = None if entry in labelled else entry  # one legend entry per entry, not per seed
         labelled.add(entry)
-        score = pd.to_numeric(rows["knn_auc_macro"], errors="coerce")
-        if score.isna().all():
-            score = pd.to_numeric(rows["val_auc_macro"], errors="coerce")
+        score = _monitor_score(rows)
         epochs = pd.to_numeric(rows["epoch"], errors="coerce")
         keep = score.notna()
-        if keep.any():
+        if left is not None and keep.any():
             left.plot(epochs[keep], score[keep], color=colour, marker=marker, markersize=3,
                       linewidth=1, label=label)  # fmt: skip
         loss = pd.to_numeric(rows["loss"], errors="coerce")
         right.plot(epochs[loss.notna()], loss[loss.notna()], color=colour, marker=marker,
                    markersize=2, linewidth=1, label=label)  # fmt: skip
-    left.set(xlabel="epoch", ylabel="k-NN macro AUC (validation)")
     right.set(xlabel="epoch", ylabel="training loss")
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
+    right.grid(alpha=0.3)
+    if left is not None:
+        left.set(xlabel="epoch", ylabel="k-NN macro AUC (validation)")
+        left.grid(alpha=0.3)
     right.legend(fontsize=7, loc="upper right")  # every run has a loss, not every a k-NN
     return _save(fig, path)

@@ -52,6 +52,20 @@ INIT_DESCRIPTIONS: dict[str, str] = {
 }
 
 
+def _primary_metric(metrics: Sequence[str]) -> str:
+    """The headline metric: the first of :data:`METRICS` present (else the first given)."""
+    return next((m for m in METRICS if m in metrics), metrics[0])
+
+
+def interval_side(low: float, high: float) -> int:
+    """+1 when an interval lies above 0, -1 when below, 0 when it holds 0 or is missing:
+    whether a difference is decided. The one rule behind the headline's words, the paired
+    table's highlights and the forest plot's filled markers."""
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return 0
+    return 1 if low > 0 else (-1 if high < 0 else 0)
+
+
 def _pct(fraction: float) -> str:
     """0.1 -> '10%', 0.005 -> '0.5%' (rounded first: 0.3 * 100 is 30.000000000000004)."""
     return f"{round(float(fraction) * 100, 6):g}%"
@@ -282,3 +296,36 @@ def summarize(
         raise MedsslError(f"CI level must be in (0, 1), got {level}")
     df = _validate(results, "results table")
     return _summarize(df, _resolve_metrics(df, metrics), level)
+
+
+def paired_estimates(paired: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per comparison of ``metric`` in a ``paired.csv`` (:mod:`medssl.paired`).
+
+    Columns ``mode, label_fraction, split, a, b`` and ``diff, low, high``: the mean
+    difference over seeds with its Student-t interval over seeds (``kind`` ``seeds``), or,
+    where a comparison has one seed, that seed's paired case-bootstrap interval (``kind``
+    ``cases``); ``n_seeds``; ``side`` (:func:`interval_side`). Empty without rows.
+    """
+    columns = ["mode", "label_fraction", "split", "a", "b", "diff", "low", "high", "kind",
+               "n_seeds", "side"]  # fmt: skip
+    if paired.empty or "metric" not in paired:
+        return pd.DataFrame(columns=columns)
+    sub = paired[paired["metric"] == metric].copy()
+    sub["mode"] = sub["mode"].fillna("finetune").astype(str) if "mode" in sub else "finetune"
+    sub["seed"] = sub["seed"].astype(str)
+    rows = []
+    for (mode, fraction, split, a, b), g in sub.groupby(
+        ["mode", "label_fraction", "split", "a", "b"], sort=False
+    ):
+        mean, seeds = g[g["seed"] == "mean"], g[g["seed"] != "mean"]
+        if len(seeds) == 1:
+            r, kind = seeds.iloc[0], "cases"
+        elif not mean.empty:
+            r, kind = mean.iloc[0], "seeds"
+        else:
+            continue
+        diff, low, high = (float(pd.to_numeric(r[c], errors="coerce"))
+                           for c in ("diff", "ci_low", "ci_high"))  # fmt: skip
+        rows.append([str(mode), float(fraction), str(split), str(a), str(b), diff, low, high,
+                     kind, len(seeds), interval_side(low, high)])  # fmt: skip
+    return pd.DataFrame(rows, columns=columns)

@@ -24,6 +24,7 @@ from medssl.report.summary import (
     _pct,
     _split_label,
     _summary_metrics,
+    interval_side,
     split_file_label,
 )
 
@@ -181,8 +182,9 @@ def _paired_cell(diff: object, lo: object, hi: object, digits: int = 3) -> str:
     return cell
 
 
-def _paired_rows(paired: pd.DataFrame, metric: str) -> list[list[str]]:
-    """Rows (mode, labels, split, a − b, seeds, mean [t-CI], per seed [bootstrap CI])."""
+def _paired_rows(paired: pd.DataFrame, metric: str) -> list[tuple[list[str], int]]:
+    """Rows (mode, labels, split, a − b, seeds, mean [t-CI], per seed [bootstrap CI]), each
+    with :func:`interval_side` of its interval (the mean's; with one seed, that seed's)."""
     sub = paired[paired["metric"] == metric].copy()
     sub["seed"] = sub["seed"].astype(str)
     keys = ["mode", "label_fraction", "split", "a", "b"]
@@ -196,12 +198,17 @@ def _paired_rows(paired: pd.DataFrame, metric: str) -> list[list[str]]:
         per_seed = "; ".join(
             f"s{r.seed}: {_paired_cell(r.diff, r.ci_low, r.ci_high)}" for r in seeds.itertuples()
         )
-        rows.append([
+        decisive = seeds if len(seeds) == 1 else mean
+        side = 0
+        if not decisive.empty:
+            low, high = pd.to_numeric(decisive.iloc[0][["ci_low", "ci_high"]], errors="coerce")
+            side = interval_side(float(low), float(high))
+        rows.append(([
             str(mode), _pct(float(fraction)), _split_label(str(split)), f"{a} − {b}",
             str(len(seeds)), mean_cell, per_seed or "—",
-        ])  # fmt: skip
+        ], side))  # fmt: skip
     order = {"finetune": 0, "linear": 1}
-    rows.sort(key=lambda r: order.get(r[0], 2))  # stable: the file's order within a mode
+    rows.sort(key=lambda r: order.get(r[0][0], 2))  # stable: the file's order within a mode
     return rows
 
 
@@ -218,8 +225,9 @@ def _paired_note(metric: str) -> str:
         "order). The mean's interval is a Student-t interval over the seeds' differences "
         "(run-to-run variation; none with one seed); each seed's interval resamples test "
         "cases once and scores both models on the same resample (test-set uncertainty). "
-        "An interval that excludes 0 is evidence of a real difference. Every metric is in "
-        "paired.csv."
+        "An interval that excludes 0 is evidence of a real difference: those rows are "
+        "highlighted (bold in Markdown; green above 0, red below 0 in HTML), judged on the "
+        "mean's interval (with one seed, that seed's). Every metric is in paired.csv."
     )
 
 
@@ -227,11 +235,16 @@ def paired_markdown_table(paired: pd.DataFrame, metric: str) -> str:
     """A Markdown table of a ``paired.csv`` (:mod:`medssl.paired`) for one metric."""
 
     align = ["---", "---:", "---", "---", "---:", "---:", "---"]
-    rows = _paired_rows(paired, metric)
-    return (
-        "\n".join([_md_row(_PAIRED_HEADER), "|" + "|".join(align) + "|", *map(_md_row, rows)])
-        + "\n"
-    )
+    lines = [_md_row(_PAIRED_HEADER), "|" + "|".join(align) + "|"]
+    for cells, side in _paired_rows(paired, metric):
+        line = _md_row(cells)
+        if side:  # a decided row: the comparison and its mean in bold
+            parts = line.split(" | ")
+            for i in (3, 5):
+                parts[i] = f"**{parts[i]}**"
+            line = " | ".join(parts)
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def paired_html_table(paired: pd.DataFrame, metric: str) -> str:
@@ -239,11 +252,12 @@ def paired_html_table(paired: pd.DataFrame, metric: str) -> str:
     e = html.escape
     head = "".join(f"<th>{e(h)}</th>" for h in _PAIRED_HEADER)
     body = []
-    for cells in _paired_rows(paired, metric):
+    for cells, side in _paired_rows(paired, metric):
         tds = [f"<td>{e(c)}</td>" for c in cells[:4]] + [
             f'<td class="num">{e(c)}</td>' for c in cells[4:]
         ]
-        body.append(f"<tr>{''.join(tds)}</tr>")
+        cls = {1: ' class="above"', -1: ' class="below"'}.get(side, "")
+        body.append(f"<tr{cls}>{''.join(tds)}</tr>")
     return (
         f'<table class="results">\n<thead>\n<tr>{head}</tr>\n</thead>\n<tbody>\n'
         + "\n".join(body) + "\n</tbody>\n</table>\n"
