@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv (if absent) and install medssl with its test tools.
-# torch/torchvision are pinned for CI by constraints-ci.txt; users may use any version
-# within pyproject.toml's ranges.
+# Every package at the exact version of requirements-ci.lock (CI's environment; a new release
+# of anything changes nothing here until scripts/refresh-ci-lock.sh is run); users may use
+# any version within pyproject.toml's ranges.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -10,5 +11,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # the local mirror prints a "Location ... is ignored" warning per package: keep them out
 quiet() { "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
-quiet .venv/bin/python -m pip install --quiet --upgrade pip
-quiet .venv/bin/python -m pip install --quiet -c constraints-ci.txt -e ".[dev]"
+quiet .venv/bin/python -m pip install --quiet --upgrade -c requirements-ci.lock pip
+# --build-constraint: the setuptools that builds the editable install is the lock's too
+quiet .venv/bin/python -m pip install --quiet -c requirements-ci.lock \
+    --build-constraint requirements-ci.lock -e ".[dev]"

@@ -5,7 +5,8 @@
 #                          the checkout; ../shared does not travel)
 #   gpu_carry/wheels/      kornia (+ kornia_rs), lightly and its pure-Python needs the image
 #                          lacks (hydra-core, omegaconf, antlr4), pydicom: for Python 3.12
-#                          x86_64, at the versions in .venv (constraints-ci.txt pins none)
+#                          x86_64, at the versions in .venv (requirements-ci.lock's; lightly
+#                          and its needs: the bench extra's, not in the lock)
 # and prints the size of what would travel: the checkout plus gpu_carry must stay < 64 MiB.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
