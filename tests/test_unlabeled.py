@@ -290,7 +290,9 @@ def test_a_sweep_entry_on_an_unlabeled_pool_excludes_the_evaluation_cases(ham_ro
         "pretrain": {
             "pool": {"method": "micle", "epochs": 1, "batch_size": 8, "precision": "fp32",
                      "data": {"dataset": "images", "root": str(ham_root),
-                              "options": {"case_by": "regex:ISIC_(\\d\\d\\d)"}}},
+                              "options": {"case_by": "regex:ISIC_(\\d\\d\\d)"}},
+                     # the paper mixed sources: the labelled set's train split joins the pool
+                     "extra_data": [{"dataset": "ham10000", "root": str(ham_root)}]},
         },  # fmt: skip
         "inits": ["pool"],
         "label_fractions": [1.0],
@@ -305,6 +307,33 @@ def test_a_sweep_entry_on_an_unlabeled_pool_excludes_the_evaluation_cases(ham_ro
     run_sweep(protocol, tmp_path / "sweep", progress=False)
     metrics = json.loads((tmp_path / "sweep" / "pretrain" / "pool" / "metrics.json").read_text())
     labelled = load("ham10000", ham_root)
-    assert metrics["pretrain_images"] == len(labelled.splits["train"])
+    train = labelled.splits["train"]
+    train_cases = labelled.manifest.table["case_id"].iloc[train].nunique()
+    # the pool after exclusion is the train split; the train split comes again as the second
+    # source, and no case spans two sources
+    assert metrics["pretrain_images"] == 2 * len(train)
+    assert metrics["pretrain_cases"] == 2 * train_cases
+    assert metrics["excluded_images"] == len(labelled.manifest) - len(train)
     results = pd.read_csv(tmp_path / "sweep" / "results.csv")
     assert set(results["init"]) == {"pool"} and len(results) == 1
+
+
+def test_a_run_mixes_an_unlabeled_pool_with_a_labelled_train_split(folder_tree, ham_root,
+                                                                   tmp_path, capsys):  # fmt: skip
+    spec_file = _spec_file(tmp_path, ham_root)
+    code = main(["pretrain", "--dataset", "images", "--root", str(folder_tree), "--case-by",
+                 "parent", "--extra-data", str(spec_file), "--image-size", "16", "--epochs",
+                 "1", "--batch-size", "8", "--precision", "fp32", "--out", str(tmp_path / "run"),
+                 "--cache-dir", str(tmp_path / "c")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    labelled = load("ham10000", ham_root)
+    train = labelled.splits["train"]
+    train_cases = labelled.manifest.table["case_id"].iloc[train].nunique()
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["pretrain_images"] == 21 + len(train)
+    assert metrics["pretrain_cases"] == 10 + train_cases
+    assert "images: 21 images of 10 cases, all its images (unlabeled)" in err
+    assert f"ham10000: {len(train)} images of {train_cases} cases, its train split" in err
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["extra_data"][0]["dataset"] == "ham10000"

@@ -42,7 +42,11 @@ stage 1, with the in-domain entries chained from it by ``init: <entry>``. ``meth
 supervised`` makes an entry a supervised run instead (its keys are ``medssl finetune``'s
 options; all of its data's labels unless it sets ``label_fraction``): it is fine-tuned with
 ``export_backbone`` set, so its best epoch's backbone is exported like a pretraining run's and
-the run serves as an init (supervised pretraining, e.g. on tiny-imagenet's 200 classes). With
+the run serves as an init (supervised pretraining, e.g. on tiny-imagenet's 200 classes).
+Unlabeled ``data`` (``dataset: images``, or ``unlabeled: true``) is a pretraining pool that
+loses the protocol data's val/test/shift images and their cases unless the entry names its own
+``exclude``; ``extra_data: [spec, ...]`` adds sources to an entry's run (docs/PROTOCOLS.md,
+"Unlabeled pretraining data"). With
 ``pretrain_seeds``, ``shared: true`` makes an entry ONE run (its own ``seed``, default 0)
 that every seed's chained entries and fine-tunes start from -- as the paper started every
 in-domain run from one public ImageNet checkpoint; a shared entry cannot start from a
@@ -128,7 +132,7 @@ from typing import Any
 import yaml
 
 from medssl.data.exclusion import checked_exclusion
-from medssl.data.spec import DataSpec, is_pool, read_spec
+from medssl.data.spec import DataSpec, is_pool, read_spec, spec_at
 from medssl.errors import MedsslError
 from medssl.options import Given, Where, check_seed, read, read_yaml_mapping, spelling
 from medssl.train.run import (
@@ -453,6 +457,24 @@ def _exclude_evaluation_data(role: EntryRole, data: dict[str, Any], source: str,
         role.data = {**role.data, "exclude": checked_exclusion({"data": data})}
 
 
+def _extra_data(
+    value: Any, data: dict[str, Any], source: str, key: str, base: Path
+) -> list[dict[str, Any]]:
+    """An entry's ``extra_data``: data specs (roots relative to the protocol file) or paths
+    of runs / spec files; an unlabeled one loses the protocol's evaluation cases as ``data``
+    does (:func:`_exclude_evaluation_data`)."""
+    out = []
+    for i, item in enumerate(_list(value, source, key)):
+        if isinstance(item, str):
+            spec = spec_at(Path(_resolve_path(item, base)), f"{source}: {key}[{i}]")
+        else:
+            spec = _data_spec(item, source, f"{key}[{i}]", base)
+        role = EntryRole(data=spec)
+        _exclude_evaluation_data(role, data, source, f"{key}[{i}]")
+        out.append(role.data)
+    return out
+
+
 def _check_shared_chains(
     pretrain: dict[str, dict[str, Any]], roles: dict[str, EntryRole],
     pretrain_seeds: list[int] | None, source: str,
@@ -561,6 +583,9 @@ def load_protocol(protocol: dict[str, Any] | str | Path) -> Protocol:
                         "and not 'random'")  # fmt: skip
         settings, roles[name] = _entry_role(settings, source, f"pretrain.{name}", base)
         _exclude_evaluation_data(roles[name], data, source, f"pretrain.{name}")
+        if "extra_data" in (settings or {}):
+            settings["extra_data"] = _extra_data(settings["extra_data"], data, source,
+                                                 f"pretrain.{name}.extra_data", base)  # fmt: skip
         cls, reserved = (
             (FinetuneConfig, _SUPERVISED_RESERVED) if roles[name].supervised
             else (PretrainConfig, _PRETRAIN_RESERVED)

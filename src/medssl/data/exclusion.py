@@ -20,7 +20,6 @@ import numpy as np
 
 from medssl.data.manifest import Manifest
 from medssl.errors import MedsslError
-from medssl.options import Given, read_yaml_mapping
 
 MATCHES = ("file", "case")
 SPLIT_NAMES = ("train", "val", "test", "shift")
@@ -43,32 +42,12 @@ def exclusion_from_text(text: str, base: Path, option: str = "--exclude") -> dic
             splits = tail
         path_text = head
     path = (base / Path(path_text).expanduser()).resolve()
-    data = _data_of(path, option)
+    from medssl.data.spec import spec_at
+
+    data = spec_at(path, option)
     out: dict[str, Any] = {"data": data, "by": by}
     out["splits"] = [s.strip() for s in splits.split(",") if s.strip()] or list(DEFAULT_SPLITS)
     return checked_exclusion(out, option)
-
-
-def _data_of(path: Path, option: str) -> dict[str, Any]:
-    from medssl.data.spec import SPEC_KEYS, read_spec
-
-    if path.is_dir():
-        config = path / "config.yaml"
-        if not config.is_file():
-            raise MedsslError(f"{option} {path}: neither a medssl run directory nor a YAML file")
-        data = read_yaml_mapping(config, f"{option} {config}", "a run's configuration").get("data")
-        if not isinstance(data, dict):
-            raise MedsslError(f"{option} {path}: the run's config.yaml has no data spec")
-        return data
-    if not path.is_file():
-        raise MedsslError(f"{option} {path}: no such run directory or YAML file")
-    where = f"{option} {path}"
-    mapping = read_yaml_mapping(path, where, "a data spec (dataset, root, ...)")
-    block = mapping.get("data", mapping)
-    if not isinstance(block, dict):
-        raise MedsslError(f"{where}: data: expected a data spec mapping")
-    spec = {k: v for k, v in block.items() if k in (*SPEC_KEYS, "options")}
-    return read_spec(Given(spec), base=path.parent).to_dict()
 
 
 def checked_exclusion(value: Any, option: str = "exclude") -> dict[str, Any]:

@@ -17,7 +17,7 @@ from medssl.data.adapters.unlabeled import NAME as IMAGES
 from medssl.data.manifest import Manifest
 from medssl.data.splits import SPLIT_SCHEMES, Splits, make_splits
 from medssl.errors import MedsslError
-from medssl.options import MAX_SEED, Given, option, read, settings
+from medssl.options import MAX_SEED, Given, option, read, read_yaml_mapping, settings
 
 #: settings left out of a saved spec at their default (runs made before them compare equal)
 _UNRECORDED_DEFAULTS = {"split_scheme": "canonical", "unlabeled": False, "exclude": None}
@@ -149,3 +149,31 @@ def checked_data(data: dict[str, Any]) -> dict[str, Any]:
         raise MedsslError(f"data: expected a data spec mapping, got {data!r}")
     spec = {k: v for k, v in data.items() if k != "options"}
     return read_spec(Given(spec), Given(data.get("options") or {})).to_dict()
+
+
+def spec_at(path: Path, option: str) -> dict[str, Any]:
+    """The saved data spec of a run directory, or the data spec a YAML file holds (its keys,
+    or its ``data:`` block as in a sweep protocol; roots relative to the file)."""
+    if path.is_dir():
+        config = path / "config.yaml"
+        if not config.is_file():
+            raise MedsslError(f"{option} {path}: neither a medssl run directory nor a YAML file")
+        data = read_yaml_mapping(config, f"{option} {config}", "a run's configuration").get("data")
+        if not isinstance(data, dict):
+            raise MedsslError(f"{option} {path}: the run's config.yaml has no data spec")
+        return data
+    if not path.is_file():
+        raise MedsslError(f"{option} {path}: no such run directory or YAML file")
+    where = f"{option} {path}"
+    mapping = read_yaml_mapping(path, where, "a data spec (dataset, root, ...)")
+    block = mapping.get("data", mapping)
+    if not isinstance(block, dict):
+        raise MedsslError(f"{where}: data: expected a data spec mapping")
+    from medssl.data.adapters import option_names
+
+    flat = {k: v for k, v in block.items() if k in option_names()}  # case_by: parent, ...
+    nested = block.get("options") or {}
+    if not isinstance(nested, dict):
+        raise MedsslError(f"{where}: options: expected a mapping")
+    spec = {k: v for k, v in block.items() if k in SPEC_KEYS}
+    return read_spec(Given(spec), Given({**nested, **flat}), base=path.parent).to_dict()

@@ -11,6 +11,7 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ from medssl.data.datasets import PairViews, unchanged
 from medssl.data.exclusion import describe_exclusion
 from medssl.data.manifest import Manifest
 from medssl.data.pairs import METHODS, CaseBags, PairSampler, bag_statistics, describe_bags
-from medssl.data.spec import checked_data
+from medssl.data.spec import checked_data, spec_at
 from medssl.data.splits import Splits
 from medssl.errors import MedsslError
 from medssl.losses import NTXentLoss
@@ -98,6 +99,12 @@ class PretrainConfig:
 
     data: dict[str, Any] = option(user=False)  # a DataSpec dict, read from the data options
     out: str = option(help="run directory")
+    extra_data: list[Any] = option(
+        factory=list, metavar="RUN|SPEC.yaml",
+        help="more pretraining data (repeatable): a run directory's data or a YAML data spec; "
+        "a labelled set adds its train split, unlabeled data all its images, each with its "
+        "own cases",
+    )  # fmt: skip
     method: str = option("micle", choices=METHODS, help="positive pairs: two views of one "
                          "image (simclr) or of two images of one case (micle)")  # fmt: skip
     backbone: str = option(
@@ -186,6 +193,11 @@ class PretrainConfig:
         check_fields(cfg)
         check_out(cfg.out)
         cfg.data = checked_data(cfg.data)
+        cfg.extra_data = [
+            checked_data(d) if isinstance(d, dict)
+            else spec_at(Path(d).expanduser().resolve(), spelled("extra_data"))
+            for d in cfg.extra_data
+        ]  # fmt: skip
         if not cfg.augment:
             cfg.augment = dataset_preset(cfg.data["dataset"])
         preset(cfg.augment, cfg.augment_overrides)  # the combination is valid too
@@ -212,6 +224,44 @@ class PretrainConfig:
         if cfg.channels_last is None:  # faster on GPUs and, measured, ~20% on CPU too
             cfg.channels_last = True
         return cfg
+
+
+@dataclass(frozen=True)
+class _TrainingSource:
+    """One data source of a pretraining run: its rows that pretrain, and their pixels."""
+
+    manifest: Manifest
+    rows: np.ndarray
+    pixels: np.ndarray
+
+    def describe(self) -> str:
+        m, rows = self.manifest, self.rows
+        cases = len(set(m.table["case_id"].iloc[rows]))
+        part = "all its images (unlabeled)" if not m.labelled else "its train split"
+        return f"{m.name}: {len(rows):,} images of {cases:,} cases, {part}{describe_exclusion(m)}"
+
+
+def _combine(sources: list[_TrainingSource]) -> tuple[np.ndarray, np.ndarray]:
+    """The sources' training images in one array, and a case code per image (a case never
+    spans two sources: each source's codes are offset past the previous ones')."""
+    first = sources[0].pixels.shape[1:]
+    for source in sources[1:]:
+        if source.pixels.shape[1:] != first:
+            raise MedsslError(
+                f"{spelled('extra_data')}: {source.manifest.name}'s images are cached at "
+                f"{source.pixels.shape[1:3]}, the main data's at {first[:2]} (--source-scale "
+                "above 1 keeps each dataset's aspect): use --source-scale 1 to mix them"
+            )
+    pixels, codes, offset = [], [], 0
+    for source in sources:
+        case_codes, _ = source.manifest.case_codes()
+        local = np.unique(case_codes[source.rows], return_inverse=True)[1]
+        codes.append(local + offset)
+        offset += int(local.max()) + 1 if local.size else 0
+        pixels.append(np.asarray(source.pixels[source.rows]))
+    if len(pixels) == 1:
+        return pixels[0], codes[0]
+    return np.concatenate(pixels), np.concatenate(codes)
 
 
 def _knn_text(scores: dict[str, float]) -> str:
@@ -248,19 +298,29 @@ class Pretrainer:
         self._eval_pixels: np.ndarray | None = None
         self._labelled: tuple[Manifest, Splits, np.ndarray] | None = None
         self.train_rows = splits["train"]
+        sources = [_TrainingSource(manifest, self.train_rows, pixels)]
+        for spec in cfg.extra_data:
+            m, s, px = load_data(
+                spec, cfg.image_size, cfg.cache_dir, cfg.skip_unreadable, cfg.progress,
+                source_scale=cfg.source_scale,
+            )  # fmt: skip
+            sources.append(_TrainingSource(m, s["train"], px))
+        train_pixels, case_codes = _combine(sources)
+        self.sources = sources
         world = dist.world_size()
         if cfg.batch_size % world:
             raise MedsslError(
                 f"{spelled('batch_size')} {cfg.batch_size} is not divisible by {world} ranks"
             )
-        if len(self.train_rows) < cfg.batch_size:
+        if len(train_pixels) < cfg.batch_size:
             raise MedsslError(
-                f"{spelled('batch_size')} {cfg.batch_size} exceeds the {len(self.train_rows)} "
+                f"{spelled('batch_size')} {cfg.batch_size} exceeds the {len(train_pixels)} "
                 "training images"
             )
-        codes, _ = manifest.case_codes()
-        self.bags = CaseBags(np.unique(codes[self.train_rows], return_inverse=True)[1])
-        self._say(f"pretraining data: {describe_bags(self.bags)}{describe_exclusion(manifest)}")
+        self.bags = CaseBags(case_codes)
+        self._say(f"pretraining data: {describe_bags(self.bags)}")
+        for source in sources:
+            self._say(f"  {source.describe()}")
         if not manifest.labelled:
             self._say(
                 "no labels: the monitor logs loss, distinct-pair share and the feature spread "
@@ -280,7 +340,7 @@ class Pretrainer:
             view = unchanged
         else:
             view = view_transform(augment, cfg.image_size)
-        dataset = PairViews(np.asarray(pixels)[self.train_rows], view, view, seed=cfg.seed)
+        dataset = PairViews(train_pixels, view, view, seed=cfg.seed)
         self.loader = DataLoader(
             dataset,
             batch_size=cfg.batch_size // world,
@@ -485,9 +545,10 @@ class Pretrainer:
         # a shortened training says so
         metrics.update({"epochs": cfg.epochs, "method": cfg.method, "skipped_steps": skipped})
         metrics.update(bag_statistics(self.bags))
-        if self.manifest.excluded:  # config.yaml says what was excluded, this how much
-            excluded = self.manifest.excluded
-            metrics.update(excluded_images=excluded["images"], excluded_cases=excluded["cases"])
+        excluded = [s.manifest.excluded for s in self.sources if s.manifest.excluded]
+        if excluded:  # config.yaml says what was excluded, this how much
+            metrics["excluded_images"] = sum(e["images"] for e in excluded)
+            metrics["excluded_cases"] = sum(e["cases"] for e in excluded)
         self.run.finish(metrics)
         dist.barrier()
         return metrics
