@@ -402,3 +402,26 @@ def test_merged_class_map_auc_equals_a_hand_computation() -> None:
     assert cmap.classes == {"melanoma": "malignant"} and cmap.model_classes == MERGE
     with pytest.raises(MedsslError, match="'mel' is in both"):
         load_class_map({"model_classes": {"a": ["mel"], "b": ["mel", "nv"]}})
+
+
+@pytest.mark.parametrize("record", ["/proc/medssl-record", "/sys/medssl-record", "read-only"])
+def test_an_unwritable_record_is_refused_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record: str
+) -> None:
+    """--record /proc/x trained and evaluated the whole sweep, then gave a traceback."""
+    import os
+
+    def no_training(config) -> None:  # noqa: ANN001
+        raise AssertionError("trained before --record was checked")
+
+    monkeypatch.setattr(pretrain_module, "pretrain", no_training)
+    if record == "read-only":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into a read-only folder")
+        folder = tmp_path / "ro"
+        folder.mkdir(mode=0o555)
+        record = str(folder / "record")
+    with pytest.raises(MedsslError, match=rf"^--record {record}: cannot ") as info:
+        run_sweep(_base(), tmp_path / "out", progress=False, record=record)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists()
