@@ -292,6 +292,10 @@ def test_external_class_map_is_checked_before_training(
     protocol["external"][0]["class_map"] = {"naevvus": None}
     with pytest.raises(MedsslError, match=r"external\.e\.class_map: 'naevvus' is not a class"):
         run_sweep(protocol, tmp_path / "out", progress=False)
+    # a map that keeps no row was refused only after pretraining and fine-tuning
+    protocol["external"][0]["class_map"] = {"naevus": None, "melanoma": None, "other": None}
+    with pytest.raises(MedsslError, match=r"external\.e\.class_map: class mapping excludes every"):
+        run_sweep(protocol, tmp_path / "out", progress=False)
 
 
 # --------------------------------------------------------------------------- statistics

@@ -91,7 +91,8 @@ classes]}``, which sums the model's probabilities per group, e.g. benign vs mali
 scored with every fine-tuned model exactly as ``medssl evaluate --split all`` does
 (:func:`medssl.evaluation.evaluate_run`): every image, no re-split. Its results.csv ``split``
 is ``external:<name>``, its files ``eval_external-<name>.json`` /
-``predictions_external-<name>.npz``. The data and class map are checked before training.
+``predictions_external-<name>.npz``. The data and class map (that it keeps an image) are
+checked before training.
 
 Layout of ``OUT/``: ``protocol.yaml`` (the protocol as resolved, for the record),
 ``pretrain/<name>[-s<seed>]/`` and ``finetune/<init>[-linear]-f<fraction>-s<seed>/`` run
@@ -955,6 +956,8 @@ def _check_splits(p: Protocol) -> tuple[list[str], list[str]]:
 
 def _check_external(p: Protocol, model_classes: list[str]) -> None:
     """Load every external set and check its class map before any training starts."""
+    from medssl.evaluation import align_targets
+
     for ext in p.external:
         key = f"external.{ext.name}"
         try:
@@ -989,6 +992,10 @@ def _check_external(p: Protocol, model_classes: list[str]) -> None:
                     p.source, f"{key}.class_map",
                     f"{src!r} goes to {dst!r}, which is not one of {', '.join(evaluation)}",
                 )  # fmt: skip
+        try:  # as evaluating the whole set will: "class mapping excludes every row"
+            align_targets(manifest, evaluation, ext.class_map)
+        except MedsslError as exc:
+            raise _fail(p.source, f"{key}.class_map", str(exc)) from None
 
 
 def _eval_files(p: Protocol, splits: list[str]) -> list[tuple[str, str]]:
