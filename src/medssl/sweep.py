@@ -138,6 +138,7 @@ from medssl.train.run import (
     field_defaults,
     is_complete,
     read_config,
+    read_result,
 )
 
 _METRIC_COLUMNS = [
@@ -1037,12 +1038,7 @@ def _groups(jobs: list[_Job]) -> list[list[_Job]]:
 
 def validation_score(run: Path) -> float | None:
     """The best validation score a finished fine-tune recorded (its model selection metric)."""
-    import json
-
-    path = run / "metrics.json"
-    if not path.is_file():
-        return None
-    metrics = json.loads(path.read_text())
+    metrics = read_result(run / "metrics.json") or {}
     value = next((v for k, v in metrics.items() if k.startswith("best_val_")), None)
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
@@ -1195,15 +1191,12 @@ def collect_results(
     """(Re)write ``results.csv`` from the evaluation files of the protocol's runs: one row
     per (init, mode, fraction, seed, split), from the grid candidate chosen on validation
     (only ``seeds``' fine-tunes when given)."""
-    import json
-
     rows = []
     for _, job, score, chosen_on in _finished_choices(p, out_dir, seeds):
         for split, label in _eval_files(p, splits):
-            path = job.run / f"eval_{label}.json"
-            if not path.is_file():
+            metrics = read_result(job.run / f"eval_{label}.json")
+            if metrics is None:
                 continue
-            metrics = json.loads(path.read_text())
             rows.append({
                 "dataset": p.data["dataset"], "init": job.init.label, "mode": job.mode,
                 "label_fraction": job.fraction, "seed": job.seed, "split": split,
@@ -1284,8 +1277,11 @@ def _evaluate(p: Protocol, job: _Job, splits: list[str], where: str) -> int:
 
     evaluated = 0
     for split, label in _eval_files(p, splits):
-        if (job.run / f"eval_{label}.json").is_file():
-            continue
+        path = job.run / f"eval_{label}.json"
+        if path.is_file():
+            if read_result(path) is not None:
+                continue
+            _say(f"    {path} is damaged (not a JSON object): evaluating {split} again")
         evaluated += 1
         ext = next((e for e in p.external if e.split == split), None)
         t0 = time.perf_counter()

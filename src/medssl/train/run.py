@@ -140,14 +140,18 @@ def adopt_resumed_choices(config: Any, keys: tuple[str, ...]) -> None:
             setattr(config, key, previous[key])
 
 
-def is_complete(run: str | Path) -> bool:
-    path = Path(run) / METRICS
-    if not path.is_file():
-        return False
+def read_result(path: str | Path) -> dict[str, Any] | None:
+    """The JSON object a run wrote to ``path`` (metrics.json, eval_*.json); None when the file
+    is missing or damaged (not a JSON object): its work is redone."""
     try:
-        return json.loads(path.read_text()).get("status") == "complete"
-    except json.JSONDecodeError:
-        return False
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):  # ValueError: JSONDecodeError, UnicodeDecodeError
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_complete(run: str | Path) -> bool:
+    return (read_result(Path(run) / METRICS) or {}).get("status") == "complete"
 
 
 def checkpoint_epoch(run: str | Path) -> int | None:
