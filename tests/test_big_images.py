@@ -73,3 +73,37 @@ def test_images_that_would_not_fit_in_memory_or_on_disk_are_refused_before_decod
     assert err.startswith("medssl: error: --image-size 64: ") and "in the image cache" in err
     assert "--cache-dir or MEDSSL_CACHE" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists() and not (root / "cache").exists()
+
+
+_LIMITED_CLI = """
+import resource, sys
+from pathlib import Path
+import medssl.commands.pretrain, medssl.train.pretrain
+from medssl.cli import main
+status = Path("/proc/self/status").read_text().splitlines()
+used = int(next(x for x in status if x.startswith("VmSize:")).split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (used + (800 << 20), resource.RLIM_INFINITY))
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_an_image_size_over_the_process_memory_limit_is_refused_before_decoding(tmp_path):
+    """Under ``ulimit -v`` the check read MemAvailable and cgroup limits only: the decoded
+    array did not fit the process's address space, an _ArrayMemoryError traceback."""
+    import os
+    import subprocess
+    import sys
+
+    root = write_ham_layout(tmp_path / "ham", n_lesions=12)  # 24 images: 1.1 GiB at 4096 px
+    argv = flags(root, tmp_path / "run")
+    argv[argv.index("--image-size") + 1] = "4096"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", _LIMITED_CLI, "pretrain", *argv],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    err = done.stderr
+    assert done.returncode == 2, err
+    assert err.startswith("medssl: error: --image-size 4096: 24 decoded images"), err
+    assert "of memory available" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "run").exists() and not (root / "cache").exists()
