@@ -1,5 +1,6 @@
-"""Images and sizes too big to decode: a decompression bomb is an unreadable image, one line;
-an ``--image-size`` whose cache would not fit is refused before decoding."""
+"""Images and sizes too big to decode: a decompression bomb is an unreadable image, one line
+(so is a missing one); an ``--image-size`` whose cache would not fit is refused before
+decoding."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 from helpers.data import write_ham_layout
 from helpers.images import bomb_png
 from medssl.cli import main
+from medssl.data import notices
 
 
 def ham_with_a_bomb(tmp_path: Path) -> tuple[Path, Path]:
@@ -32,6 +34,23 @@ def test_a_decompression_bomb_is_one_unreadable_image_in_pretrain_and_finetune(t
         assert len(err.strip().splitlines()) == 1 and not (tmp_path / command).exists()
     assert main(["pretrain", *flags(root, tmp_path / "run"), "--skip-unreadable"]) == 0
     assert "skipped 1 unreadable image(s)" in capsys.readouterr().err
+
+
+def test_skip_unreadable_skips_a_missing_image_in_pretrain_and_finetune(tmp_path, capsys):
+    """A listed image that does not exist stopped pretrain and finetune even with
+    --skip-unreadable (predict and embed skipped it): now it is one more unreadable image."""
+    root = write_ham_layout(tmp_path / "ham", n_lesions=12)
+    gone = sorted((root / "HAM10000_images_part_1").glob("*.png"))[3]
+    gone.unlink()
+    for command in ("pretrain", "finetune"):
+        assert main([command, *flags(root, tmp_path / command)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"medssl: error: ham10000: image {gone.name} listed in "), err
+        assert len(err.strip().splitlines()) == 1 and not (tmp_path / command).exists()
+        run = tmp_path / f"{command}-skipping"
+        notices.forget()  # each message is printed once per process
+        assert main([command, *flags(root, run), "--skip-unreadable"]) == 0
+        assert "skipped 1 unreadable image(s)" in capsys.readouterr().err
 
 
 def test_an_image_size_past_the_maximum_is_one_line_before_any_work(tmp_path, capsys):
