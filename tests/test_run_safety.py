@@ -103,6 +103,33 @@ def test_killed_extension_is_unfinished_and_resumable(ham_root, tmp_path, monkey
     assert finetune_cfg.resolved().init == str(run.resolve())  # a finished run is accepted
 
 
+def test_an_extension_stopped_before_its_checkpoint_leaves_no_stale_log_row(
+    ham_root, tmp_path, monkeypatch
+):
+    """An extension (2 -> 3 epochs) stopped after logging epoch 3 but before saving it;
+    ``--resume --epochs 2`` then finished the run with epoch 3's row still in log.csv."""
+    from medssl.train.run import RunDir
+
+    run = tmp_path / "run"
+    pretrain(tiny_config(ham_root, run, epochs=2))
+    save = RunDir.save_training_state
+
+    def stopped(self, epoch, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if epoch == 3:
+            raise KeyboardInterrupt
+        return save(self, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(RunDir, "save_training_state", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tiny_config(ham_root, run, epochs=3, resume=True))
+    monkeypatch.setattr(RunDir, "save_training_state", save)
+    epochs = lambda: [int(r["epoch"]) for r in csv.DictReader((run / "log.csv").open())]  # noqa: E731
+    assert epochs() == [1, 2, 3] and status(run) != "complete"
+    metrics = pretrain(tiny_config(ham_root, run, epochs=2, resume=True))
+    assert metrics["epochs"] == 2 and status(run) == "complete"
+    assert epochs() == [1, 2]
+
+
 # --- 3. stale temp files -------------------------------------------------------------------
 
 
