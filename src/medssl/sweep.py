@@ -1427,6 +1427,7 @@ def run_sweep(
     (:mod:`medssl.sweep_record`): restored into ``out_dir`` first, brought up to date after
     each finished seed, so the sweep resumes from it on a machine without ``out_dir``.
     """
+    from medssl.outputs import check_writable_folder
     from medssl.sweep_record import check_record_dir, record_holds, restore_record
     from medssl.train.finetune import FinetuneConfig, finetune
     from medssl.train.pretrain import pretrain
@@ -1440,6 +1441,7 @@ def run_sweep(
     _check_external(p, class_names)
     jobs = plan(p, out_dir, progress)
     check_out(out_dir)
+    check_writable_folder("--out", out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / CONFIG).is_file() or (out_dir / "checkpoints").is_dir():
         raise MedsslError(f"--out {out_dir} is a run directory, not a sweep folder")
