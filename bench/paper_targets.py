@@ -3,6 +3,9 @@ protocols/ham10000-paper-32px.yaml, from its paired.csv and results.csv.
 
     python bench/paper_targets.py sweeps/ham32-paper [--fraction 0.1]
 
+A folder without paired.csv or results.csv, a sweep of another protocol or a fraction it
+does not hold is one line (exit 2).
+
 Each target is a paired difference of fine-tuned (or linear-probe) macro AUC at one label
 fraction, one value per seed (the pretraining seed and the fine-tuning seed go together).
 Printed per target and split: the mean over seeds, its 95% t-interval over seeds, the
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +38,7 @@ import pandas as pd
 from evidence_tables import SPLIT_NAMES, _num
 from scipy import stats
 
+from medssl.errors import MedsslError
 from medssl.paired import t_interval, t_quantile_975
 
 SSL_INITS = ["natural", "derm", "natderm", "micle", "simclr_cont"]
@@ -98,16 +103,51 @@ def best_ssl_on_validation(results: pd.DataFrame, fraction: float) -> tuple[str,
     r = results[(results["mode"] == "finetune") & np.isclose(results.label_fraction, fraction)
                 & (results.split == "test") & results.init.isin(SSL_INITS)]  # fmt: skip
     val = r.groupby("init")["selected_val"].mean().sort_values(ascending=False)
+    if val.empty:
+        fractions = ", ".join(f"{x:g}" for x in sorted(set(results.label_fraction)))
+        raise MedsslError(
+            f"results.csv has no fine-tuned test rows of {', '.join(SSL_INITS)} at fraction "
+            f"{fraction:g} (its fractions: {fractions or 'none'}): is it a sweep of "
+            "protocols/ham10000-paper-32px.yaml?"
+        )
     return str(val.index[0]), val
 
 
-def main() -> None:
+def read_table(sweep: Path, name: str) -> pd.DataFrame:
+    """``sweep/name`` (a CSV the sweep writes); one line when it is missing."""
+    if not sweep.is_dir():
+        raise MedsslError(f"{sweep}: no such folder")
+    path = sweep / name
+    if not path.is_file():
+        raise MedsslError(f"{path} not found: {sweep} is not a finished sweep")
+    return pd.read_csv(path)
+
+
+def main() -> int:
+    """Print the table; a missing file or row is one line (exit 2), as medssl's CLI does."""
+    try:
+        report(parse_args())
+    except MedsslError as exc:
+        print(f"paper_targets: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # output piped into head and the like
+        return 0
+    return 0
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("sweep", type=Path, help="a sweep folder of the paper protocol")
     parser.add_argument("--fraction", type=float, default=0.1, help="label fraction")
     args = parser.parse_args()
-    paired = pd.read_csv(args.sweep / "paired.csv")
-    results = pd.read_csv(args.sweep / "results.csv")
+    if not 0 < args.fraction <= 1:
+        raise MedsslError(f"--fraction: must be in (0, 1], got {args.fraction:g}")
+    return args
+
+
+def report(args: argparse.Namespace) -> None:
+    paired = read_table(args.sweep, "paired.csv")
+    results = read_table(args.sweep, "results.csv")
     f = args.fraction
     best, val = best_ssl_on_validation(results, f)
     print(f"best SSL init on validation at {f:g} labels (mean val macro AUC over seeds): "
@@ -134,4 +174,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

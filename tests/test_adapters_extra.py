@@ -1,4 +1,5 @@
-"""CheXpert, MedMNIST, CSV and folder adapters on tiny datasets written in their layouts."""
+"""CheXpert, MedMNIST, CSV, folder and Tiny ImageNet adapters on tiny datasets written in their
+layouts."""
 
 from __future__ import annotations
 
@@ -489,3 +490,85 @@ def test_folder_on_real_pneumonia_split() -> None:
     m = load_folder(test_dir)
     assert m.class_names == ["NORMAL", "PNEUMONIA"]
     assert m.class_counts() == {"NORMAL": 234, "PNEUMONIA": 390}  # .DS_Store files skipped
+
+
+# --------------------------------------------------------------------------- Tiny ImageNet
+
+
+def write_tiny_imagenet_download(converted: Path, root: Path) -> Path:
+    """The images of a converted layout (:func:`helpers.data.write_tiny_imagenet_layout`)
+    arranged as the publisher's tiny-imagenet-200.zip unpacks: wnids.txt, words.txt,
+    train/<wnid>/images/, train/<wnid>/<wnid>_boxes.txt, val/images/, val/val_annotations.txt
+    and an unlabelled test/images/."""
+    import shutil
+
+    labels = pd.read_csv(converted / "labels.csv")
+    wnids = sorted(set(labels["label"]))
+    root.mkdir(parents=True)
+    (root / "wnids.txt").write_text("".join(f"{w}\n" for w in reversed(wnids)))
+    (root / "words.txt").write_text("".join(f"{w}\tclass {w}\n" for w in wnids))
+    annotations = []
+    for row in labels.itertuples():
+        name = Path(row.image).name
+        if row.split == "train":
+            folder = root / "train" / row.label / "images"
+            folder.mkdir(parents=True, exist_ok=True)
+            with (folder.parent / f"{row.label}_boxes.txt").open("a") as boxes:
+                boxes.write(f"{name}\t0\t0\t63\t63\n")
+        else:
+            folder = root / "val" / "images"
+            annotations.append(f"{name}\t{row.label}\t0\t0\t63\t63\n")
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(converted / row.image, folder / name)
+    (root / "val" / "val_annotations.txt").write_text("".join(annotations))
+    write_image(root / "test" / "images" / "test_0.JPEG")
+    return root
+
+
+def test_tiny_imagenet_reads_the_publishers_download_layout(tmp_path: Path) -> None:
+    """The publisher's layout was refused with "labels.csv not found"; it reads as the
+    converted layout does: same images, cases, classes (sorted wnids) and splits."""
+    from helpers.data import write_tiny_imagenet_layout
+    from medssl.data.adapters.tinyimagenet import PUBLISHER
+    from medssl.data.spec import DataSpec
+
+    converted = write_tiny_imagenet_layout(tmp_path / "converted")
+    download = write_tiny_imagenet_download(converted, tmp_path / "tiny-imagenet-200")
+    a, b = (load_manifest("tiny-imagenet", root) for root in (converted, download))
+    assert b.class_names == a.class_names and b.task == "multiclass"
+
+    def by_case(m):  # noqa: ANN001, ANN202
+        t = m.table
+        rows = zip(t["case_id"], m.targets, t["official_split"], t["image"], strict=True)
+        return {c: (m.class_names[y], s, Path(i).name) for c, y, s, i in rows}
+
+    assert by_case(b) == by_case(a)
+    assert set(b.table["source"]) == {PUBLISHER}
+    assert all(Path(i).is_file() and "test" not in Path(i).parts for i in b.table["image"])
+    _, splits = DataSpec("tiny-imagenet", str(download), split_scheme="official").load()
+    val = set(b.table.loc[b.table["official_split"] == "val", "case_id"])
+    assert set(b.table["case_id"].iloc[splits["test"]]) == val
+
+
+def test_tiny_imagenet_errors_say_what_is_missing(tmp_path: Path) -> None:
+    from helpers.data import write_tiny_imagenet_layout
+
+    converted = write_tiny_imagenet_layout(tmp_path / "converted", n_classes=2)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(MedsslError, match=r"labels\.csv not found, nor the publisher's .*wnids"):
+        load_manifest("tiny-imagenet", empty)
+    download = write_tiny_imagenet_download(converted, tmp_path / "download")
+    annotations = download / "val" / "val_annotations.txt"
+    lines = annotations.read_text().splitlines()
+    annotations.write_text("\n".join([*lines, "val_9.JPEG\tn99999999\t0\t0\t1\t1"]))
+    with pytest.raises(MedsslError, match=rf"line {len(lines) + 1}: expected 'file<TAB>wnid'"):
+        load_manifest("tiny-imagenet", download)
+    annotations.write_text("\n".join(lines))
+    gone = download / "val" / "images" / lines[0].split("\t")[0]
+    gone.unlink()
+    with pytest.raises(MedsslError, match=rf"image {gone.name} of .*line 1\) not found"):
+        load_manifest("tiny-imagenet", download)
+    (download / "val" / "val_annotations.txt").unlink()
+    with pytest.raises(MedsslError, match=r"val_annotations\.txt not found"):
+        load_manifest("tiny-imagenet", download)

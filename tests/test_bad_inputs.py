@@ -43,7 +43,7 @@ def test_out_that_is_a_file_is_refused(capsys, tmp_path, command):
     assert afile.read_text() == "not a folder"
 
 
-def test_sweep_out_that_is_a_file_is_refused(capsys, tmp_path):
+def test_sweep_out_that_is_a_file_or_unwritable_is_refused(capsys, tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")
     protocol = tmp_path / "p.yaml"
@@ -52,6 +52,9 @@ def test_sweep_out_that_is_a_file_is_refused(capsys, tmp_path):
         "inits": ["random"], "label_fractions": [1.0], "splits": ["test"],
     }))  # fmt: skip
     assert "is not a folder" in fails(capsys, "sweep", protocol, "--out", afile)
+    # an --out that cannot be created was a FileNotFoundError traceback
+    line = fails(capsys, "sweep", protocol, "--out", "/proc/medssl-sweep")
+    assert line.startswith("medssl: error: --out /proc/medssl-sweep: cannot create folders in ")
 
 
 def _damaged_run(run: Path, config_text: str, finished: bool) -> Path:

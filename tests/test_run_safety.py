@@ -103,6 +103,33 @@ def test_killed_extension_is_unfinished_and_resumable(ham_root, tmp_path, monkey
     assert finetune_cfg.resolved().init == str(run.resolve())  # a finished run is accepted
 
 
+def test_an_extension_stopped_before_its_checkpoint_leaves_no_stale_log_row(
+    ham_root, tmp_path, monkeypatch
+):
+    """An extension (2 -> 3 epochs) stopped after logging epoch 3 but before saving it;
+    ``--resume --epochs 2`` then finished the run with epoch 3's row still in log.csv."""
+    from medssl.train.run import RunDir
+
+    run = tmp_path / "run"
+    pretrain(tiny_config(ham_root, run, epochs=2))
+    save = RunDir.save_training_state
+
+    def stopped(self, epoch, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if epoch == 3:
+            raise KeyboardInterrupt
+        return save(self, epoch, *args, **kwargs)
+
+    monkeypatch.setattr(RunDir, "save_training_state", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(tiny_config(ham_root, run, epochs=3, resume=True))
+    monkeypatch.setattr(RunDir, "save_training_state", save)
+    epochs = lambda: [int(r["epoch"]) for r in csv.DictReader((run / "log.csv").open())]  # noqa: E731
+    assert epochs() == [1, 2, 3] and status(run) != "complete"
+    metrics = pretrain(tiny_config(ham_root, run, epochs=2, resume=True))
+    assert metrics["epochs"] == 2 and status(run) == "complete"
+    assert epochs() == [1, 2]
+
+
 # --- 3. stale temp files -------------------------------------------------------------------
 
 
@@ -313,3 +340,50 @@ def test_an_interrupted_sweep_says_how_to_continue(tmp_path, capsys, monkeypatch
         f"medssl: interrupted (SIGTERM): sweep {out} stopped; its finished runs are kept and an "
         f"interrupted one resumes: run medssl sweep {protocol} --out {out} again to continue\n"
     )
+
+
+def test_a_signal_during_a_checkpoint_save_stops_the_run_after_the_save(
+    ham_root, tmp_path, monkeypatch, capsys
+):
+    """A Ctrl-C while ``last.pt`` was written reached torch.save's C++ writer: "unexpected pos"
+    (a traceback) or lost (the run trained on). Now it waits for the save, then stops the run."""
+    import signal
+
+    from medssl.cli import main
+
+    class SignalMidWrite:  # the file torch.save writes to; SIGINT at its second write
+        def __init__(self, fh) -> None:  # noqa: ANN001
+            self.fh, self.writes = fh, 0
+
+        def write(self, data) -> int:  # noqa: ANN001
+            self.writes += 1
+            if self.writes == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+            return self.fh.write(data)
+
+        def flush(self) -> None:
+            self.fh.flush()
+
+    real_save, interrupted_saves = torch.save, []
+
+    def save(obj, f, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if ".last.pt." in str(getattr(f, "name", "")) and not interrupted_saves:
+            interrupted_saves.append(f.name)
+            f = SignalMidWrite(f)
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    run = tmp_path / "run"
+    argv = [
+        "pretrain", "--dataset", "ham10000", "--root", str(ham_root), "--out", str(run),
+        "--image-size", "16", "--epochs", "2", "--batch-size", "8", "--precision", "fp32",
+        "--device", "cpu", "--num-workers", "0", "--cache-dir", str(tmp_path / "cache"),
+        "--method", "micle", "--lr", "0.3", "--warmup-epochs", "1", "--quiet",
+    ]  # fmt: skip
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert interrupted_saves and "Traceback" not in err, err
+    assert err.startswith(f"medssl: interrupted (SIGINT): {run}: stopped in epoch 2 of 2"), err
+    assert "1 epoch saved" in err and "--resume" in err, err
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["epoch"] == 1
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["last.pt"]

@@ -292,6 +292,10 @@ def test_external_class_map_is_checked_before_training(
     protocol["external"][0]["class_map"] = {"naevvus": None}
     with pytest.raises(MedsslError, match=r"external\.e\.class_map: 'naevvus' is not a class"):
         run_sweep(protocol, tmp_path / "out", progress=False)
+    # a map that keeps no row was refused only after pretraining and fine-tuning
+    protocol["external"][0]["class_map"] = {"naevus": None, "melanoma": None, "other": None}
+    with pytest.raises(MedsslError, match=r"external\.e\.class_map: class mapping excludes every"):
+        run_sweep(protocol, tmp_path / "out", progress=False)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -402,3 +406,65 @@ def test_merged_class_map_auc_equals_a_hand_computation() -> None:
     assert cmap.classes == {"melanoma": "malignant"} and cmap.model_classes == MERGE
     with pytest.raises(MedsslError, match="'mel' is in both"):
         load_class_map({"model_classes": {"a": ["mel"], "b": ["mel", "nv"]}})
+
+
+@pytest.mark.parametrize("record", ["/proc/medssl-record", "/sys/medssl-record", "read-only"])
+def test_an_unwritable_record_is_refused_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, record: str
+) -> None:
+    """--record /proc/x trained and evaluated the whole sweep, then gave a traceback."""
+    import os
+
+    def no_training(config) -> None:  # noqa: ANN001
+        raise AssertionError("trained before --record was checked")
+
+    monkeypatch.setattr(pretrain_module, "pretrain", no_training)
+    if record == "read-only":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into a read-only folder")
+        folder = tmp_path / "ro"
+        folder.mkdir(mode=0o555)
+        record = str(folder / "record")
+    with pytest.raises(MedsslError, match=rf"^--record {record}: cannot ") as info:
+        run_sweep(_base(), tmp_path / "out", progress=False, record=record)
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_damaged_evaluation_file_is_redone_and_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A truncated eval_test.json (a damaged copy, in the folder or restored from a record)
+    was a JSONDecodeError on every resume: a finished evaluation is never redone. Now it is
+    redone like a run with a damaged metrics.json, with one line saying so."""
+    from medssl import evaluation
+    from medssl.sweep import _evaluate, collect_results
+    from medssl.train.run import is_complete
+
+    p = load_protocol(_base())
+    job = next(j for j in plan(p, tmp_path) if j.kind == "finetune")
+    job.run.mkdir(parents=True)
+    good = {"accuracy": 0.5, "n": 4}
+    (job.run / "eval_test.json").write_text(json.dumps(good)[:9])  # truncated
+    (job.run / "eval_shift.json").write_text(json.dumps(good))
+    (job.run / "metrics.json").write_text('{"status": "comp')
+    assert not is_complete(job.run)
+    calls: list[str] = []
+
+    def evaluate_run(run: Path, split: str, **kwargs) -> dict:  # noqa: ANN003
+        calls.append(split)
+        (run / f"eval_{split}.json").write_text(json.dumps(good))
+        return good
+
+    monkeypatch.setattr(evaluation, "evaluate_run", evaluate_run)
+    assert _evaluate(p, job, ["test", "shift"], "where") == 1
+    assert calls == ["test"]
+    said = capsys.readouterr().out.splitlines()
+    assert said[0] == (
+        f"    {job.run / 'eval_test.json'} is damaged (not a JSON object): evaluating test again"
+    )
+    (job.run / "eval_test.json").write_text("[")  # damaged later: left out of the table
+    (job.run / "metrics.json").write_text('{"status": "complete"}')
+    monkeypatch.setattr("medssl.sweep._finished_choices", lambda *a: [(None, job, None, 0)])
+    rows = pd.read_csv(collect_results(p, tmp_path, ["test", "shift"]))
+    assert list(rows["split"]) == ["shift"]

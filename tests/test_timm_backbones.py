@@ -263,6 +263,30 @@ def test_cli_pretrain_with_a_wrong_architecture_init_is_one_line(tmp_path, capsy
     assert not (tmp_path / "r").exists()
 
 
+def test_finetune_from_a_vit_run_with_another_backbone_does_not_blame_its_patch_size(
+    tmp_path, capsys
+):
+    """--init <ViT run> --backbone resnet18 took the run's patch size for resnet18 and blamed
+    "--patch-size 8", an option never typed; now the weights that do not fit are named."""
+    root = write_ham_layout(tmp_path / "ham", n_lesions=6)
+    common = [
+        "--dataset", "ham10000", "--root", str(root), "--image-size", "16", "--epochs", "1",
+        "--batch-size", "4", "--num-workers", "0", "--device", "cpu", "--quiet",
+        "--cache-dir", str(root / "cache"), "--precision", "fp32",
+    ]  # fmt: skip
+    vit = tmp_path / "vit"
+    assert main(["pretrain", *common, "--out", str(vit), "--backbone", TINY_VIT[0],
+                 "--patch-size", "8"]) == 0  # fmt: skip
+    capsys.readouterr()
+    out = tmp_path / "ft"
+    code = main(["finetune", *common, "--out", str(out), "--init", str(vit),
+                 "--backbone", "resnet18"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "patch" not in err and f"checkpoint {vit} does not fit the backbone" in err, err
+    assert not out.exists()
+
+
 # --------------------------------------------------------------------------- distributed
 
 

@@ -401,27 +401,34 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms > 0, norms, 1)
 
 
-def _hashed(
-    case_ids: list[str] | None, embedder: EmbeddingModel, out: Path | None, keep: bool
-) -> tuple[list[str] | None, dict[str, Any]]:
-    """The case ids as stored, and what the metadata says about them."""
-    if case_ids is None:
-        return None, {"case_ids": None}
-    if keep:
-        return list(case_ids), {"case_ids": "clear"}
-    from medssl.case_ids import SALT_FILE, hash_case_ids, read_salt
+def _salt_file(embedder: EmbeddingModel, out: Path | None) -> Path:
+    """The salt that hashes the case ids: the run's own, or beside ``out`` for a weights
+    file (checked before any image is embedded)."""
+    from medssl.case_ids import SALT_FILE
 
     if embedder.is_run:
-        where = embedder.path / SALT_FILE
-    elif out is not None:
-        where = salt_path(out)
-    else:
-        raise MedsslError(
-            "--case-column with a weights file as --model hashes the case ids under a salt "
-            "kept beside --out: give --out, or --keep-case-ids to keep them in clear"
-        )
-    hashed = hash_case_ids(np.asarray(case_ids), read_salt(where)).tolist()
-    return hashed, {"case_ids": "hmac-sha256", "case_id_salt": str(where)}
+        return embedder.path / SALT_FILE
+    if out is not None:
+        return salt_path(out)
+    raise MedsslError(
+        "--case-column with a weights file as --model hashes the case ids under a salt "
+        "kept beside --out: give --out, or --keep-case-ids to keep them in clear"
+    )
+
+
+def _hashed(
+    case_ids: list[str] | None, salt: Path | None
+) -> tuple[list[str] | None, dict[str, Any]]:
+    """The case ids as stored (hashed under ``salt``; None: in clear), and what the
+    metadata says about them."""
+    if case_ids is None:
+        return None, {"case_ids": None}
+    if salt is None:
+        return list(case_ids), {"case_ids": "clear"}
+    from medssl.case_ids import hash_case_ids, read_salt
+
+    hashed = hash_case_ids(np.asarray(case_ids), read_salt(salt)).tolist()
+    return hashed, {"case_ids": "hmac-sha256", "case_id_salt": str(salt)}
 
 
 def embed_images(
@@ -464,6 +471,8 @@ def embed_images(
         model, backbone=backbone, image_size=image_size, small_stem=small_stem,
         patch_size=patch_size, device=device,
     )  # fmt: skip
+    hashed = listed.case_ids is not None and not keep_case_ids
+    salt = _salt_file(embedder, Path(out).expanduser() if out else None) if hashed else None
     net = embedder.backbone
     dev = next(net.parameters()).device
     skipped = list(listed.missing)
@@ -479,9 +488,7 @@ def embed_images(
     if not kept:
         raise MedsslError(f"embed: none of the {len(skipped)} image(s) could be read")
     case_ids = [listed.case_ids[i] for i in kept] if listed.case_ids is not None else None
-    stored, id_meta = _hashed(
-        case_ids, embedder, Path(out).expanduser() if out else None, keep_case_ids
-    )
+    stored, id_meta = _hashed(case_ids, salt)
     meta = {
         "made_by": f"medssl {__version__}", **embedder.describe(), "images": len(kept),
         **id_meta,

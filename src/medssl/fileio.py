@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from medssl.errors import MedsslError
+from medssl.interrupts import deferred
 
 #: names of the temporary files of :func:`atomic_write`: ``.<target name>.<8 characters>.tmp``
 #: (older versions used ``tempfile.mkstemp``, whose 8 random characters are ``[a-z0-9_]``)
@@ -40,11 +41,16 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], None]) -> 
 
     The temporary file lives in the target's directory so ``os.replace`` is a same-filesystem
     rename (atomic on POSIX). On any error the temporary file is removed and the target is
-    left untouched. Only a kill leaves the temporary file behind
+    left untouched. SIGINT and SIGTERM wait until the target is written or left as it was
+    (:func:`medssl.interrupts.deferred`). Only a kill leaves the temporary file behind
     (:func:`remove_stale_temp_files` clears it). A file system that refuses the bytes raises
     :class:`WriteRefused` (one line naming ``path``), whatever the writer raised.
     """
-    target = Path(path)
+    with deferred():
+        return _atomic_write(Path(path), write)
+
+
+def _atomic_write(target: Path, write: Callable[[str], None]) -> Path:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = _new_temp_file(target)

@@ -5,7 +5,8 @@ time limit) ends the process on the spot, with no message and no cleanup. Within
 :func:`signals_interrupt` both raise :class:`Interrupted` (a ``KeyboardInterrupt``, so every
 ``finally`` and ``except KeyboardInterrupt`` runs as for Ctrl-C). A trainer or a sweep that
 catches it on the way out adds where it stopped and how to continue (:func:`stopped`), and
-the CLI prints that as one line and exits with 128 + the signal's number.
+the CLI prints that as one line and exits with 128 + the signal's number. Within
+:func:`deferred` (a file being written) a signal waits until the block ends.
 
 This module imports nothing of medssl: every layer may use it.
 """
@@ -18,7 +19,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-__all__ = ["Interrupted", "signals_interrupt", "stopped"]
+__all__ = ["Interrupted", "deferred", "signals_interrupt", "stopped"]
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -60,3 +61,34 @@ def signals_interrupt() -> Iterator[None]:
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def deferred() -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM wait: a signal that arrives is honoured (its
+    handler runs) as the block ends, so a file being written is finished or removed first.
+
+    An exception raised inside a C++ writer's callback is lost there (``torch.save``: "unexpected
+    pos", or nothing at all). Only Python handlers wait; nested blocks defer to the outermost.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def hold(signum: int, _frame: Any) -> None:
+        caught.append(signum)
+
+    hold.deferring = True  # type: ignore[attr-defined]
+    previous = {
+        s: signal.signal(s, hold)
+        for s in SIGNALS
+        if callable(signal.getsignal(s)) and not getattr(signal.getsignal(s), "deferring", False)
+    }
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if caught:
+            previous[caught[0]](caught[0], None)

@@ -79,16 +79,28 @@ def check_writable(what: str, path: str | os.PathLike[str]) -> None:
     written: tried by creating (and removing) an empty folder in its nearest existing
     ancestor, since permission bits do not tell (root, read-only mounts)."""
     path = Path(path).expanduser()
-    parent = path.parent
-    existing = next(p for p in (parent, *parent.parents) if p.exists() or p.is_symlink())
+    _check_folder(what, path, path.parent)
+
+
+def check_writable_folder(what: str, folder: str | os.PathLike[str]) -> None:
+    """:func:`check_writable` for an output folder (a sweep's ``--out`` or ``--record``)."""
+    folder = Path(folder).expanduser()
+    _check_folder(what, folder, folder)
+
+
+def _check_folder(what: str, named: Path, folder: Path) -> None:
+    """Refuse ``folder`` (where the output ``named`` goes) unless it can be written in."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists() or p.is_symlink())
     if not existing.is_dir():
-        raise MedsslError(f"{what} {path}: cannot create the folder {parent}: {existing} is a file")
+        raise MedsslError(
+            f"{what} {named}: cannot create the folder {folder}: {existing} is a file"
+        )
     try:
         probe = tempfile.mkdtemp(prefix=".medssl-write-test-", dir=existing)
     except OSError as exc:
-        action = "write in" if existing == parent else "create folders in"
+        action = "write in" if existing == folder else "create folders in"
         raise MedsslError(
-            f"{what} {path}: cannot {action} {existing} ({exc.strerror or exc})"
+            f"{what} {named}: cannot {action} {existing} ({exc.strerror or exc})"
         ) from None
     with contextlib.suppress(OSError):
         os.rmdir(probe)

@@ -95,7 +95,8 @@ classes]}``, which sums the model's probabilities per group, e.g. benign vs mali
 scored with every fine-tuned model exactly as ``medssl evaluate --split all`` does
 (:func:`medssl.evaluation.evaluate_run`): every image, no re-split. Its results.csv ``split``
 is ``external:<name>``, its files ``eval_external-<name>.json`` /
-``predictions_external-<name>.npz``. The data and class map are checked before training.
+``predictions_external-<name>.npz``. The data and class map (that it keeps an image) are
+checked before training.
 
 Layout of ``OUT/``: ``protocol.yaml`` (the protocol as resolved, for the record),
 ``pretrain/<name>[-s<seed>]/`` and ``finetune/<init>[-linear]-f<fraction>-s<seed>/`` run
@@ -142,6 +143,7 @@ from medssl.train.run import (
     field_defaults,
     is_complete,
     read_config,
+    read_result,
 )
 
 _METRIC_COLUMNS = [
@@ -994,6 +996,8 @@ def _check_splits(p: Protocol) -> tuple[list[str], list[str]]:
 
 def _check_external(p: Protocol, model_classes: list[str]) -> None:
     """Load every external set and check its class map before any training starts."""
+    from medssl.evaluation import align_targets
+
     for ext in p.external:
         key = f"external.{ext.name}"
         try:
@@ -1028,6 +1032,10 @@ def _check_external(p: Protocol, model_classes: list[str]) -> None:
                     p.source, f"{key}.class_map",
                     f"{src!r} goes to {dst!r}, which is not one of {', '.join(evaluation)}",
                 )  # fmt: skip
+        try:  # as evaluating the whole set will: "class mapping excludes every row"
+            align_targets(manifest, evaluation, ext.class_map)
+        except MedsslError as exc:
+            raise _fail(p.source, f"{key}.class_map", str(exc)) from None
 
 
 def _eval_files(p: Protocol, splits: list[str]) -> list[tuple[str, str]]:
@@ -1069,12 +1077,7 @@ def _groups(jobs: list[_Job]) -> list[list[_Job]]:
 
 def validation_score(run: Path) -> float | None:
     """The best validation score a finished fine-tune recorded (its model selection metric)."""
-    import json
-
-    path = run / "metrics.json"
-    if not path.is_file():
-        return None
-    metrics = json.loads(path.read_text())
+    metrics = read_result(run / "metrics.json") or {}
     value = next((v for k, v in metrics.items() if k.startswith("best_val_")), None)
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
@@ -1227,15 +1230,12 @@ def collect_results(
     """(Re)write ``results.csv`` from the evaluation files of the protocol's runs: one row
     per (init, mode, fraction, seed, split), from the grid candidate chosen on validation
     (only ``seeds``' fine-tunes when given)."""
-    import json
-
     rows = []
     for _, job, score, chosen_on in _finished_choices(p, out_dir, seeds):
         for split, label in _eval_files(p, splits):
-            path = job.run / f"eval_{label}.json"
-            if not path.is_file():
+            metrics = read_result(job.run / f"eval_{label}.json")
+            if metrics is None:
                 continue
-            metrics = json.loads(path.read_text())
             rows.append({
                 "dataset": p.data["dataset"], "init": job.init.label, "mode": job.mode,
                 "label_fraction": job.fraction, "seed": job.seed, "split": split,
@@ -1339,8 +1339,11 @@ def _evaluate(p: Protocol, job: _Job, splits: list[str], where: str) -> int:
 
     evaluated = 0
     for split, label in _eval_files(p, splits):
-        if (job.run / f"eval_{label}.json").is_file():
-            continue
+        path = job.run / f"eval_{label}.json"
+        if path.is_file():
+            if read_result(path) is not None:
+                continue
+            _say(f"    {path} is damaged (not a JSON object): evaluating {split} again")
         evaluated += 1
         ext = next((e for e in p.external if e.split == split), None)
         t0 = time.perf_counter()
@@ -1486,6 +1489,7 @@ def run_sweep(
     (:mod:`medssl.sweep_record`): restored into ``out_dir`` first, brought up to date after
     each finished seed, so the sweep resumes from it on a machine without ``out_dir``.
     """
+    from medssl.outputs import check_writable_folder
     from medssl.sweep_record import check_record_dir, record_holds, restore_record
     from medssl.train.finetune import FinetuneConfig, finetune
     from medssl.train.pretrain import pretrain
@@ -1499,6 +1503,7 @@ def run_sweep(
     _check_external(p, class_names)
     jobs = plan(p, out_dir, progress)
     check_out(out_dir)
+    check_writable_folder("--out", out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if (out_dir / CONFIG).is_file() or (out_dir / "checkpoints").is_dir():
         raise MedsslError(f"--out {out_dir} is a run directory, not a sweep folder")

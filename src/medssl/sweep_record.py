@@ -30,6 +30,7 @@ from pathlib import Path
 
 from medssl.errors import MedsslError
 from medssl.fileio import atomic_write_bytes
+from medssl.outputs import check_writable_folder
 
 #: files and folders of a run that the record leaves out wherever they are
 _TRAINING_STATE = ("checkpoints", "best.pt", "backbone.pt")
@@ -38,7 +39,8 @@ _BACKBONE = "backbone.safetensors"
 
 
 def check_record_dir(record: Path, out_dir: Path) -> None:
-    """A record folder may be neither the sweep folder nor inside it, nor hold it."""
+    """A record folder may be neither the sweep folder nor inside it, nor hold it, and must
+    be writable (checked before any work: the record is written after each finished seed)."""
     record, out_dir = record.resolve(), out_dir.resolve()
     if record == out_dir or out_dir in record.parents or record in out_dir.parents:
         raise MedsslError(
@@ -47,6 +49,7 @@ def check_record_dir(record: Path, out_dir: Path) -> None:
         )
     if record.exists() and not record.is_dir():
         raise MedsslError(f"--record {record} is a file, not a folder")
+    check_writable_folder("--record", record)
 
 
 def _copy_if_changed(src: Path, dst: Path) -> bool:

@@ -306,3 +306,22 @@ def test_a_timm_pretraining_run_embeds_as_its_exported_backbone(ham, pictures, t
     vit.load_state_dict(safetensors.torch.load_file(str(run / "backbone.safetensors")))
     np.testing.assert_allclose(result.features, by_hand(vit, pixels), rtol=1e-4, atol=1e-5)
     assert (result.meta["kind"], result.meta["patch_size"]) == ("pretrain", 8)
+
+
+def test_case_ids_of_a_weights_file_without_out_are_refused_before_embedding(
+    weights, pictures, capsys, monkeypatch
+):
+    """--case-column with a weights file and no --out (no place for the salt) was refused
+    only after every image was embedded."""
+    import medssl.inference
+
+    def no_decoding(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise AssertionError("images embedded before the options were checked")
+
+    monkeypatch.setattr(medssl.inference, "decode_images", no_decoding)
+    path, _ = weights
+    folder, csv, _ = pictures
+    line = fails(capsys, "embed", "--model", path, "--images", csv, "--case-column", "patient",
+                 "--query", folder / "img0.png", "--image-size", "16", "--small-stem",
+                 "--quiet")  # fmt: skip
+    assert "--case-column with a weights file as --model" in line and "give --out" in line

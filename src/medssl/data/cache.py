@@ -167,10 +167,15 @@ def check_room(n: int, shape: tuple[int, int], size: int, cache_dir: Path | None
             )
 
 
+#: process limits (``ulimit -v``, ``ulimit -d``) and what /proc/self/status says they count
+_RLIMITS = (("RLIMIT_AS", "VmSize:"), ("RLIMIT_DATA", "VmData:"))
+
+
 def available_memory() -> int | None:
     """Bytes of memory this process may still take: Linux's MemAvailable, lowered to the
-    room left under a cgroup (container) limit; None where neither can be read."""
-    found = []
+    room left under a cgroup (container) limit and under the process's own limits
+    (:data:`_RLIMITS`); None where none can be read."""
+    found = _rlimit_room()
     with contextlib.suppress(OSError, ValueError, StopIteration):
         with open("/proc/meminfo") as fh:
             line = next(line for line in fh if line.startswith("MemAvailable:"))
@@ -181,6 +186,21 @@ def available_memory() -> int | None:
             used = int(Path("/sys/fs/cgroup/memory.current").read_text())
             found.append(max(0, int(limit) - used))
     return min(found) if found else None
+
+
+def _rlimit_room() -> list[int]:
+    """The room left under each process limit that is set (a limit minus what it counts)."""
+    import resource
+
+    room = []
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        status = Path("/proc/self/status").read_text().splitlines()
+        for name, field in _RLIMITS:
+            limit = resource.getrlimit(getattr(resource, name))[0]
+            line = next((x for x in status if x.startswith(field)), None)
+            if limit != resource.RLIM_INFINITY and line is not None:
+                room.append(max(0, limit - int(line.split()[1]) * 1024))
+    return room
 
 
 def _gib(n: int) -> str:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 
 import pandas as pd
@@ -11,6 +13,29 @@ import pandas as pd
 from medssl.errors import MedsslError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".dcm", ".dicom")
+
+#: within :func:`missing_images_kept`: a listed image that does not exist stays in the manifest
+_KEEP_MISSING: ContextVar[bool] = ContextVar("keep_missing_images", default=False)
+
+
+@contextlib.contextmanager
+def missing_images_kept(keep: bool = True) -> Iterator[None]:
+    """Within the block, an adapter keeps a listed image that does not exist (its expected
+    path) instead of stopping: decoding reports it unreadable, and ``--skip-unreadable``
+    drops it as it drops an undecodable one."""
+    token = _KEEP_MISSING.set(keep)
+    try:
+        yield
+    finally:
+        _KEEP_MISSING.reset(token)
+
+
+def missing_image(path: str | Path, message: str) -> str:
+    """``path`` of a listed image that does not exist, kept within :func:`missing_images_kept`;
+    elsewhere the error ``message`` (naming the CSV row)."""
+    if not _KEEP_MISSING.get():
+        raise MedsslError(message)
+    return str(path)
 
 
 def require_dir(root: str | Path, dataset: str) -> Path:
@@ -83,10 +108,11 @@ def csv_relative_images(
         path = Path(name).expanduser()
         path = path if path.is_absolute() else base / path
         if not path.is_file():
-            raise MedsslError(
+            paths.append(missing_image(path, (
                 f"{dataset}: image {name} in {csv_path} (row {row + 2}, column '{column}') "
                 f"not found at {path}"
-            )
+            )))  # fmt: skip
+            continue
         paths.append(str(path))
     return paths
 
@@ -99,9 +125,10 @@ def resolve_images(
     for row, name in enumerate(names):
         path = index.get(name)
         if path is None:
-            raise MedsslError(
+            paths.append(missing_image(csv_path.parent / name, (
                 f"{dataset}: image {name} listed in {csv_path} (row {row + 2}) "
                 f"was not found under {csv_path.parent}"
-            )
+            )))  # fmt: skip
+            continue
         paths.append(str(path))
     return paths

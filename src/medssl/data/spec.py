@@ -14,6 +14,7 @@ from typing import Any
 
 from medssl.data.adapters import DATASETS, load_manifest
 from medssl.data.adapters.unlabeled import NAME as IMAGES
+from medssl.data.files import missing_images_kept
 from medssl.data.manifest import Manifest
 from medssl.data.splits import SPLIT_SCHEMES, Splits, make_splits
 from medssl.errors import MedsslError
@@ -61,8 +62,11 @@ class DataSpec:
         if self.shift_sources is None and info is not None and info.shift_sources:
             self.shift_sources = list(info.shift_sources)
 
-    def load(self) -> tuple[Manifest, Splits]:
-        manifest = load_manifest(self.dataset, self.root, **self.options)
+    def load(self, keep_missing: bool = False) -> tuple[Manifest, Splits]:
+        """The manifest and its splits; ``keep_missing``: keep listed images that do not
+        exist (:func:`~medssl.data.files.missing_images_kept`: ``--skip-unreadable``)."""
+        with missing_images_kept(keep_missing):
+            manifest = load_manifest(self.dataset, self.root, **self.options)
         if self.unlabeled:
             manifest = manifest.without_labels()
         if self.exclude:

@@ -237,7 +237,7 @@ def load_data(
     the main process (:mod:`medssl.data.notices`).
     """
     data = DataSpec.from_dict(spec)
-    manifest, splits = data.load()
+    manifest, splits = data.load(keep_missing=skip_unreadable)  # a missing file: unreadable
     if needs_labels:
         manifest.require_labels(needs_labels)
     reduced, pixels = decoded_images(

@@ -87,7 +87,7 @@ class FinetuneConfig:
     image_size: int = option(0, minimum=8, maximum=MAX_IMAGE_SIZE, help=_from_init("image_size"))
     patch_size: int = option(
         0, minimum=1, help="patch side of a timm transformer such as ViT (default: the --init "
-        "run's, else the model's)",
+        "run's when it has the same backbone, else the model's)",
     )  # fmt: skip
     source_scale: float = option(1.0, minimum=1, help=SOURCE_SCALE_HELP)
     epochs: int = option(30, minimum=1)
@@ -127,7 +127,8 @@ class FinetuneConfig:
     )  # fmt: skip
     cache_dir: str | None = option(None, help="decoded-image cache (default ~/.cache/medssl)")
     skip_unreadable: bool = option(
-        False, help="drop images that cannot be decoded (and report how many) instead of stopping"
+        False, help="drop images that are missing or cannot be decoded (and report how many) "
+        "instead of stopping"
     )
     progress: bool = option(True, user=False)  # the command line's --quiet
     resume: bool = option(False, help="continue the run in --out")
@@ -150,7 +151,8 @@ class FinetuneConfig:
         cfg.backbone = cfg.backbone or arch["backbone"]
         cfg.small_stem = bool(arch["small_stem"]) if cfg.small_stem is None else cfg.small_stem
         cfg.image_size = cfg.image_size or int(arch["image_size"])
-        patch = cfg.patch_size or int(arch["patch_size"] or 0)
+        same = cfg.backbone == arch["backbone"]  # the --init run's patch is its backbone's
+        patch = cfg.patch_size or (int(arch["patch_size"] or 0) if same else 0)
         cfg.patch_size = backbone_traits(cfg.backbone, cfg.image_size, patch).patch_size
         adopt_resumed_choices(cfg, ("augment_mode", "precision"))
         cfg.augment_mode = resolve_augment_mode(cfg.augment_mode)

@@ -176,7 +176,8 @@ class PretrainConfig:
     compile: bool = option(False, help="torch.compile the model")
     cache_dir: str | None = option(None, help="decoded-image cache (default ~/.cache/medssl)")
     skip_unreadable: bool = option(
-        False, help="drop images that cannot be decoded (and report how many) instead of stopping"
+        False, help="drop images that are missing or cannot be decoded (and report how many) "
+        "instead of stopping"
     )
     progress: bool = option(True, user=False)  # the command line's --quiet
     resume: bool = option(False, help="continue the run in --out")

@@ -140,14 +140,18 @@ def adopt_resumed_choices(config: Any, keys: tuple[str, ...]) -> None:
             setattr(config, key, previous[key])
 
 
-def is_complete(run: str | Path) -> bool:
-    path = Path(run) / METRICS
-    if not path.is_file():
-        return False
+def read_result(path: str | Path) -> dict[str, Any] | None:
+    """The JSON object a run wrote to ``path`` (metrics.json, eval_*.json); None when the file
+    is missing or damaged (not a JSON object): its work is redone."""
     try:
-        return json.loads(path.read_text()).get("status") == "complete"
-    except json.JSONDecodeError:
-        return False
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):  # ValueError: JSONDecodeError, UnicodeDecodeError
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def is_complete(run: str | Path) -> bool:
+    return (read_result(Path(run) / METRICS) or {}).get("status") == "complete"
 
 
 def checkpoint_epoch(run: str | Path) -> int | None:
@@ -277,6 +281,11 @@ def _missing_dirs(path: Path) -> list[Path]:
     return missing
 
 
+def _before(rows: list[dict[str, Any]], epoch: int) -> list[dict[str, Any]]:
+    """The log.csv rows of epochs before ``epoch``."""
+    return [r for r in rows if int(float(r.get("epoch", -1))) < epoch]
+
+
 def _parse_logged(value: str) -> Any:
     for kind in (int, float):
         try:
@@ -327,7 +336,8 @@ class RunDir:
         self.resume = resume and (self.path / CHECKPOINT).is_file()
 
     def begin(self) -> None:
-        """The trainer's set-up succeeded: clear stale temp files, write config.yaml.
+        """The trainer's set-up succeeded: clear stale temp files, drop log.csv's rows past
+        the checkpoint (resumed), write config.yaml.
 
         An extension first marks the finished run unfinished (``status: extending``), before
         anything else changes.
@@ -339,6 +349,8 @@ class RunDir:
             write_json_atomic({**old, "status": "extending"}, self.path / METRICS)
         for folder in (self.path, self.path / "checkpoints"):
             remove_stale_temp_files(folder)
+        if self.resume:
+            self._forget_unsaved_epochs()
         write_text_atomic(yaml.safe_dump(self.config, sort_keys=False), self.path / CONFIG)
         (self.path / "checkpoints").mkdir(exist_ok=True)
         self._created = []  # a run now: abandon() keeps it
@@ -474,31 +486,42 @@ class RunDir:
         """Append one row to log.csv and to TensorBoard."""
         if not self.writes:
             return
-        path = self.path / "log.csv"
-        rows: list[dict[str, Any]] = []
-        header: list[str] = []
-        if path.is_file():
-            with path.open() as fh:
-                reader = csv.DictReader(fh)
-                rows = list(reader)
-                header = list(reader.fieldnames or [])
+        rows, header = self._read_log()
         header += [k for k in row if k not in header]
         step = int(row.get("epoch", len(rows)))
-        rows = [r for r in rows if int(float(r.get("epoch", -1))) < step] + [row]
-
-        def write(tmp: str) -> None:
-            with open(tmp, "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=header)
-                writer.writeheader()
-                writer.writerows(rows)
-
-        atomic_write(path, write)  # rewritten whole: a kill must not truncate it
+        self._write_log([*_before(rows, step), row], header)
         writer_tb = self._tensorboard()
         if writer_tb is not None:
             for key, value in row.items():
                 if isinstance(value, int | float) and key != "epoch":
                     writer_tb.add_scalar(key, value, step)
             writer_tb.flush()
+
+    def _read_log(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """The rows of log.csv as written (strings) and its columns; none before the first."""
+        path = self.path / "log.csv"
+        if not path.is_file():
+            return [], []
+        with path.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            return list(reader), list(reader.fieldnames or [])
+
+    def _write_log(self, rows: list[dict[str, Any]], header: list[str]) -> None:
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=header)
+                writer.writeheader()
+                writer.writerows(rows)
+
+        atomic_write(self.path / "log.csv", write)  # rewritten whole: a kill must not truncate it
+
+    def _forget_unsaved_epochs(self) -> None:
+        """Drop log.csv's rows of epochs past the checkpoint: a run stopped between logging
+        an epoch and saving it resumes before that epoch, and may end there (fewer --epochs)."""
+        rows, header = self._read_log()
+        saved = _before(rows, (checkpoint_epoch(self.path) or 0) + 1)
+        if len(saved) < len(rows):
+            self._write_log(saved, header)
 
     def logged(self, until_epoch: int) -> list[dict[str, Any]]:
         """The rows of log.csv up to epoch ``until_epoch`` (numbers parsed, empty cells left

@@ -116,7 +116,8 @@ DATASETS: dict[str, Dataset] = {
                 about="CheXpert (train.csv, valid.csv)"),
         Dataset("medmnist", load_medmnist, about="a MedMNIST .npz file"),
         Dataset("tiny-imagenet", load_tiny_imagenet,
-                about="Tiny ImageNet, natural images (labels.csv + images/{train,val}/<wnid>)"),
+                about="Tiny ImageNet, natural images (labels.csv + images/{train,val}/<wnid>, or "
+                "the publisher's wnids.txt + train/ + val/val_annotations.txt)"),
         Dataset("csv", load_csv, CsvOptions, about="a labels CSV of image paths"),
         Dataset("folder", load_folder, about="class subfolders of images"),
         Dataset("images", load_images, ImagesOptions,

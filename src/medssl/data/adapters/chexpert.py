@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medssl.data.files import read_csv, require_dir
+from medssl.data.files import missing_image, read_csv, require_dir
 from medssl.data.manifest import Manifest
 from medssl.errors import MedsslError
 
@@ -119,10 +119,10 @@ def _resolve(root: Path, paths: pd.Series, csv_path: Path) -> list[str]:
                 preferred = i
                 break
         else:
-            raise MedsslError(
+            resolved.append(missing_image(candidates[0], (
                 f"chexpert: image {rel} listed in {csv_path} (row {row + 2}) was not found "
                 f"(tried {', '.join(dict.fromkeys(candidates))})"
-            )
+            )))  # fmt: skip
     return resolved
 
 
