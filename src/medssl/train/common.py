@@ -19,7 +19,7 @@ from medssl.data.notices import announce
 from medssl.data.spec import DataSpec
 from medssl.data.splits import Splits
 from medssl.errors import MedsslError
-from medssl.models.checkpoint import load_backbone_weights
+from medssl.models.checkpoint import LoadReport, load_backbone_weights
 from medssl.options import spelled
 from medssl.train import distributed as dist
 from medssl.train.run import CONFIG, LOCK, METRICS, checkpoint_epoch, is_complete, read_config
@@ -310,9 +310,10 @@ def init_source(init: str) -> dict[str, Any] | None:
     return read_config(path) if path is not None and path.is_dir() else None
 
 
-def initialise_backbone(backbone: torch.nn.Module, init: str) -> None:
-    """Load ``init`` (a checkpoint file or a medssl run) into ``backbone`` unless random."""
+def initialise_backbone(backbone: torch.nn.Module, init: str) -> LoadReport | None:
+    """Load ``init`` (a checkpoint file or a medssl run) into ``backbone`` unless random;
+    what was loaded (None: random)."""
     path = _init_path(init)
     if path is None:
-        return
-    load_backbone_weights(backbone, path)
+        return None
+    return load_backbone_weights(backbone, path)

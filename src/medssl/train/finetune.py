@@ -41,6 +41,7 @@ from medssl.models.checkpoint import export_backbone, save_state_dict_atomic
 from medssl.models.heads import Classifier
 from medssl.models.single_pixel import route_single_pixel_convs
 from medssl.options import MAX_SEED, check_fields, default_of, option, spelled
+from medssl.train.banner import finetune_summary, start_banner
 from medssl.train.common import (
     PRECISIONS,
     FiniteStepGuard,
@@ -255,7 +256,7 @@ class Finetuner:
         self.batch_size = min(cfg.batch_size, len(self.train_rows))
         torch.manual_seed(cfg.seed)
         backbone, feat_dim = backbone_from_config(asdict(cfg))
-        initialise_backbone(backbone, cfg.init)
+        self.init_report = initialise_backbone(backbone, cfg.init)
         route_single_pixel_convs(backbone)  # bf16 CPU gradients on 1x1 maps: see there
         model = Classifier(backbone, feat_dim, m.num_classes, freeze_backbone=cfg.linear_probe)
         self.model = model.to(self.device).to(memory_format=torch.channels_last)
@@ -349,6 +350,8 @@ class Finetuner:
 
     def _fit(self) -> dict[str, Any]:
         cfg, started = self.cfg, time.perf_counter()
+        for line in start_banner(cfg, self.manifest, self.splits, self.init_report):
+            self._say(line)
         logged = self.run.logged(self.start_epoch) if self.start_epoch else []  # resumed
         skipped = sum(int(row.get("skipped_steps", 0)) for row in logged)
         for epoch in range(self.start_epoch, cfg.epochs):
@@ -370,27 +373,44 @@ class Finetuner:
             )
             done = epoch + 1 - self.start_epoch
             eta = (time.perf_counter() - started) / done * (cfg.epochs - epoch - 1)
-            if cfg.progress:
-                print(
-                    f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}, "
-                    f"val {self.val_metric} {value if value is None else round(value, 4)}, "
-                    f"{row['images_per_s']:.0f} img/s, ETA {eta / 60:.1f} min",
-                    file=sys.stderr, flush=True,
-                )  # fmt: skip
+            self._say(
+                f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}, "
+                f"val {self.val_metric} {value if value is None else round(value, 4)}, "
+                f"{row['images_per_s']:.0f} img/s, ETA {eta / 60:.1f} min"
+            )
         if not (self.run.path / BEST).is_file():  # validation never scored: keep the last
             save_state_dict_atomic({"model": self.model.state_dict(), "epoch": cfg.epochs},
                                    self.run.path / BEST)  # fmt: skip
         if cfg.export_backbone:
             self._export_best_backbone()
+        best = self.best if math.isfinite(self.best) else None
+        best_epoch = int(
+            torch.load(self.run.path / BEST, map_location="cpu", weights_only=True, mmap=True)[
+                "epoch"
+            ]
+        )
         metrics = {
-            f"best_val_{self.val_metric}": self.best if math.isfinite(self.best) else None,
+            f"best_val_{self.val_metric}": best,
+            "best_epoch": best_epoch,
             "train_images": int(len(self.train_rows)),
             "train_cases": int(len(set(self.manifest.table["case_id"].iloc[self.train_rows]))),
             "label_fraction": cfg.label_fraction,
             "skipped_steps": skipped,  # over the whole run (per epoch in log.csv)
         }
         self.run.finish(metrics)
+        files = [BEST, "log.csv", "metrics.json"]
+        if cfg.export_backbone:
+            files.insert(1, "backbone.safetensors")
+        summary = finetune_summary(
+            self.run.path, files, best_epoch, cfg.epochs, self.val_metric, best
+        )
+        for line in summary:
+            self._say(line)
         return metrics
+
+    def _say(self, message: str) -> None:
+        if self.cfg.progress:
+            print(message, file=sys.stderr, flush=True)
 
 
     def _export_best_backbone(self) -> None:

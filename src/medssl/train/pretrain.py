@@ -41,6 +41,7 @@ from medssl.models.heads import SimCLRModel
 from medssl.models.single_pixel import route_single_pixel_convs
 from medssl.options import MAX_SEED, Given, check_fields, option, spelled
 from medssl.train import distributed as dist
+from medssl.train.banner import pretrain_summary, start_banner
 from medssl.train.common import (
     PRECISIONS,
     FiniteStepGuard,
@@ -284,7 +285,7 @@ class Pretrainer:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         backbone, feat_dim = backbone_from_config(asdict(cfg))
-        initialise_backbone(backbone, cfg.init)
+        self.init_report = initialise_backbone(backbone, cfg.init)
         route_single_pixel_convs(backbone)  # bf16 CPU gradients on 1x1 maps: see there
         model = SimCLRModel(
             backbone, feat_dim, out_dim=cfg.proj_dim, output_bn=bool(cfg.head_output_bn)
@@ -404,6 +405,8 @@ class Pretrainer:
 
     def _fit(self) -> dict[str, Any]:
         cfg, metrics, skipped = self.cfg, {}, 0
+        for line in start_banner(cfg, self.manifest, self.splits, self.init_report):
+            self._say(line)
         for row in self.run.logged(self.start_epoch) if self.start_epoch else []:
             epoch = row.pop("epoch")  # resumed: the metrics describe the whole run
             metrics.update({f"{k}_init" if epoch == 0 else k: v for k, v in row.items()})
@@ -449,6 +452,9 @@ class Pretrainer:
         # a shortened training says so
         metrics.update({"epochs": cfg.epochs, "method": cfg.method, "skipped_steps": skipped})
         self.run.finish(metrics)
+        files = ["backbone.safetensors", "backbone.pt", "log.csv", "metrics.json"]
+        for line in pretrain_summary(self.run.path, files):
+            self._say(line)
         dist.barrier()
         return metrics
 

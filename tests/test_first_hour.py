@@ -1,0 +1,72 @@
+"""A new user's first hour (issue 26): what the commands say, inherit and infer.
+
+One tiny pretraining run (16 px, two epochs) on a HAM10000-layout set serves the tests that
+need a run.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+from helpers.data import write_ham_layout
+from helpers.runs import tiny_finetune_config, tiny_pretrain_config
+from medssl.data import notices
+from medssl.models.backbones import build_backbone
+from medssl.models.checkpoint import load_backbone_weights
+from medssl.train.finetune import finetune
+from medssl.train.pretrain import pretrain
+
+
+@pytest.fixture(autouse=True)
+def _fresh_notices():
+    notices.forget()
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    root = write_ham_layout(tmp_path_factory.mktemp("ham"), n_lesions=24)
+    out = tmp_path_factory.mktemp("runs") / "pre"
+    pretrain(tiny_pretrain_config(root, out))
+    return root, out
+
+
+def test_pretrain_says_what_it_runs_on_and_where_it_wrote(tmp_path, capsys):
+    root = write_ham_layout(tmp_path / "ham", n_lesions=24)
+    out = tmp_path / "run"
+    pretrain(tiny_pretrain_config(root, out, progress=True, warmup_epochs=5))
+    err = capsys.readouterr().err
+    assert "init: random weights" in err
+    assert "data: ham10000: " in err and " cases (" in err and "with several images" in err
+    assert "images per split: train " in err
+    assert "device cpu, precision fp32" in err
+    assert "warning: --warmup-epochs 5 is not shorter than the run's 2 epoch(s)" in err
+    assert err.index("init: random") < err.index("epoch 1/2")
+    assert f"wrote {out}: backbone.safetensors" in err
+    assert f"next: medssl finetune --init {out} --label-fraction 0.1" in err
+
+
+def test_finetune_says_what_init_loaded_and_which_epoch_is_best(pretrained, tmp_path, capsys):
+    root, run = pretrained
+    out = tmp_path / "ft"
+    metrics = finetune(tiny_finetune_config(root, out, init=str(run), progress=True))
+    err = capsys.readouterr().err
+    assert f"init: {run}: " in err and " tensors loaded" in err
+    assert "warning: warmup" not in err
+    best = torch.load(out / "best.pt", weights_only=True)["epoch"]
+    assert metrics["best_epoch"] == best
+    assert f"best.pt: epoch {best} of 2 (val auc_macro " in err
+    assert f"next: medssl evaluate --model {out}" in err
+
+
+def test_init_report_counts_tensors_and_names_dropped_head_keys(tmp_path):
+    state = torchvision.models.resnet18(num_classes=7).state_dict()
+    torch.save(state, tmp_path / "r18.pt")
+    backbone, _ = build_backbone("resnet18")
+    report = load_backbone_weights(backbone, tmp_path / "r18.pt")
+    assert report.dropped == ["fc.weight", "fc.bias"]
+    counted = [k for k in state if not k.startswith("fc.")]  # num_batches_tracked too
+    assert report.loaded == len(counted)
+    assert "dropped 2 head key(s) (fc.weight, fc.bias)" in report.describe()
+
