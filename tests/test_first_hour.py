@@ -12,11 +12,13 @@ import torchvision
 
 from helpers.data import write_ham_layout
 from helpers.runs import tiny_finetune_config, tiny_pretrain_config
+from medssl.cli import main
 from medssl.data import notices
 from medssl.models.backbones import build_backbone
 from medssl.models.checkpoint import load_backbone_weights
 from medssl.train.finetune import finetune
 from medssl.train.pretrain import pretrain
+from medssl.train.run import read_config
 
 
 @pytest.fixture(autouse=True)
@@ -69,4 +71,31 @@ def test_init_report_counts_tensors_and_names_dropped_head_keys(tmp_path):
     counted = [k for k in state if not k.startswith("fc.")]  # num_batches_tracked too
     assert report.loaded == len(counted)
     assert "dropped 2 head key(s) (fc.weight, fc.bias)" in report.describe()
+
+
+def test_finetune_inherits_the_data_of_its_init_run(pretrained, tmp_path, capsys):
+    root, run = pretrained
+    out = tmp_path / "ft"
+    args = [
+        "finetune", "--init", str(run), "--label-fraction", "0.5", "--out", str(out),
+        "--epochs", "1", "--batch-size", "8", "--precision", "fp32", "--device", "cpu",
+        "--num-workers", "0", "--cache-dir", str(root / "cache"),
+    ]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert f"data: ham10000 at {root}, as the --init run {run} used (no --dataset given)" in err
+    assert read_config(out)["data"] == read_config(run)["data"]
+
+
+def test_finetune_without_dataset_or_init_names_the_flag_not_a_config_file(tmp_path, capsys):
+    assert main(["finetune", "--out", str(tmp_path / "ft")]) == 2
+    err = capsys.readouterr().err
+    assert "--config" not in err.replace("a key of --config", "")
+    assert err.strip() == (
+        "medssl: error: --dataset is required (a flag, or a key of --config, or --init a "
+        "medssl run to inherit it from)"
+    )
+    (tmp_path / "run.yaml").write_text("epochs: 1\n")
+    assert main(["pretrain", "--config", str(tmp_path / "run.yaml"), "--out", "x"]) == 2
+    assert "medssl: error: --dataset is required" in capsys.readouterr().err
 

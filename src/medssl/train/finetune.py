@@ -13,7 +13,7 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -71,10 +71,41 @@ def _from_init(name: str) -> str:
 VAL_METRICS = ("accuracy", "balanced_accuracy", "auc_macro", "auc_mean_selected")
 
 
+def inherited_data(
+    data: dict[str, Any] | None, init: str, source: dict[str, Any]
+) -> dict[str, Any]:
+    """A fine-tuning run's data spec: ``data`` when it names a dataset; else the data of
+    its ``--init`` run (``source``: that run's config), with what ``data`` gives over it
+    (say a moved ``root``)."""
+    data = dict(data or {})
+    if "dataset" in data:
+        return data
+    inherited = source.get("data")
+    if not isinstance(inherited, dict) or "dataset" not in inherited:
+        raise MedsslError(
+            f"{spelled('dataset')} is required: {spelled('init')} {init} is not a medssl run "
+            "whose data could be inherited"
+        )
+    options = {**(inherited.get("options") or {}), **(data.pop("options", None) or {})}
+    return {**inherited, **data, "options": options}
+
+
+def describe_inherited(init: str, data: dict[str, Any]) -> str:
+    """The line that says a run took its data from its ``--init`` run."""
+    root = f" at {data['root']}" if data.get("root") else ""
+    return (
+        f"data: {data['dataset']}{root}, as the {spelled('init')} run {init} used (no "
+        f"{spelled('dataset')} given)"
+    )
+
+
 @dataclass
 class FinetuneConfig:
     """Every option of ``medssl finetune`` (flags, config-file keys and protocol keys are
     these fields: see :mod:`medssl.options`)."""
+
+    #: without a dataset, the data spec is the ``--init`` run's (:func:`inherited_data`)
+    inherits_data: ClassVar[bool] = True
 
     data: dict[str, Any] = option(user=False)  # a DataSpec dict, read from the data options
     out: str = option(help="run directory")
@@ -143,10 +174,10 @@ class FinetuneConfig:
         cfg = FinetuneConfig(**asdict(self))
         check_fields(cfg)
         check_out(cfg.out)
-        cfg.data = checked_data(cfg.data)
         cfg.init = resolve_init(cfg.init)
-        # the architecture of the --init run, else a pretraining run's defaults
         source = init_source(cfg.init) or {}
+        cfg.data = checked_data(inherited_data(cfg.data, cfg.init, source))
+        # the architecture of the --init run, else a pretraining run's defaults
         arch = {k: source.get(k, default_of(PretrainConfig, k)) for k in _ARCHITECTURE}
         cfg.backbone = cfg.backbone or arch["backbone"]
         cfg.small_stem = bool(arch["small_stem"]) if cfg.small_stem is None else cfg.small_stem
@@ -218,6 +249,8 @@ def check_trainable(manifest: Manifest, rows: np.ndarray, dataset: str, fraction
 class Finetuner:
     def __init__(self, config: FinetuneConfig) -> None:
         self.cfg = cfg = config.resolved()
+        if "dataset" not in (config.data or {}):
+            self._say(describe_inherited(cfg.init, cfg.data))
         self.device = resolve_device(cfg.device)
         self.manifest, self.splits, self.pixels = load_data(
             cfg.data, cfg.image_size, cfg.cache_dir, cfg.skip_unreadable, cfg.progress,
