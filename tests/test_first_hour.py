@@ -6,9 +6,13 @@ need a run.
 
 from __future__ import annotations
 
+import json
+
+import pandas as pd
 import pytest
 import torch
 import torchvision
+from PIL import Image
 
 from helpers.data import write_ham_layout
 from helpers.runs import tiny_finetune_config, tiny_pretrain_config
@@ -99,3 +103,40 @@ def test_finetune_without_dataset_or_init_names_the_flag_not_a_config_file(tmp_p
     assert main(["pretrain", "--config", str(tmp_path / "run.yaml"), "--out", "x"]) == 2
     assert "medssl: error: --dataset is required" in capsys.readouterr().err
 
+
+@pytest.fixture(scope="module")
+def finetuned(pretrained, tmp_path_factory):
+    root, run = pretrained
+    out = tmp_path_factory.mktemp("runs") / "ft"
+    finetune(tiny_finetune_config(root, out, init=str(run)))
+    return root, out
+
+
+def test_evaluate_prints_per_class_aucs_and_the_files_it_wrote(finetuned, capsys):
+    _, run = finetuned
+    assert main(["evaluate", "--model", str(run), "--n-boot", "5", "--no-subgroups"]) == 0
+    out = capsys.readouterr().out
+    saved = json.loads((run / "eval_test.json").read_text())
+    assert "    AUC per class:" in out
+    for name, value in saved["auc_per_class"].items():
+        shown = "n/a (one label only)" if value is None else f"{value:.4f}"
+        assert f"      {name:<16} {shown}" in out
+    assert f"wrote {run / 'eval_test.json'}, {run / 'predictions_test.npz'}" in out
+
+
+def test_a_class_map_miss_lists_both_class_lists_and_names_the_option(finetuned, tmp_path, capsys):
+    _, run = finetuned
+    ext = tmp_path / "ext"
+    ext.mkdir()
+    rows = []
+    for i in range(6):
+        Image.new("RGB", (20, 20), (40 * i, 40, 30)).save(ext / f"img{i}.png")
+        rows.append({"image": f"img{i}.png", "label": ["naevus", "melanoma"][i % 2]})
+    pd.DataFrame(rows).to_csv(ext / "labels.csv", index=False)
+    args = ["evaluate", "--model", str(run), "--dataset", "csv", "--root", str(ext),
+            "--n-boot", "5", "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the decoding bar
+    assert err.startswith("medssl: error: class mapping excludes every row")
+    assert "the data's classes: melanoma, naevus; the model's: " in err
+    assert "map them with --class-map FILE" in err

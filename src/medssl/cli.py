@@ -123,7 +123,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         temperature_scaling=args.temperature_scaling, keep_case_ids=args.keep_case_ids,
         skip_unreadable=args.skip_unreadable, subgroups=args.subgroups,
     )  # fmt: skip
-    print(json.dumps(metrics, indent=2) if args.json else format_evaluation(metrics))
+    print(json.dumps(metrics, indent=2) if args.json else format_evaluation(metrics, args.model))
     return 0
 
 
