@@ -7,6 +7,8 @@ need a run.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -18,6 +20,7 @@ from helpers.data import write_ham_layout
 from helpers.runs import tiny_finetune_config, tiny_pretrain_config
 from medssl.cli import main
 from medssl.data import notices
+from medssl.data.spec import DataSpec
 from medssl.models.backbones import build_backbone
 from medssl.models.checkpoint import load_backbone_weights
 from medssl.train.finetune import finetune
@@ -140,3 +143,43 @@ def test_a_class_map_miss_lists_both_class_lists_and_names_the_option(finetuned,
     assert err.startswith("medssl: error: class mapping excludes every row")
     assert "the data's classes: melanoma, naevus; the model's: " in err
     assert "map them with --class-map FILE" in err
+
+
+def test_building_the_parser_and_top_level_help_import_no_torch():
+    code = (
+        "import sys\n"
+        "from medssl.cli import build_parser\n"
+        "build_parser()\n"
+        "assert 'torch' not in sys.modules and 'torchvision' not in sys.modules\n"
+        "from medssl.cli import main\n"
+        "try:\n"
+        "    main(['--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "assert 'torch' not in sys.modules, 'medssl --help imported torch'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "pretrain" in done.stdout and "finetune" in done.stdout
+
+
+def test_a_command_parser_gets_its_flags_when_looked_up():
+    from medssl.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["knn", "--dataset", "synthetic", "--k", "5"])
+    assert args.k == 5 and args.func.__name__ == "knn_command"
+    pretrain_help = parser._subparsers._group_actions[0].choices["pretrain"].format_help()
+    assert "--warmup-epochs" in pretrain_help
+
+
+def test_knn_says_what_it_is_doing(pretrained, capsys):
+    from medssl.commands.knn import compare_backbones
+
+    root, run = pretrained
+    spec = DataSpec("ham10000", str(root)).to_dict()
+    compare_backbones(spec, [str(run)], n_boot=5, device="cpu", cache_dir=str(root / "cache"))
+    err = capsys.readouterr().err
+    assert "k-NN 1/2: random: embedding " in err and " train and " in err
+    assert f"k-NN 2/2: {run.name}: done in " in err
+    assert "k-NN: differences to random, 5 bootstrap resamples by case" in err

@@ -10,6 +10,8 @@ itself, not two overlapping marginal intervals.
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -109,14 +111,26 @@ def compare_backbones(
     targets, names, task = manifest.targets, manifest.class_names, manifest.task
     keys = KNN_METRICS[task]
 
+    def say(message: str) -> None:
+        if progress:
+            print(message, file=sys.stderr, flush=True)
+
     scores: dict[str, np.ndarray] = {}
-    for label, init in labels.items():
+    for i, (label, init) in enumerate(labels.items(), 1):
+        say(
+            f"k-NN {i}/{len(labels)}: {label}: embedding {len(train_rows)} train and "
+            f"{len(query_rows)} {split} images on {dev.type}"
+        )
+        started = time.perf_counter()
         torch.manual_seed(seed)
         net, _ = backbone_from_config(architecture)
         initialise_backbone(net, init)
         scores[label] = backbone_knn_scores(
             net.to(dev), pixels, train_rows, query_rows, targets, manifest.num_classes, dev, k=k
         )
+        say(f"k-NN {i}/{len(labels)}: {label}: done in {time.perf_counter() - started:.1f} s")
+    if len(labels) > 1:
+        say(f"k-NN: differences to random, {n_boot} bootstrap resamples by case")
 
     query_targets = targets[query_rows]
     result: dict[str, Any] = {
