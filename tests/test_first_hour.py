@@ -12,6 +12,7 @@ import sys
 
 import pandas as pd
 import pytest
+import safetensors.torch
 import torch
 import torchvision
 from PIL import Image
@@ -21,7 +22,7 @@ from helpers.runs import tiny_finetune_config, tiny_pretrain_config
 from medssl.cli import main
 from medssl.data import notices
 from medssl.data.spec import DataSpec
-from medssl.models.backbones import build_backbone
+from medssl.models.backbones import build_backbone, resnet_of_state
 from medssl.models.checkpoint import load_backbone_weights
 from medssl.train.finetune import finetune
 from medssl.train.pretrain import pretrain
@@ -183,3 +184,46 @@ def test_knn_says_what_it_is_doing(pretrained, capsys):
     assert "k-NN 1/2: random: embedding " in err and " train and " in err
     assert f"k-NN 2/2: {run.name}: done in " in err
     assert "k-NN: differences to random, 5 bootstrap resamples by case" in err
+
+
+def _fake_resnet_file(path, name: str, small_stem: bool = False):  # noqa: ANN202
+    """A state dict with the keys of torchvision's ``name`` and its stem's shape (the other
+    tensors are stand-ins: only the keys and conv1 tell the architecture)."""
+    with torch.device("meta"):
+        model, _ = build_backbone(name, small_images=small_stem)
+    state = {k: torch.zeros(1) for k in model.state_dict()}
+    state["conv1.weight"] = torch.zeros(model.conv1.weight.shape)
+    safetensors.torch.save_file(state, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "name, small", [("resnet18", False), ("resnet34", True), ("resnet50", False),
+                    ("resnet101", False), ("resnet50_2x", False)],
+)  # fmt: skip
+def test_the_resnet_of_a_state_dict_is_read_from_its_keys_and_shapes(name, small):
+    with torch.device("meta"):
+        model, _ = build_backbone(name, small_images=small)
+    assert resnet_of_state(model.state_dict()) == (name, small)
+    assert resnet_of_state({"patch_embed.proj.weight": torch.zeros(1)}) is None
+
+
+def test_a_checkpoint_of_another_resnet_is_named_with_the_flag(pretrained, tmp_path, capsys):
+    root, _ = pretrained
+    weights = _fake_resnet_file(tmp_path / "resnet50.safetensors", "resnet50")
+    args = ["pretrain", "--dataset", "ham10000", "--root", str(root), "--init", str(weights),
+            "--out", str(tmp_path / "run"), "--image-size", "16", "--batch-size", "8",
+            "--cache-dir", str(root / "cache"), "--device", "cpu"]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("medssl: error: checkpoint ")
+    assert err.endswith("; the checkpoint is a resnet50: pass --backbone resnet50")
+
+
+def test_finetune_infers_the_resnet_of_an_init_file(pretrained, tmp_path):
+    root, _ = pretrained
+    weights = _fake_resnet_file(tmp_path / "w.safetensors", "resnet34", small_stem=True)
+    config = tiny_finetune_config(root, tmp_path / "ft", init=str(weights)).resolved()
+    assert (config.backbone, config.small_stem) == ("resnet34", True)
+    given = tiny_finetune_config(root, tmp_path / "ft", init=str(weights), backbone="resnet18")
+    assert given.resolved().backbone == "resnet18"  # --backbone given: kept

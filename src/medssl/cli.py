@@ -277,7 +277,8 @@ def add_embed_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embeddings", metavar="FILE",
                    help="a saved embeddings file to search (instead of --images)")  # fmt: skip
     p.add_argument("--neighbours-out", metavar="CSV", help="also write the neighbours to a CSV")
-    p.add_argument("--backbone", help="a weights file's backbone (default resnet18)")
+    p.add_argument("--backbone", help="a weights file's backbone (default: the torchvision "
+                   "ResNet its shapes say, else resnet18)")  # fmt: skip
     p.add_argument("--image-size", type=int, help="a weights file's image size (default 64)")
     p.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None,
                    help="a weights file's ResNet stem (default: as its conv1)")  # fmt: skip

@@ -186,6 +186,7 @@ def _load_weights(net: nn.Module, path: Path) -> None:
     an ImageNet-stem ``conv1`` is not dropped for a small stem (the features would come out
     of a random first layer)."""
     from medssl.models.checkpoint import (
+        architecture_question,
         load_backbone_state,
         load_backbone_weights,
         load_into_backbone,
@@ -195,7 +196,8 @@ def _load_weights(net: nn.Module, path: Path) -> None:
     if is_timm_model(net):  # timm's own key layout, classifier dropped, ViT grids resampled
         load_backbone_weights(net, path)
         return
-    load_into_backbone(net, load_backbone_state(path), str(path))
+    state = load_backbone_state(path)
+    load_into_backbone(net, state, str(path), question=architecture_question(state, net))
 
 
 def _check_given(config: dict[str, Any], given: dict[str, Any], path: Path) -> None:
@@ -253,10 +255,12 @@ def load_embedding_model(
             kind = "pretrain"
     else:
         from medssl.options import default_of
+        from medssl.train.common import checkpoint_resnet
         from medssl.train.pretrain import PretrainConfig
 
+        found = None if backbone else checkpoint_resnet(str(path))  # the file's shapes
         config = {
-            "backbone": backbone or default_of(PretrainConfig, "backbone"),
+            "backbone": backbone or (found[0] if found else default_of(PretrainConfig, "backbone")),
             "image_size": image_size or default_of(PretrainConfig, "image_size"),
             "small_stem": small_stem,
             "patch_size": patch_size or 0,

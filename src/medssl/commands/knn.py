@@ -22,7 +22,13 @@ from medssl.errors import MedsslError
 from medssl.metrics import bootstrap_cis
 from medssl.models.backbones import backbone_from_config
 from medssl.options import check_seed
-from medssl.train.common import init_source, initialise_backbone, load_data, resolve_device
+from medssl.train.common import (
+    checkpoint_resnet,
+    init_source,
+    initialise_backbone,
+    load_data,
+    resolve_device,
+)
 from medssl.train.monitor import KNN_METRICS, backbone_knn_scores, knn_metrics
 
 
@@ -59,6 +65,11 @@ def _architecture(
         return run_backbone, run_size, stem, run_patch
     from medssl.options import default_of
     from medssl.train.pretrain import PretrainConfig  # a pretraining run's defaults
+
+    shapes = {checkpoint_resnet(init) for init in inits} - {None}
+    if not backbone and len(shapes) == 1:  # checkpoint files of one torchvision ResNet
+        backbone, file_stem = next(iter(shapes))
+        small_stem = file_stem if small_stem is None else small_stem
 
     return (
         backbone or default_of(PretrainConfig, "backbone"),

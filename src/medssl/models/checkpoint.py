@@ -40,6 +40,7 @@ from medssl.fileio import atomic_write
 __all__ = [
     "BACKBONE_FILE",
     "LoadReport",
+    "architecture_question",
     "export_backbone",
     "load_backbone_state",
     "load_backbone_weights",
@@ -418,6 +419,19 @@ def load_into_backbone(
     return len(loadable)
 
 
+def architecture_question(state: Mapping[str, torch.Tensor], backbone: nn.Module) -> str:
+    """The end of the message for a checkpoint that does not fit a torchvision ResNet
+    (:func:`load_into_backbone`'s ``question``): the ResNet the checkpoint is, and the
+    option that picks it, where its shapes tell."""
+    from medssl.models.backbones import resnet_of_state
+    from medssl.options import spelled
+
+    found, model = resnet_of_state(state), resnet_of_state(backbone.state_dict())
+    if found is None or model is None or found[0] == model[0]:
+        return "is it the same architecture, width and stem?"
+    return f"the checkpoint is a {found[0]}: pass {spelled('backbone')} {found[0]}"
+
+
 def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike[str]) -> LoadReport:
     """Load the checkpoint file or medssl run ``path`` into ``backbone``, strictly.
 
@@ -439,7 +453,10 @@ def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike[str]) -> 
     else:
         state = load_backbone_state(path, report.dropped)
         model_conv1 = backbone.state_dict().get("conv1.weight")
-        report.loaded = load_into_backbone(backbone, state, str(path), drop_mismatched_conv1=True)
+        report.loaded = load_into_backbone(
+            backbone, state, str(path), drop_mismatched_conv1=True,
+            question=architecture_question(state, backbone),
+        )  # fmt: skip
         if (
             "conv1.weight" in state and model_conv1 is not None
             and state["conv1.weight"].shape != model_conv1.shape

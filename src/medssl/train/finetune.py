@@ -46,6 +46,7 @@ from medssl.train.common import (
     PRECISIONS,
     FiniteStepGuard,
     autocast,
+    checkpoint_resnet,
     init_source,
     initialise_backbone,
     load_data,
@@ -179,6 +180,9 @@ class FinetuneConfig:
         cfg.data = checked_data(inherited_data(cfg.data, cfg.init, source))
         # the architecture of the --init run, else a pretraining run's defaults
         arch = {k: source.get(k, default_of(PretrainConfig, k)) for k in _ARCHITECTURE}
+        found = None if cfg.backbone else checkpoint_resnet(cfg.init)
+        if found:  # a checkpoint file: the ResNet its shapes say
+            arch["backbone"], arch["small_stem"] = found
         cfg.backbone = cfg.backbone or arch["backbone"]
         cfg.small_stem = bool(arch["small_stem"]) if cfg.small_stem is None else cfg.small_stem
         cfg.image_size = cfg.image_size or int(arch["image_size"])
@@ -251,6 +255,12 @@ class Finetuner:
         self.cfg = cfg = config.resolved()
         if "dataset" not in (config.data or {}):
             self._say(describe_inherited(cfg.init, cfg.data))
+        if not config.backbone and checkpoint_resnet(cfg.init):
+            stem = " with the small stem" if cfg.small_stem else ""
+            self._say(
+                f"backbone: {cfg.backbone}{stem}, as the {spelled('init')} checkpoint's shapes "
+                f"say (no {spelled('backbone')} given)"
+            )
         self.device = resolve_device(cfg.device)
         self.manifest, self.splits, self.pixels = load_data(
             cfg.data, cfg.image_size, cfg.cache_dir, cfg.skip_unreadable, cfg.progress,
