@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 import safetensors.torch
@@ -227,3 +228,60 @@ def test_finetune_infers_the_resnet_of_an_init_file(pretrained, tmp_path):
     assert (config.backbone, config.small_stem) == ("resnet34", True)
     given = tiny_finetune_config(root, tmp_path / "ft", init=str(weights), backbone="resnet18")
     assert given.resolved().backbone == "resnet18"  # --backbone given: kept
+
+
+def test_embed_a_dataset_with_its_classes_and_sources(pretrained, tmp_path, capsys):
+    from medssl.embedding import read_embeddings
+
+    root, run = pretrained
+    out = tmp_path / "emb.parquet"
+    args = ["embed", "--model", str(run), "--dataset", "ham10000", "--root", str(root),
+            "--out", str(out), "--quiet", "--keep-case-ids"]  # fmt: skip
+    assert main(args) == 0
+    saved = read_embeddings(out)
+    manifest, _ = DataSpec("ham10000", str(root)).load()
+    assert len(saved.images) == len(manifest)
+    assert not any(name.startswith("/") for name in saved.images)  # relative to the root
+    assert saved.labels["class"] == [manifest.class_names[t] for t in manifest.targets]
+    assert saved.labels["source"] == manifest.table["source"].astype(str).tolist()
+    assert saved.case_ids == manifest.table["case_id"].astype(str).tolist()
+    assert main([*args[:-2], "--images", str(root)]) == 2
+    assert "give --images or --dataset, not both" in capsys.readouterr().err
+
+
+def test_retrieval_leaves_the_query_itself_out():
+    from medssl.embedding import Embeddings
+
+    features = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [1.0, 0.0]], dtype=np.float32)
+    found = Embeddings(features, ["a/q.png", "b.png", "c.png", "d/q2.png"], None, {})
+    table = found.nearest(features[0], top_k=2, query_image="/elsewhere/a/q.png")
+    # q.png is the query itself; q2.png has the same features but is another file
+    assert table["image"].tolist() == ["d/q2.png", "b.png"]
+    assert table.attrs["left_out"] == ["a/q.png"]
+    assert found.nearest(features[0], top_k=1)["image"].tolist() == ["a/q.png"]  # no file given
+
+
+def test_data_summary_wraps_long_lists_and_gives_each_split_its_class_mix(capsys):
+    assert main(["data", "summary", "--dataset", "synthetic", "--synthetic-cases", "40"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("class mix: synthetic-A ") == 4  # train, val, test, shift
+    summary_json = main(["data", "summary", "--dataset", "synthetic", "--synthetic-cases", "40",
+                         "--json"])  # fmt: skip
+    assert summary_json == 0
+    splits = json.loads(capsys.readouterr().out)["splits"]
+    assert sum(splits["train"]["classes"].values()) == splits["train"]["images"]
+
+    from medssl.commands.data import format_summary
+
+    class FakeManifest:
+        name, task, num_classes = "tiny-imagenet", "multiclass", 200
+
+    classes = {f"n{i:08d}": 500 for i in range(200)}
+    text = format_summary(FakeManifest(), {
+        "images": 100000, "cases": 100000, "multi_image_cases": 0, "classes": classes,
+        "sources": {"train": 100000}, "cases_shared_between_splits": 0,
+        "splits": {"train": {"images": 70000, "cases": 70000,
+                             "classes": {**dict.fromkeys(classes, 350), "n00000000": 0}}},
+    })  # fmt: skip
+    assert max(len(line) for line in text.splitlines()) <= 100
+    assert "class mix: 199 of 200 classes present, 350-350 images each" in text

@@ -232,6 +232,7 @@ def add_export_parser(p: argparse.ArgumentParser) -> None:
 
 
 def embed_command(args: argparse.Namespace) -> int:
+    from medssl.cli_options import data_given, spec_from
     from medssl.commands.embed import format_embed, format_skipped, run_embed, summary
 
     result = run_embed(
@@ -242,6 +243,7 @@ def embed_command(args: argparse.Namespace) -> int:
         progress=not args.quiet, backbone=args.backbone, image_size=args.image_size,
         small_stem=args.small_stem, patch_size=args.patch_size,
         class_column=args.class_column, source_column=args.source_column, map_out=args.map,
+        data=spec_from(given).to_dict() if len(given := data_given(args)) else None,
     )  # fmt: skip
     print(json.dumps(summary(result), indent=2) if args.json else format_embed(result))
     skipped = format_skipped(result)
@@ -251,12 +253,15 @@ def embed_command(args: argparse.Namespace) -> int:
 
 
 def add_embed_parser(p: argparse.ArgumentParser) -> None:
+    from medssl.cli_options import add_data_flags
+
     p.set_defaults(func=embed_command)
     p.add_argument("--config", help="YAML file of options (command-line flags win)")
     # --model, --images and --out are checked by medssl.commands.embed (one line each)
     p.add_argument("--model", help="a finetune run, a pretraining run or a backbone weights file")
     p.add_argument("--images",
-                   help="a folder (every image below it) or a CSV listing image paths")  # fmt: skip
+                   help="a folder (every image below it) or a CSV listing image paths (or "
+                   "--dataset: a dataset's images, cases, classes and sources)")  # fmt: skip
     p.add_argument("--out", help="embeddings file: .parquet (image, case_id, embedding) or .npy "
                    "(+ .images.csv, .meta.json beside it); case ids are salted hashes unless "
                    "--keep-case-ids")  # fmt: skip
@@ -288,6 +293,7 @@ def add_embed_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
+    add_data_flags(p, extras=False)
 
 
 def knn_command(args: argparse.Namespace) -> int:

@@ -47,8 +47,12 @@ class DataSpec:
             self.shift_sources = list(info.shift_sources)
 
     def load(self) -> tuple[Manifest, Splits]:
-        manifest = load_manifest(self.dataset, self.root, **self.options)
+        manifest = self.load_manifest()
         return manifest, self.splits(manifest)
+
+    def load_manifest(self) -> Manifest:
+        """The dataset's manifest, without splitting it."""
+        return load_manifest(self.dataset, self.root, **self.options)
 
     def splits(self, manifest: Manifest) -> Splits:
         """This spec's splits of ``manifest`` (also of one reduced by unreadable images)."""
