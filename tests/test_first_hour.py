@@ -285,3 +285,16 @@ def test_data_summary_wraps_long_lists_and_gives_each_split_its_class_mix(capsys
     })  # fmt: skip
     assert max(len(line) for line in text.splitlines()) <= 100
     assert "class mix: 199 of 200 classes present, 350-350 images each" in text
+
+
+def test_help_lists_the_automatic_choice_and_every_evaluate_option_has_help(capsys):
+    from medssl.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    pretrain_help = commands["pretrain"].format_help()
+    assert "--optimizer {auto,lars,sgd,adamw}" in pretrain_help
+    assert "--lr-scaling {auto,sqrt,linear}" in pretrain_help
+    undocumented = [a.dest for a in commands["evaluate"]._actions if not a.help]
+    assert undocumented == []
+    assert main(["pretrain", "--dataset", "synthetic", "--out", "x", "--optimizer", "x"]) == 2
+    assert "--optimizer: 'x' is not one of auto, lars, sgd, adamw" in capsys.readouterr().err

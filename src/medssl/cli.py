@@ -140,7 +140,9 @@ def add_evaluate_parser(p: argparse.ArgumentParser) -> None:
     add_data_flags(p)
     p.add_argument("--class-map", help="YAML/JSON {dataset class: model class or null}")
     p.add_argument("--mean-over", help="comma-separated findings for the mean AUC")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (by case)")
+    p.add_argument("--n-boot", type=int, default=1000,
+                   help="bootstrap resamples for the 95%% intervals, drawn by case (default "
+                   "1000)")  # fmt: skip
     p.add_argument(
         "--allow-training-images", action="store_true",
         help="score images the model was trained on (its train split, or all of its data)",
@@ -166,8 +168,11 @@ def add_evaluate_parser(p: argparse.ArgumentParser) -> None:
         "--subgroups", action=argparse.BooleanOptionalAction, default=True,
         help="metrics per sex, age band, site, source, view where the data has them",
     )  # fmt: skip
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="auto",
+                   help="auto (a GPU if there is one, else the CPU), cpu, cuda, "
+                   "cuda:N")  # fmt: skip
+    p.add_argument("--json", action="store_true",
+                   help="print the metrics as JSON (as eval_<split>.json holds them)")  # fmt: skip
 
 
 def predict_command(args: argparse.Namespace) -> int:

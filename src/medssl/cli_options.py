@@ -61,7 +61,7 @@ def add_flag(parser: Any, s: Setting, defaults: bool = False, help_text: str = "
     else:
         if typing.get_origin(kind) is list:
             kwargs["action"] = "append"
-        choices = s.meta.choices
+        choices = s.accepted()
         kwargs["metavar"] = s.meta.metavar or (
             "{" + ",".join(map(str, choices)) + "}" if choices else s.name.upper()
         )
