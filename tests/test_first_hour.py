@@ -298,3 +298,25 @@ def test_help_lists_the_automatic_choice_and_every_evaluate_option_has_help(caps
     assert undocumented == []
     assert main(["pretrain", "--dataset", "synthetic", "--out", "x", "--optimizer", "x"]) == 2
     assert "--optimizer: 'x' is not one of auto, lars, sgd, adamw" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_export_a_pretraining_runs_backbone_for_embedding_services(pretrained, tmp_path, capsys):
+    from medssl.data.imageio import read_image, resize_square
+    from medssl.embedding import embed_images
+
+    root, run = pretrained
+    files = sorted((root / "HAM10000_images_part_1").glob("*.png"))[:4]
+    expected = embed_images(run, files, progress=False, device="cpu").features
+    out = tmp_path / "backbone.pt"
+    assert main(["export", "--model", str(run), "--format", "torchscript", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert f"features (N, {expected.shape[1]})" in printed and "classes" not in printed
+    pixels = np.stack([resize_square(read_image(f, min_side=16), 16) for f in files])
+    with torch.no_grad():
+        got = torch.jit.load(str(out))(torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous())
+    torch.testing.assert_close(got, torch.from_numpy(expected), rtol=1e-4, atol=1e-5)
+    from medssl.commands.export import read_metadata
+
+    meta = read_metadata(out)
+    assert meta["task"] == "embedding" and meta["feature_dim"] == expected.shape[1]

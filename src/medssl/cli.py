@@ -229,7 +229,10 @@ def export_command(args: argparse.Namespace) -> int:
 
 def add_export_parser(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=export_command)
-    p.add_argument("--model", required=True, help="a finished finetune run directory")
+    p.add_argument("--model", required=True,
+                   help="a finished finetune run (its classifier: probabilities out) or "
+                   "pretraining run (its backbone: features out, for embedding "
+                   "services)")  # fmt: skip
     p.add_argument("--format", choices=["torchscript", "onnx"], required=True)
     p.add_argument("--out", required=True, help="the file to write (.pt or .onnx)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
@@ -411,7 +414,7 @@ COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], dict]
     ("evaluate", "score a fine-tuned run on a split", add_evaluate_parser, {}),
     ("predict", "class probabilities for unlabeled images from a fine-tuned run",
      add_predict_parser, {}),
-    ("export", "a fine-tuned classifier as a TorchScript or ONNX file (probabilities out)",
+    ("export", "a fine-tuned classifier or a pretrained backbone as a TorchScript or ONNX file",
      add_export_parser, {}),
     ("embed", "a backbone's features for images (.parquet/.npy); nearest-case retrieval",
      add_embed_parser, {}),

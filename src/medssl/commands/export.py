@@ -1,4 +1,9 @@
-"""``medssl export``: a fine-tuned classifier as one self-contained TorchScript or ONNX file.
+"""``medssl export``: a fine-tuned classifier, or a pretraining run's backbone, as one
+self-contained TorchScript or ONNX file.
+
+A pretraining run exports its backbone for embedding services: the same input, the
+normalisation inside, and out come the backbone's pooled features ``(N, D)`` float32, as
+``medssl embed`` computes them (metadata ``task: embedding``, ``feature_dim``; no classes).
 
 What is **baked into** the exported model: the ImageNet normalisation medssl trains with, the
 classifier, and the output activation (softmax over classes for multi-class runs, a sigmoid
@@ -46,6 +51,8 @@ from medssl.fileio import atomic_write_bytes
 from medssl.outputs import check_outputs, run_files
 
 FORMATS = ("torchscript", "onnx")
+#: the ONNX output's name by task (a classifier's: probabilities)
+OUTPUT_NAMES = {"embedding": "features"}
 METADATA_FILE = "medssl.json"
 DEFAULT_OPSET = 17
 
@@ -67,7 +74,9 @@ OPSETS = _supported_opsets()
 
 
 class ExportedClassifier(nn.Module):
-    """Images in [0, 1] (or uint8) -> normalised -> classifier -> probabilities.
+    """Images in [0, 1] (or uint8) -> normalised -> classifier -> probabilities (``task``
+    multiclass: softmax, multilabel: sigmoid; ``embedding``: ``fc`` is an identity and the
+    backbone's features come out as they are).
 
     The normalisation is :func:`medssl.train.monitor.normalize_batch`'s, operation for
     operation, so the exported model computes what ``medssl predict`` computes.
@@ -78,7 +87,7 @@ class ExportedClassifier(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone, self.fc = backbone, fc
-        self.softmax = task == "multiclass"
+        self.activation = {"multiclass": "softmax", "multilabel": "sigmoid"}.get(task, "none")
         self.image_size = image_size
         self.check_size = check_size  # TorchScript checks shapes; ONNX has them in its graph
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
@@ -98,7 +107,11 @@ class ExportedClassifier(nn.Module):
             x = x / 255
         x = (x - self.mean) / self.std
         logits = self.fc(self.backbone(x))
-        return logits.softmax(1) if self.softmax else logits.sigmoid()
+        if self.activation == "softmax":
+            return logits.softmax(1)
+        if self.activation == "sigmoid":
+            return logits.sigmoid()
+        return logits
 
 
 def _require_onnx() -> Any:
@@ -128,6 +141,14 @@ def metadata_for(cfg: dict[str, Any], fmt: str, run: Path) -> dict[str, Any]:
 
     size, task = int(cfg["image_size"]), str(cfg["task"])
     dtypes = "uint8 in [0, 255] or float in [0, 1]" if fmt == "torchscript" else "float32 in [0, 1]"
+    if task == "embedding":
+        output = (f"features (N, {cfg['feature_dim']}): the backbone's pooled features, as "
+                  "medssl embed computes them")  # fmt: skip
+    else:
+        output = "probabilities (N, K) in the order of class_names: " + (
+            "softmax over the classes" if task == "multiclass" else "sigmoid per finding"
+        )
+    extra = {"feature_dim": int(cfg["feature_dim"])} if task == "embedding" else {}
     return {
         "exported_by": f"medssl {__version__}",
         "format": fmt,
@@ -138,19 +159,32 @@ def metadata_for(cfg: dict[str, Any], fmt: str, run: Path) -> dict[str, Any]:
         "image_size": size,
         "input": f"RGB images, NCHW (N, 3, {size}, {size}), {dtypes}",
         "input_name": "images",
+        "output_name": OUTPUT_NAMES.get(task, "probabilities"),
+        **extra,
         "preprocessing": _preprocessing(size, cfg.get("source_shape") or ()),
         "normalisation": "in the model: (x - mean) / std",
         "mean": list(IMAGENET_MEAN),
         "std": list(IMAGENET_STD),
-        "output": "probabilities (N, K) in the order of class_names: "
-        + ("softmax over the classes" if task == "multiclass" else "sigmoid per finding"),
+        "output": output,
     }
 
 
 def build_exportable(run: str | os.PathLike[str], fmt: str) -> tuple[ExportedClassifier, dict]:
-    """The CPU wrapper module of ``run``'s classifier and the run's config."""
+    """The CPU wrapper module of ``run``'s classifier (a pretraining run: its backbone) and
+    the run's config (``task: embedding`` and ``feature_dim`` for a pretraining run)."""
     from medssl.inference import load_finetuned
+    from medssl.train.run import read_config
 
+    if "label_fraction" not in read_config(run):  # a pretraining run: its backbone
+        from medssl.embedding import load_embedding_model
+
+        embedder = load_embedding_model(run, device=torch.device("cpu"))
+        backbone = embedder.backbone.to(memory_format=torch.contiguous_format)
+        cfg = {**embedder.config, "task": "embedding", "class_names": [],
+               "feature_dim": embedder.feature_dim}  # fmt: skip
+        size, check = int(cfg["image_size"]), fmt == "torchscript"
+        wrapper = ExportedClassifier(backbone, nn.Identity(), "embedding", size, check)
+        return wrapper.eval(), cfg
     model, cfg = load_finetuned(run, torch.device("cpu"))
     model = model.to(memory_format=torch.contiguous_format)
     wrapper = ExportedClassifier(
@@ -166,7 +200,8 @@ def export_model(
     *,
     opset: int = DEFAULT_OPSET,
 ) -> dict[str, Any]:
-    """Export ``run``'s fine-tuned classifier to ``out`` (written atomically); return its metadata.
+    """Export ``run``'s fine-tuned classifier, or a pretraining run's backbone, to ``out``
+    (written atomically); return its metadata.
 
     ``fmt`` is ``torchscript`` or ``onnx`` (see the module docstring for the inputs each
     takes). ``opset`` is the ONNX opset version.
@@ -201,7 +236,7 @@ def export_model(
             torch.jit.save(scripted, buffer, _extra_files=extra)
             atomic_write_bytes(out_path, buffer.getvalue())
         else:
-            proto = _onnx_proto(onnx, wrapper, example, opset)
+            proto = _onnx_proto(onnx, wrapper, example, opset, meta["output_name"])
             for key, value in (
                 ("medssl", json.dumps(meta)), ("image_size", str(size)),
                 ("class_names", json.dumps(meta["class_names"])),
@@ -213,11 +248,13 @@ def export_model(
     return meta
 
 
-def _onnx_proto(onnx: Any, wrapper: nn.Module, example: torch.Tensor, opset: int) -> Any:
+def _onnx_proto(
+    onnx: Any, wrapper: nn.Module, example: torch.Tensor, opset: int, output: str
+) -> Any:
     """The ONNX ModelProto of ``wrapper`` (legacy exporter, dynamic batch), weights inside."""
     kwargs: dict[str, Any] = {
-        "input_names": ["images"], "output_names": ["probabilities"],
-        "dynamic_axes": {"images": {0: "batch"}, "probabilities": {0: "batch"}},
+        "input_names": ["images"], "output_names": [output],
+        "dynamic_axes": {"images": {0: "batch"}, output: {0: "batch"}},
         "opset_version": opset, "do_constant_folding": True,
     }  # fmt: skip
     import inspect
@@ -266,5 +303,6 @@ def format_export(meta: dict[str, Any], fmt: str, out: str | os.PathLike[str]) -
     lines = [f"{fmt} -> {out}"]
     for key in ("input", "preprocessing", "normalisation", "output"):
         lines.append(f"  {key:<14} {meta[key]}")
-    lines.append(f"  {'classes':<14} {', '.join(meta['class_names'])}")
+    if meta["class_names"]:
+        lines.append(f"  {'classes':<14} {', '.join(meta['class_names'])}")
     return "\n".join(lines)
