@@ -23,6 +23,7 @@ from helpers.runs import tiny_finetune_config, tiny_pretrain_config
 from medssl.cli import main
 from medssl.data import notices
 from medssl.data.spec import DataSpec
+from medssl.errors import MedsslError
 from medssl.models.backbones import build_backbone, resnet_of_state
 from medssl.models.checkpoint import load_backbone_weights
 from medssl.train.finetune import finetune
@@ -320,3 +321,19 @@ def test_export_a_pretraining_runs_backbone_for_embedding_services(pretrained, t
 
     meta = read_metadata(out)
     assert meta["task"] == "embedding" and meta["feature_dim"] == expected.shape[1]
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_the_python_api_exports_compares_backbones_and_sweeps(pretrained, tmp_path):
+    import medssl
+
+    root, run = pretrained
+    meta = medssl.export(run, "torchscript", tmp_path / "backbone.pt")
+    assert meta["task"] == "embedding" and (tmp_path / "backbone.pt").is_file()
+    spec = DataSpec("ham10000", str(root))
+    result = medssl.knn(spec, [run], n_boot=5, device="cpu", progress=False,
+                        cache_dir=str(root / "cache"))  # fmt: skip
+    assert set(result["scores"]) == {"random", run.name} and run.name in result["vs_random"]
+    with pytest.raises(MedsslError, match="protocol"):
+        medssl.run_sweep({"name": "x"}, tmp_path / "sweep")
+    assert {"export", "knn", "run_sweep"} <= set(medssl.__all__)

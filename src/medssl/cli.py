@@ -228,6 +228,8 @@ def export_command(args: argparse.Namespace) -> int:
 
 
 def add_export_parser(p: argparse.ArgumentParser) -> None:
+    from medssl.exporting import DEFAULT_OPSET
+
     p.set_defaults(func=export_command)
     p.add_argument("--model", required=True,
                    help="a finished finetune run (its classifier: probabilities out) or "
@@ -235,7 +237,8 @@ def add_export_parser(p: argparse.ArgumentParser) -> None:
                    "services)")  # fmt: skip
     p.add_argument("--format", choices=["torchscript", "onnx"], required=True)
     p.add_argument("--out", required=True, help="the file to write (.pt or .onnx)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"ONNX opset version (default {DEFAULT_OPSET})")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the stored metadata as JSON")
 
 
