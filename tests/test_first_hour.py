@@ -337,3 +337,16 @@ def test_the_python_api_exports_compares_backbones_and_sweeps(pretrained, tmp_pa
     with pytest.raises(MedsslError, match="protocol"):
         medssl.run_sweep({"name": "x"}, tmp_path / "sweep")
     assert {"export", "knn", "run_sweep"} <= set(medssl.__all__)
+
+
+def test_init_report_names_the_dropped_timm_head_and_resampled_embeddings(tmp_path):
+    from helpers.timm_checkpoints import TINY_VIT, save_timm_checkpoint
+
+    save_timm_checkpoint(tmp_path / "w.safetensors", TINY_VIT[0], img_size=64, patch_size=16)
+    model, _ = build_backbone(TINY_VIT[0], image_size=16, patch_size=8)  # grid 4x4 -> 2x2
+    report = load_backbone_weights(model, tmp_path / "w.safetensors")
+    assert sorted(report.dropped) == ["head.bias", "head.weight"]
+    assert "pos_embed resampled 4x4 -> 2x2" in report.adapted
+    assert "patch_embed.proj.weight resampled [16, 16] -> [8, 8]" in report.adapted
+    line = report.describe()
+    assert line.startswith(f"init: {tmp_path / 'w.safetensors'}: ") and "tensors loaded" in line
