@@ -235,7 +235,7 @@ def test_micle_pretrains_on_an_unlabeled_folder_with_a_label_free_monitor(folder
                                   progress=True, cache_dir=str(tmp_path / "cache"))  # fmt: skip
     metrics = pretrain(config)
     err = capsys.readouterr().err
-    assert "pretraining data: 21 images, 10 cases, 5 with 2+ images" in err
+    assert "data: 21 images, 10 cases, 5 with 2+ images" in err
     assert "no labels: the monitor logs" in err
     log = pd.read_csv(tmp_path / "run" / "log.csv")
     assert "feature_std" in log.columns and "knn_accuracy" not in log.columns

@@ -8,6 +8,9 @@ The Python API (README, "Python API")::
     medssl.evaluate("runs/ft", "shift")
     medssl.predict("runs/ft", "new_images/", "predictions.csv")
     medssl.embed("runs/micle", "new_images/", "embeddings.parquet")
+    medssl.export("runs/micle", "onnx", "backbone.onnx")
+    medssl.knn(data, ["runs/micle"])
+    medssl.run_sweep("protocol.yaml", "sweeps/one")
 
 Everything is imported on first use, so ``import medssl`` loads neither torch nor pandas.
 """
@@ -22,8 +25,8 @@ from medssl.errors import MedsslError
 __version__ = "0.1.0"
 __all__ = [
     "DataSpec", "Embeddings", "FinetuneConfig", "LoadedData", "MedsslError", "Predictions",
-    "PretrainConfig", "__version__", "data", "embed", "evaluate", "finetune", "nearest",
-    "predict", "pretrain",
+    "PretrainConfig", "__version__", "data", "embed", "evaluate", "export", "finetune", "knn",
+    "nearest", "predict", "pretrain", "run_sweep",
 ]  # fmt: skip
 
 #: name -> the module that defines it
@@ -34,6 +37,9 @@ _LAZY = {
     "predict": "medssl.api",
     "embed": "medssl.api",
     "nearest": "medssl.api",
+    "export": "medssl.api",
+    "knn": "medssl.api",
+    "run_sweep": "medssl.api",
     "PretrainConfig": "medssl.train.pretrain",
     "FinetuneConfig": "medssl.train.finetune",
     "DataSpec": "medssl.data.spec",

@@ -1,7 +1,8 @@
 """The Python API: what the ``medssl`` commands do, as functions with keyword options.
 
 Reached as ``medssl.pretrain``, ``medssl.finetune``, ``medssl.evaluate``,
-``medssl.predict``, ``medssl.embed`` and ``medssl.nearest`` (see :mod:`medssl`);
+``medssl.predict``, ``medssl.embed``, ``medssl.nearest``, ``medssl.export``, ``medssl.knn``
+and ``medssl.run_sweep`` (see :mod:`medssl`);
 ``medssl.data.load`` reads a dataset. Options are the command line's, with underscores
 (``image_size=32`` for ``--image-size 32``), and the same defaults; a run directory made
 here is the same as one made by the command line.
@@ -28,7 +29,10 @@ if TYPE_CHECKING:
 
     DataLike = LoadedData | DataSpec | Mapping[str, Any]
 
-__all__ = ["embed", "evaluate", "finetune", "nearest", "predict", "pretrain"]
+__all__ = [
+    "embed", "evaluate", "export", "finetune", "knn", "nearest", "predict", "pretrain",
+    "run_sweep",
+]  # fmt: skip
 
 Config = TypeVar("Config")
 
@@ -223,3 +227,45 @@ def nearest(
     from medssl.embedding import nearest_cases
 
     return nearest_cases(query, embeddings, model, top_k, device)
+
+
+def export(
+    run: str | os.PathLike[str], fmt: str, out: str | os.PathLike[str], **options: Any
+) -> dict[str, Any]:
+    """``run`` as one TorchScript (``fmt="torchscript"``) or ONNX (``"onnx"``) file ``out``
+    (``medssl export``): a finetune run's classifier (probabilities out) or a pretraining
+    run's backbone (features out). ``options``: ``opset`` (ONNX). Returns the metadata stored
+    in the file (:func:`medssl.exporting.read_metadata` reads it back)."""
+    from medssl.exporting import export_model
+
+    return export_model(run, fmt, out, **options)
+
+
+def knn(
+    data: Any, inits: Sequence[str | os.PathLike[str]] = (), **options: Any
+) -> dict[str, Any]:
+    """k-NN scores of a random backbone and of each of ``inits`` (pretraining runs or
+    checkpoint files) on a split of ``data``, with paired case-level bootstrap intervals of
+    the differences (``medssl knn``). ``options`` are the command's: ``split``, ``k``,
+    ``backbone``, ``image_size``, ``n_boot``, ``seed``, ``device``, ``progress``, ...
+    (:func:`medssl.backbone_knn.compare_backbones`)."""
+    from medssl.backbone_knn import compare_backbones
+
+    resolved = [str(Path(i).expanduser().resolve()) for i in inits]
+    return compare_backbones(_spec_dict(data, "knn"), resolved, **options)
+
+
+def run_sweep(
+    protocol: str | os.PathLike[str] | Mapping[str, Any],
+    out: str | os.PathLike[str],
+    *,
+    progress: bool = True,
+    record: str | os.PathLike[str] | None = None,
+) -> Path:
+    """Run (or resume) the sweep of ``protocol`` (a YAML file, or its contents as a mapping)
+    into the folder ``out`` (``medssl sweep``); returns its ``results.csv``. ``record``: a
+    folder that keeps the sweep's record, so it resumes on a machine without ``out``."""
+    from medssl.sweep import run_sweep as sweep
+
+    source = dict(protocol) if isinstance(protocol, Mapping) else protocol
+    return sweep(source, out, progress=progress, record=record)

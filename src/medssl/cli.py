@@ -14,19 +14,12 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from medssl.cli_options import (
-    add_data_flags,
-    add_option_flags,
-    data_given,
-    load_config_file,
-    spec_from,
-    trainer_config,
-)
 from medssl.errors import MedsslError
 from medssl.interrupts import Interrupted, signals_interrupt
 
 
 def data_summary_command(args: argparse.Namespace) -> int:
+    from medssl.cli_options import data_given, spec_from
     from medssl.commands.data import format_summary, summarize
 
     manifest, summary = summarize(spec_from(data_given(args)))
@@ -47,7 +40,11 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     found, _ = pre.parse_known_args(argv)
-    config = load_config_file(found.config)
+    config = {}
+    if found.config:
+        from medssl.cli_options import load_config_file
+
+        config = load_config_file(found.config)
     command = next((a for a in argv if not a.startswith("-")), None)
     commands = parser._subparsers._group_actions[0].choices if parser._subparsers else {}
     if config and command in commands and commands[command].get_default("config_class") is None:
@@ -63,6 +60,7 @@ def parse_with_config(parser: argparse.ArgumentParser, argv: Sequence[str] | Non
 
 
 def pretrain_command(args: argparse.Namespace) -> int:
+    from medssl.cli_options import trainer_config
     from medssl.commands.pretrain import run_pretrain
     from medssl.train.pretrain import PretrainConfig
 
@@ -73,10 +71,10 @@ def pretrain_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_pretrain_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
+def add_pretrain_parser(p: argparse.ArgumentParser) -> None:
+    from medssl.cli_options import add_data_flags, add_option_flags
     from medssl.train.pretrain import PretrainConfig
 
-    p = commands.add_parser("pretrain", help="SimCLR or MICLe self-supervised pretraining")
     p.set_defaults(func=pretrain_command, config_class=PretrainConfig)
     p.add_argument("--config", help="YAML file of options (command-line flags win)")
     add_data_flags(p, extras=False)
@@ -88,6 +86,7 @@ def add_pretrain_parser(commands) -> None:  # noqa: ANN001 - argparse's private 
 
 
 def finetune_command(args: argparse.Namespace) -> int:
+    from medssl.cli_options import trainer_config
     from medssl.commands.finetune import run_finetune
     from medssl.train.finetune import FinetuneConfig
 
@@ -98,10 +97,10 @@ def finetune_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_finetune_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
+def add_finetune_parser(p: argparse.ArgumentParser) -> None:
+    from medssl.cli_options import add_data_flags, add_option_flags
     from medssl.train.finetune import FinetuneConfig
 
-    p = commands.add_parser("finetune", help="supervised fine-tuning with a label fraction")
     p.set_defaults(func=finetune_command, config_class=FinetuneConfig)
     p.add_argument("--config", help="YAML file of options (command-line flags win)")
     add_data_flags(p, extras=False)
@@ -111,6 +110,7 @@ def add_finetune_parser(commands) -> None:  # noqa: ANN001 - argparse's private 
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
+    from medssl.cli_options import data_given, spec_from
     from medssl.commands.evaluate import evaluate_run, format_evaluation
 
     given = data_given(args)
@@ -123,12 +123,13 @@ def evaluate_command(args: argparse.Namespace) -> int:
         temperature_scaling=args.temperature_scaling, keep_case_ids=args.keep_case_ids,
         skip_unreadable=args.skip_unreadable, subgroups=args.subgroups,
     )  # fmt: skip
-    print(json.dumps(metrics, indent=2) if args.json else format_evaluation(metrics))
+    print(json.dumps(metrics, indent=2) if args.json else format_evaluation(metrics, args.model))
     return 0
 
 
-def add_evaluate_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
-    p = commands.add_parser("evaluate", help="score a fine-tuned run on a split")
+def add_evaluate_parser(p: argparse.ArgumentParser) -> None:
+    from medssl.cli_options import add_data_flags
+
     p.set_defaults(func=evaluate_command)
     p.add_argument("--model", required=True, help="a finished finetune run directory")
     p.add_argument(
@@ -139,7 +140,9 @@ def add_evaluate_parser(commands) -> None:  # noqa: ANN001 - argparse's private 
     add_data_flags(p)
     p.add_argument("--class-map", help="YAML/JSON {dataset class: model class or null}")
     p.add_argument("--mean-over", help="comma-separated findings for the mean AUC")
-    p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (by case)")
+    p.add_argument("--n-boot", type=int, default=1000,
+                   help="bootstrap resamples for the 95%% intervals, drawn by case (default "
+                   "1000)")  # fmt: skip
     p.add_argument(
         "--allow-training-images", action="store_true",
         help="score images the model was trained on (its train split, or all of its data)",
@@ -165,8 +168,11 @@ def add_evaluate_parser(commands) -> None:  # noqa: ANN001 - argparse's private 
         "--subgroups", action=argparse.BooleanOptionalAction, default=True,
         help="metrics per sex, age band, site, source, view where the data has them",
     )  # fmt: skip
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="auto",
+                   help="auto (a GPU if there is one, else the CPU), cpu, cuda, "
+                   "cuda:N")  # fmt: skip
+    p.add_argument("--json", action="store_true",
+                   help="print the metrics as JSON (as eval_<split>.json holds them)")  # fmt: skip
 
 
 def predict_command(args: argparse.Namespace) -> int:
@@ -192,10 +198,7 @@ def predict_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_predict_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
-    p = commands.add_parser(
-        "predict", help="class probabilities for unlabeled images from a fine-tuned run"
-    )
+def add_predict_parser(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=predict_command)
     p.add_argument("--config", help="YAML file of options (command-line flags win)")
     p.add_argument("--model", required=True, help="a finished finetune run directory")
@@ -224,19 +227,23 @@ def export_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_export_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
-    p = commands.add_parser(
-        "export", help="a fine-tuned classifier as a TorchScript or ONNX file (probabilities out)"
-    )
+def add_export_parser(p: argparse.ArgumentParser) -> None:
+    from medssl.exporting import DEFAULT_OPSET
+
     p.set_defaults(func=export_command)
-    p.add_argument("--model", required=True, help="a finished finetune run directory")
+    p.add_argument("--model", required=True,
+                   help="a finished finetune run (its classifier: probabilities out) or "
+                   "pretraining run (its backbone: features out, for embedding "
+                   "services)")  # fmt: skip
     p.add_argument("--format", choices=["torchscript", "onnx"], required=True)
     p.add_argument("--out", required=True, help="the file to write (.pt or .onnx)")
-    p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET,
+                   help=f"ONNX opset version (default {DEFAULT_OPSET})")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the stored metadata as JSON")
 
 
 def embed_command(args: argparse.Namespace) -> int:
+    from medssl.cli_options import data_given, spec_from
     from medssl.commands.embed import format_embed, format_skipped, run_embed, summary
 
     result = run_embed(
@@ -247,6 +254,7 @@ def embed_command(args: argparse.Namespace) -> int:
         progress=not args.quiet, backbone=args.backbone, image_size=args.image_size,
         small_stem=args.small_stem, patch_size=args.patch_size,
         class_column=args.class_column, source_column=args.source_column, map_out=args.map,
+        data=spec_from(given).to_dict() if len(given := data_given(args)) else None,
     )  # fmt: skip
     print(json.dumps(summary(result), indent=2) if args.json else format_embed(result))
     skipped = format_skipped(result)
@@ -255,16 +263,16 @@ def embed_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_embed_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
-    p = commands.add_parser(
-        "embed", help="a backbone's features for images (.parquet/.npy); nearest-case retrieval"
-    )
+def add_embed_parser(p: argparse.ArgumentParser) -> None:
+    from medssl.cli_options import add_data_flags
+
     p.set_defaults(func=embed_command)
     p.add_argument("--config", help="YAML file of options (command-line flags win)")
     # --model, --images and --out are checked by medssl.commands.embed (one line each)
     p.add_argument("--model", help="a finetune run, a pretraining run or a backbone weights file")
     p.add_argument("--images",
-                   help="a folder (every image below it) or a CSV listing image paths")  # fmt: skip
+                   help="a folder (every image below it) or a CSV listing image paths (or "
+                   "--dataset: a dataset's images, cases, classes and sources)")  # fmt: skip
     p.add_argument("--out", help="embeddings file: .parquet (image, case_id, embedding) or .npy "
                    "(+ .images.csv, .meta.json beside it); case ids are salted hashes unless "
                    "--keep-case-ids")  # fmt: skip
@@ -285,7 +293,8 @@ def add_embed_parser(commands) -> None:  # noqa: ANN001 - argparse's private typ
     p.add_argument("--embeddings", metavar="FILE",
                    help="a saved embeddings file to search (instead of --images)")  # fmt: skip
     p.add_argument("--neighbours-out", metavar="CSV", help="also write the neighbours to a CSV")
-    p.add_argument("--backbone", help="a weights file's backbone (default resnet18)")
+    p.add_argument("--backbone", help="a weights file's backbone (default: the torchvision "
+                   "ResNet its shapes say, else resnet18)")  # fmt: skip
     p.add_argument("--image-size", type=int, help="a weights file's image size (default 64)")
     p.add_argument("--small-stem", action=argparse.BooleanOptionalAction, default=None,
                    help="a weights file's ResNet stem (default: as its conv1)")  # fmt: skip
@@ -295,9 +304,11 @@ def add_embed_parser(commands) -> None:  # noqa: ANN001 - argparse's private typ
     p.add_argument("--device", default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
+    add_data_flags(p, extras=False)
 
 
 def knn_command(args: argparse.Namespace) -> int:
+    from medssl.cli_options import data_given, spec_from
     from medssl.commands.knn import compare_backbones, format_comparison
 
     inits = [str(Path(i).expanduser().resolve()) for i in getattr(args, "init", None) or []]
@@ -316,16 +327,13 @@ _KNN_OPTIONS = (
 )  # fmt: skip
 
 
-def add_knn_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
+def add_knn_parser(p: argparse.ArgumentParser) -> None:
     import inspect
 
+    from medssl.cli_options import add_data_flags
     from medssl.commands.knn import compare_backbones
 
     defaults = {k: v.default for k, v in inspect.signature(compare_backbones).parameters.items()}
-    p = commands.add_parser(
-        "knn", help="k-NN scores of pretrained backbones vs a random one, no training",
-        argument_default=argparse.SUPPRESS,
-    )  # fmt: skip
     p.set_defaults(func=knn_command)
     add_data_flags(p)
     p.add_argument("--init", action="append", metavar="RUN_OR_FILE",
@@ -354,10 +362,7 @@ def sweep_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_sweep_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
-    p = commands.add_parser(
-        "sweep", help="pretraining runs, then inits x label fractions x seeds -> table + report"
-    )
+def add_sweep_parser(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=sweep_command)
     p.add_argument("protocol", help="protocol YAML (see medssl.sweep)")
     p.add_argument("--out", required=True, help="sweep folder (resumed when it exists)")
@@ -379,13 +384,10 @@ def demo_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_demo_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
+def add_demo_parser(p: argparse.ArgumentParser) -> None:
     from medssl.data.adapters import DATASETS
     from medssl.demo import BUDGETS
 
-    p = commands.add_parser(
-        "demo", help="SimCLR vs MICLe vs random end to end (synthetic data without --dataset)"
-    )
     p.set_defaults(func=demo_command)
     p.add_argument("--dataset", choices=sorted(DATASETS), help="real data (default: synthetic)")
     p.add_argument("--root", help="dataset folder in its publisher's layout")
@@ -397,28 +399,66 @@ def add_demo_parser(commands) -> None:  # noqa: ANN001 - argparse's private type
     p.add_argument("--quiet", action="store_true", help="no per-epoch output of the runs")
 
 
+def add_data_parser(p: argparse.ArgumentParser) -> None:
+    from medssl.cli_options import add_data_flags
+
+    data_commands = p.add_subparsers(dest="data_command", required=True)
+    summary = data_commands.add_parser("summary", help="images, cases, classes, splits")
+    add_data_flags(summary)
+    summary.add_argument("--json", action="store_true", help="print one JSON object")
+    summary.set_defaults(func=data_summary_command)
+
+
+#: the subcommands: name, one-line help, the function that adds its flags, parser options
+COMMANDS: tuple[tuple[str, str, Callable[[argparse.ArgumentParser], None], dict], ...] = (
+    ("data", "inspect a dataset", add_data_parser, {}),
+    ("pretrain", "SimCLR or MICLe self-supervised pretraining", add_pretrain_parser, {}),
+    ("finetune", "supervised fine-tuning with a label fraction", add_finetune_parser, {}),
+    ("evaluate", "score a fine-tuned run on a split", add_evaluate_parser, {}),
+    ("predict", "class probabilities for unlabeled images from a fine-tuned run",
+     add_predict_parser, {}),
+    ("export", "a fine-tuned classifier or a pretrained backbone as a TorchScript or ONNX file",
+     add_export_parser, {}),
+    ("embed", "a backbone's features for images (.parquet/.npy); nearest-case retrieval",
+     add_embed_parser, {}),
+    ("knn", "k-NN scores of pretrained backbones vs a random one, no training",
+     add_knn_parser, {"argument_default": argparse.SUPPRESS}),
+    ("sweep", "pretraining runs, then inits x label fractions x seeds -> table + report",
+     add_sweep_parser, {}),
+    ("demo", "SimCLR vs MICLe vs random end to end (synthetic data without --dataset)",
+     add_demo_parser, {}),
+)  # fmt: skip
+
+
+class _LazyParsers(dict):
+    """The subcommand parsers by name, each given its flags when first looked up (by
+    argparse when the command is parsed, or by anyone reading its help). Their flags come
+    from the trainers' configs, whose modules import torch: ``medssl --help`` and every
+    other command need not pay for that."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.pending: dict[str, Callable[[argparse.ArgumentParser], None]] = {}
+
+    def __getitem__(self, name: str) -> argparse.ArgumentParser:
+        parser = super().__getitem__(name)
+        add_flags = self.pending.pop(name, None)
+        if add_flags is not None:
+            add_flags(parser)
+        return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medssl",
         description="Self-supervised pretraining (SimCLR, MICLe) for medical image classifiers",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-
-    data = commands.add_parser("data", help="inspect a dataset")
-    data_commands = data.add_subparsers(dest="data_command", required=True)
-    summary = data_commands.add_parser("summary", help="images, cases, classes, splits")
-    add_data_flags(summary)
-    summary.add_argument("--json", action="store_true", help="print one JSON object")
-    summary.set_defaults(func=data_summary_command)
-    add_pretrain_parser(commands)
-    add_finetune_parser(commands)
-    add_evaluate_parser(commands)
-    add_predict_parser(commands)
-    add_export_parser(commands)
-    add_embed_parser(commands)
-    add_knn_parser(commands)
-    add_sweep_parser(commands)
-    add_demo_parser(commands)
+    lazy = _LazyParsers()
+    commands._name_parser_map = commands.choices = lazy
+    for name, help_text, add_flags, options in COMMANDS:
+        commands.add_parser(name, help=help_text, **options)
+        lazy.pending[name] = add_flags
     return parser
 
 

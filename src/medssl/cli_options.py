@@ -61,7 +61,7 @@ def add_flag(parser: Any, s: Setting, defaults: bool = False, help_text: str = "
     else:
         if typing.get_origin(kind) is list:
             kwargs["action"] = "append"
-        choices = s.meta.choices
+        choices = s.accepted()
         kwargs["metavar"] = s.meta.metavar or (
             "{" + ",".join(map(str, choices)) + "}" if choices else s.name.upper()
         )
@@ -165,10 +165,7 @@ def trainer_config(cls: type, args: argparse.Namespace) -> tuple[Any, Given]:
     option with its origin, for :func:`medssl.options.spelling` (library messages).
     """
     path = getattr(args, "config", None)
-    file = Given(
-        load_config_file(path),
-        Where(f"--config {path}: "),
-    )
+    file = Given(load_config_file(path), Where(f"--config {path}: ") if path else FLAGS)
     own = [k for k, s in settings(cls).items() if s.meta.user]
     data_keys = [*SPEC_KEYS, *flat_data_options()]
     for key in file:
@@ -198,5 +195,22 @@ def trainer_config(cls: type, args: argparse.Namespace) -> tuple[Any, Given]:
         if key in file and not isinstance(file.get(key), bool):
             raise MedsslError(f"{file.name(key)}: expected true or false, got {file.get(key)!r}")
         setattr(args, key, bool(getattr(args, key, False) or file.get(key, False)))
-    config = cls(data=spec_from(data).to_dict(), progress=not args.quiet, **values)
+    config = cls(data=_data_of(cls, data, names, values), progress=not args.quiet, **values)
     return config, names
+
+
+def _data_of(cls: type, data: Given, names: Given, values: dict[str, Any]) -> dict[str, Any]:
+    """The config's data spec. Without a dataset, a trainer that inherits its data from an
+    ``--init`` run (``inherits_data``: finetune) gets the data keys that were given (the
+    rest its ``resolved`` takes from the run); any other is told that the dataset is needed."""
+    if "dataset" in data:
+        return spec_from(data).to_dict()
+    inherits = getattr(cls, "inherits_data", False)
+    if not inherits or values.get("init", "random") in ("", "random"):
+        unless = f", or {names.name('init')} a medssl run to inherit it from" if inherits else ""
+        raise MedsslError(
+            f"{names.name('dataset')} is required (a flag, or a key of --config{unless})"
+        )
+    partial: dict[str, Any] = {k: data.get(k) for k in SPEC_KEYS if k in data}
+    options = {k: data.get(k) for k in flat_data_options() if k in data}
+    return {**partial, "options": options} if options else partial

@@ -186,6 +186,7 @@ def _load_weights(net: nn.Module, path: Path) -> None:
     an ImageNet-stem ``conv1`` is not dropped for a small stem (the features would come out
     of a random first layer)."""
     from medssl.models.checkpoint import (
+        architecture_question,
         load_backbone_state,
         load_backbone_weights,
         load_into_backbone,
@@ -195,7 +196,8 @@ def _load_weights(net: nn.Module, path: Path) -> None:
     if is_timm_model(net):  # timm's own key layout, classifier dropped, ViT grids resampled
         load_backbone_weights(net, path)
         return
-    load_into_backbone(net, load_backbone_state(path), str(path))
+    state = load_backbone_state(path)
+    load_into_backbone(net, state, str(path), question=architecture_question(state, net))
 
 
 def _check_given(config: dict[str, Any], given: dict[str, Any], path: Path) -> None:
@@ -253,10 +255,12 @@ def load_embedding_model(
             kind = "pretrain"
     else:
         from medssl.options import default_of
+        from medssl.train.common import checkpoint_resnet
         from medssl.train.pretrain import PretrainConfig
 
+        found = None if backbone else checkpoint_resnet(str(path))  # the file's shapes
         config = {
-            "backbone": backbone or default_of(PretrainConfig, "backbone"),
+            "backbone": backbone or (found[0] if found else default_of(PretrainConfig, "backbone")),
             "image_size": image_size or default_of(PretrainConfig, "image_size"),
             "small_stem": small_stem,
             "patch_size": patch_size or 0,
@@ -371,9 +375,15 @@ class Embeddings:
         table = pa.table(columns).replace_schema_metadata({METADATA_KEY: json.dumps(self.meta)})
         pq.write_table(table, tmp)
 
-    def nearest(self, query: np.ndarray, top_k: int = 10) -> pd.DataFrame:
+    def nearest(
+        self, query: np.ndarray, top_k: int = 10, query_image: str | os.PathLike[str] | None = None
+    ) -> pd.DataFrame:
         """The ``top_k`` rows most similar to the feature vector ``query`` (cosine): ``rank``,
-        ``image``, ``case_id`` (with case ids), ``similarity``, ``distance``."""
+        ``image``, ``case_id`` (with case ids), ``similarity``, ``distance``.
+
+        Given the ``query_image`` file, rows that are that image itself (same file name,
+        features identical) are left out, and named in the table's ``attrs["left_out"]``:
+        the query is not its own neighbour."""
         if top_k < 1:
             raise MedsslError(f"--top-k must be >= 1, got {top_k}")
         query = np.asarray(query, dtype=np.float64).reshape(-1)
@@ -382,7 +392,12 @@ class Embeddings:
                 f"the query has {query.size} features, the embeddings {self.features.shape[1]}"
             )
         similarity = _unit(self.features) @ _unit(query[None])[0]
-        order = np.argsort(-similarity, kind="stable")[:top_k]
+        order = np.argsort(-similarity, kind="stable")
+        itself = [] if query_image is None else [
+            i for i in order[: top_k + 1]
+            if similarity[i] >= 1 - 1e-5 and Path(self.images[i]).name == Path(query_image).name
+        ]  # fmt: skip
+        order = np.array([i for i in order if i not in itself], dtype=np.int64)[:top_k]
         rows: dict[str, Any] = {
             "rank": np.arange(1, len(order) + 1),
             "image": [self.images[i] for i in order],
@@ -391,7 +406,9 @@ class Embeddings:
             rows["case_id"] = [self.case_ids[i] for i in order]
         rows["similarity"] = similarity[order]
         rows["distance"] = 1 - similarity[order]
-        return pd.DataFrame(rows)
+        table = pd.DataFrame(rows)
+        table.attrs["left_out"] = [self.images[i] for i in itself]
+        return table
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -462,8 +479,10 @@ def embed_images(
 
     if batch_size < 1:
         raise MedsslError(f"--batch-size must be >= 1, got {batch_size}")
+    from medssl.inference import ImageList
+
     wanted = {"class": class_column, "source": source_column}
-    listed = list_images(
+    listed = images if isinstance(images, ImageList) else list_images(
         images, image_column, case_column, skip_unreadable, command="embed",
         label_columns={name: column for name, column in wanted.items() if column},
     )  # fmt: skip
@@ -496,6 +515,35 @@ def embed_images(
     features = np.concatenate(chunks).astype(np.float32, copy=False)
     labels = {name: [values[i] for i in kept] for name, values in listed.labels.items()}
     return Embeddings(features, [listed.names[i] for i in kept], stored, meta, skipped, labels)
+
+
+def dataset_images(data: dict[str, Any]) -> Any:
+    """The images of a dataset (a checked data spec dict) as an
+    :class:`~medssl.inference.ImageList` for :func:`embed_images`: named relative to its
+    root, with their case ids and the labels ``class`` (multi-label: the positive findings,
+    ``+``-joined, or ``none``) and ``source``, which :meth:`Embeddings.plot_map` colours by."""
+    from medssl.data.spec import DataSpec
+    from medssl.inference import ImageList
+
+    manifest = DataSpec.from_dict(data).load_manifest()
+    table = manifest.table
+    paths = [str(p) for p in table["image"]]
+    if any(p.startswith("array:") for p in paths):
+        raise MedsslError(
+            f"--dataset {manifest.name} holds its images in memory, not in files; embed reads "
+            "image files (--images)"
+        )
+    root = Path(data.get("root") or "")
+    names = [os.path.relpath(p, root) if data.get("root") else p for p in paths]
+    if manifest.task == "multiclass":
+        classes = [manifest.class_names[int(t)] for t in manifest.targets]
+    else:
+        classes = [
+            "+".join(n for n, v in zip(manifest.class_names, row, strict=True) if v == 1) or "none"
+            for row in manifest.targets
+        ]
+    labels = {"class": classes, "source": [str(s) for s in table["source"]]}
+    return ImageList(paths, names, [str(c) for c in table["case_id"]], labels=labels)
 
 
 def embed_query(embedder: EmbeddingModel, image: str | os.PathLike[str]) -> np.ndarray:
@@ -596,8 +644,8 @@ def nearest_cases(
     device: str = "auto",
 ) -> pd.DataFrame:
     """The ``top_k`` images of ``embeddings`` (a file or :class:`Embeddings`) most similar to
-    the image ``query``, embedded by ``model`` (default: the model the embeddings record,
-    which ``model`` must otherwise be)."""
+    the image ``query`` (itself left out where it is among them), embedded by ``model``
+    (default: the model the embeddings record, which ``model`` must otherwise be)."""
     found = embeddings if isinstance(embeddings, Embeddings) else read_embeddings(embeddings)
     recorded = found.meta.get("model")
     if model is None:
@@ -611,7 +659,7 @@ def nearest_cases(
             f"model the embeddings were made with ({recorded}): their features would not compare"
         )
     embedder = model if isinstance(model, EmbeddingModel) else _recorded_model(found, model, device)
-    return found.nearest(embed_query(embedder, query), top_k)
+    return found.nearest(embed_query(embedder, query), top_k, query_image=query)
 
 
 def _recorded_model(

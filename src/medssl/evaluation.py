@@ -419,17 +419,23 @@ def evaluate_run(
     return metrics
 
 
+def output_files(run: str | Path, label: str) -> tuple[Path, Path]:
+    """The files an evaluation named ``label`` writes in ``run``: its results and its
+    predictions (``RUN/metrics.json`` gathers a summary of every evaluation)."""
+    run = Path(run).expanduser()
+    return run / f"eval_{label}.json", run / f"predictions_{label}.npz"
+
+
 def _check_outputs(run: Path, label: str, class_map: Any) -> None:
     """Refuse, before any work, a ``name`` that would write outside the run, and results
     that would overwrite the ``class_map`` file (:func:`medssl.outputs.check_outputs`)."""
     if Path(label).name != label or label.startswith("."):
         raise MedsslError(f"evaluate: name {label!r} must be a plain name, not a path")
     read = [(f"--class-map {class_map}", class_map)] if isinstance(class_map, str | Path) else []
+    results, predictions = output_files(run, label)
     check_outputs(
-        [("evaluate's results", run / f"eval_{label}.json"),
-         ("evaluate's predictions", run / f"predictions_{label}.npz")],
-        read,
-    )  # fmt: skip
+        [("evaluate's results", results), ("evaluate's predictions", predictions)], read
+    )
 
 
 def _finetune_config(run: Path) -> dict[str, Any]:
@@ -531,7 +537,8 @@ def _write(
     run: Path, label: str, metrics: dict[str, Any], probs: np.ndarray, targets: np.ndarray,
     case_ids: np.ndarray, names: list[str], keep_case_ids: bool,
 ) -> None:  # fmt: skip
-    write_json_atomic(metrics, run / f"eval_{label}.json")
+    results, predictions = output_files(run, label)
+    write_json_atomic(metrics, results)
     stored = case_ids.astype(str) if keep_case_ids else hash_case_ids(case_ids, run_salt(run))
     scheme = np.asarray(metrics["case_ids_stored"])
 
@@ -542,7 +549,7 @@ def _write(
                 class_names=np.asarray(names), case_id_scheme=scheme,
             )  # fmt: skip
 
-    atomic_write(run / f"predictions_{label}.npz", save)
+    atomic_write(predictions, save)
     summary_path = run / METRICS
     summary = json.loads(summary_path.read_text())
     summary.setdefault("evaluation", {})[label] = {

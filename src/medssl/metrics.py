@@ -896,8 +896,9 @@ def map_classes(
     unmapped_names = [s for s in source if mapping.get(s) is None]
     if labels.size and not keep.any():
         raise MedsslError(
-            "class mapping excludes every row: no source class maps to a model "
-            "class that occurs in the data"
+            "class mapping excludes every row: no class of the data maps to a model class "
+            f"(the data's classes: {', '.join(source)}; the model's: {', '.join(target)}); "
+            "map them with --class-map FILE ({data class: model class or null})"
         )
     used_targets = {mapping[s] for s in source if mapping.get(s) is not None}
     report = {

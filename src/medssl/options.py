@@ -108,6 +108,15 @@ class Setting:
     def required(self) -> bool:
         return self.default is MISSING
 
+    def accepted(self) -> tuple[Any, ...]:
+        """The values ``choices`` allows, led by a default word outside them (``auto``):
+        what a flag's help and a refusal list."""
+        choices = self.meta.choices
+        default = self.default
+        if choices and isinstance(default, str) and default and default not in choices:
+            return (default, *choices)
+        return choices
+
     def help_text(self) -> str:
         """The help, with the default unless the help explains it (an automatic choice)."""
         text = self.meta.help
@@ -428,7 +437,7 @@ def _check_value(s: Setting, value: Any) -> Any:
         return coerced
     m = s.meta
     if m.choices and coerced not in m.choices:
-        raise _Bad(f"{_show(value)} is not one of {', '.join(map(str, m.choices))}")
+        raise _Bad(f"{_show(value)} is not one of {', '.join(map(str, s.accepted()))}")
     if isinstance(coerced, int | float) and not isinstance(coerced, bool):
         if m.minimum is not None and coerced < m.minimum:
             raise _Bad(f"must be at least {_number(m.minimum)}, got {_show(value)}")

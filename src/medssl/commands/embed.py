@@ -36,10 +36,12 @@ def run_embed(
     class_column: str | None = None,
     source_column: str | None = None,
     map_out: str | None = None,
+    data: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Embed ``images`` into ``out`` and/or retrieve the ``top_k`` nearest of ``query``;
     ``map_out`` draws a t-SNE map (PNG) of the embeddings coloured by their class and source
-    (``class_column``, ``source_column``).
+    (``class_column``, ``source_column``). ``data`` (a data spec) embeds a dataset's images
+    instead of ``images``, with its case ids, classes and sources.
 
     Returns ``{"embeddings": Embeddings, "written": {kind: path}, "neighbours": DataFrame or
     None}``.
@@ -47,15 +49,24 @@ def run_embed(
     from medssl.embedding import (
         check_files,
         check_format,
+        dataset_images,
         embed_images,
         load_embedding_model,
         nearest_cases,
     )
 
+    if data:
+        if images:
+            raise MedsslError("give --images or --dataset, not both")
+        for flag, value in (("--class-column", class_column), ("--source-column", source_column),
+                            ("--case-column", case_column)):  # fmt: skip
+            if value:
+                raise MedsslError(f"{flag} is for an --images CSV; --dataset gives its own")
+        images = data.get("root") or data["dataset"]
     if images and embeddings:
         raise MedsslError("give --images (to embed them) or --embeddings (a saved file), not both")
     if not images and not embeddings:
-        raise MedsslError("--images is required (or --embeddings FILE with --query)")
+        raise MedsslError("--images or --dataset is required (or --embeddings FILE with --query)")
     if embeddings and not query and not map_out:
         raise MedsslError(f"--embeddings {embeddings}: give --query IMAGE or --map PNG")
     if images and not model:
@@ -80,8 +91,9 @@ def run_embed(
     if map_out and Path(map_out).suffix.lower() != ".png":
         raise MedsslError(f"--map {map_out}: give a .png file")
     check_files(
-        model, images, out, embeddings=embeddings, query=query, neighbours_out=neighbours_out,
-        hashed_ids=bool(case_column) and not keep_case_ids, map_out=map_out,
+        model, data.get("root") if data else images, out, embeddings=embeddings, query=query,
+        neighbours_out=neighbours_out, map_out=map_out,
+        hashed_ids=bool(case_column or data) and not keep_case_ids,
     )  # fmt: skip
 
     result: dict[str, Any] = {"embeddings": None, "written": {}, "neighbours": None}
@@ -92,7 +104,8 @@ def run_embed(
             patch_size=patch_size, device=device,
         )  # fmt: skip
         found = embed_images(
-            embedder, images, out=out, image_column=image_column, case_column=case_column,
+            embedder, dataset_images(data) if data else images, out=out,
+            image_column=image_column, case_column=case_column,
             keep_case_ids=keep_case_ids, skip_unreadable=skip_unreadable,
             batch_size=batch_size, progress=progress, class_column=class_column,
             source_column=source_column,
@@ -149,6 +162,8 @@ def format_embed(result: dict[str, Any]) -> str:
     neighbours = result["neighbours"]
     if neighbours is not None:
         lines.append(f"nearest {len(neighbours)} (cosine):")
+        for image in neighbours.attrs.get("left_out", []):
+            lines.append(f"  (the query itself, {image}, is left out)")
         case = "case_id" in neighbours.columns
         for row in neighbours.itertuples(index=False):
             ident = f"  case {row.case_id}" if case else ""

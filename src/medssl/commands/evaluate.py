@@ -7,9 +7,10 @@ the text it prints.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from medssl.evaluation import evaluate_run
+from medssl.evaluation import evaluate_run, output_files
 
 __all__ = ["evaluate_run", "format_evaluation"]
 
@@ -26,10 +27,22 @@ _PRINTED = (
 )  # fmt: skip
 
 
-def format_evaluation(metrics: dict[str, Any]) -> str:
+def _per_class(metrics: dict[str, Any]) -> list[str]:
+    """The AUC of each class (multiclass) or finding (multilabel), one line each."""
+    aucs = metrics.get("auc_per_class") or metrics.get("auc_per_finding") or {}
+    title = "per class" if "auc_per_class" in metrics else "per finding"
+    lines = [f"    AUC {title}:"] if aucs else []
+    for name, value in aucs.items():
+        shown = "n/a (one label only)" if value is None else f"{value:.4f}"
+        lines.append(f"      {name:<16} {shown}")
+    return lines
+
+
+def format_evaluation(metrics: dict[str, Any], run: str | Path | None = None) -> str:
     """The lines ``medssl evaluate`` prints: what was scored and left out, image-level and
-    case-level metrics with their 95% case-bootstrap intervals, the operating point and
-    the subgroups (small ones marked)."""
+    case-level metrics with their 95% case-bootstrap intervals, the AUC of each class, the
+    operating point, the subgroups (small ones marked) and, given the ``run``, the files
+    written."""
     scored = metrics.get("scored", {"images": metrics["n"], "cases": metrics["n_cases"]})
     lines = [f"{metrics['split']}: scored {scored['images']} images, {scored['cases']} cases"]
     for item in metrics.get("excluded", []):
@@ -37,6 +50,7 @@ def format_evaluation(metrics: dict[str, Any]) -> str:
         lines.append(f"  excluded: {item['images']} images{cases} ({item['reason']})")
     lines.append("  image level:")
     lines += [f"    {k:<18} {_value(metrics, k)}" for k in _PRINTED if metrics.get(k) is not None]
+    lines += _per_class(metrics)
     case = metrics.get("case_level") or {}
     if case.get("note") and not case.get("n"):
         lines.append(f"  case level: {case['note']}")
@@ -62,4 +76,8 @@ def format_evaluation(metrics: dict[str, Any]) -> str:
             score = f"{key} {_value(g, key)}" if key else "no AUC"
             flag = " (small)" if g.get("small") else ""
             lines.append(f"    {value:<16} {g['n']} images, {g['n_cases']} cases: {score}{flag}")
+    if run is not None:
+        results, predictions = output_files(run, metrics["split"])
+        summary = results.parent / "metrics.json"
+        lines.append(f"wrote {results}, {predictions} (summary in {summary})")
     return "\n".join(lines)

@@ -145,14 +145,16 @@ class Manifest:
         codes, uniques = pd.factorize(self.table["case_id"], sort=True)
         return codes.astype(np.int64), np.asarray(uniques)
 
-    def class_counts(self) -> dict[str, int]:
-        """Images per class (multiclass) or positive images per finding (multilabel)."""
+    def class_counts(self, rows: np.ndarray | None = None) -> dict[str, int]:
+        """Images per class (multiclass) or positive images per finding (multilabel), of
+        every row or of ``rows``."""
+        targets = self.targets if rows is None else self.targets[rows]
         if not self.labelled:
             return {}
         if self.task == "multiclass":
-            counts = np.bincount(self.targets, minlength=self.num_classes)
+            counts = np.bincount(targets, minlength=self.num_classes)
         else:
-            counts = np.nansum(self.targets == 1, axis=0)
+            counts = np.nansum(targets == 1, axis=0)
         return {name: int(c) for name, c in zip(self.class_names, counts, strict=True)}
 
     def stratum(self) -> np.ndarray:

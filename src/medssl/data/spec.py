@@ -65,6 +65,12 @@ class DataSpec:
     def load(self, keep_missing: bool = False) -> tuple[Manifest, Splits]:
         """The manifest and its splits; ``keep_missing``: keep listed images that do not
         exist (:func:`~medssl.data.files.missing_images_kept`: ``--skip-unreadable``)."""
+        manifest = self.load_manifest(keep_missing)
+        return manifest, self.splits(manifest)
+
+    def load_manifest(self, keep_missing: bool = False) -> Manifest:
+        """The dataset's manifest, without splitting it: without labels for ``unlabeled``,
+        less an exclusion's images for ``exclude``."""
         with missing_images_kept(keep_missing):
             manifest = load_manifest(self.dataset, self.root, **self.options)
         if self.unlabeled:
@@ -73,7 +79,7 @@ class DataSpec:
             from medssl.data.exclusion import exclude_from_pool
 
             manifest = exclude_from_pool(manifest, self.exclude)
-        return manifest, self.splits(manifest)
+        return manifest
 
     def splits(self, manifest: Manifest) -> Splits:
         """This spec's splits of ``manifest`` (also of one reduced by unreadable images)."""

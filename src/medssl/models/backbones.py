@@ -46,6 +46,7 @@ __all__ = [
     "backbone_from_config",
     "build_backbone",
     "build_resnet",
+    "resnet_of_state",
     "BackboneTraits",
     "backbone_traits",
 ]
@@ -119,6 +120,26 @@ def build_resnet(name: str, num_classes: int = 1000) -> ResNet:
     if width == 1:
         return builder(weights=None, num_classes=num_classes)
     return WidthMultipliedResNet(block, layers, width=width, num_classes=num_classes)
+
+
+def resnet_of_state(state: Mapping[str, torch.Tensor]) -> tuple[str, bool] | None:
+    """The torchvision ResNet a backbone state dict (torchvision key layout) was made with:
+    (name in :data:`BACKBONES`, small stem), read from its keys and shapes (blocks per
+    stage, bottleneck or basic blocks, stem width, stem kernel); None if it is none of them."""
+    conv1 = state.get("conv1.weight")
+    if conv1 is None or conv1.ndim != 4:
+        return None
+    layers = []
+    for stage in range(1, 5):
+        blocks = {int(k.split(".")[1]) for k in state if k.startswith(f"layer{stage}.")
+                  and k.split(".")[1].isdigit()}  # fmt: skip
+        layers.append(max(blocks) + 1 if blocks else 0)
+    block = Bottleneck if "layer1.0.conv3.weight" in state else BasicBlock
+    width, rest = divmod(int(conv1.shape[0]), 64)
+    for name, (_, spec_block, spec_layers, spec_width) in _SPECS.items():
+        if (spec_block, spec_layers, spec_width) == (block, layers, width) and not rest:
+            return name, int(conv1.shape[-1]) == 3
+    return None
 
 
 def build_backbone(

@@ -26,6 +26,7 @@ import pickletools
 import re
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ from medssl.fileio import atomic_write
 
 __all__ = [
     "BACKBONE_FILE",
+    "LoadReport",
+    "architecture_question",
     "export_backbone",
     "load_backbone_state",
     "load_backbone_weights",
@@ -60,6 +63,26 @@ _HEAD_PREFIXES = ("head.", "projection_head.", "projector.", "fc.")
 # Dict keys under which checkpoints nest their state dict.
 _CONTAINER_KEYS = ("state_dict", "model", "model_state_dict")
 _LIST_MAX = 10
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_backbone_weights` did: the tensors loaded into the backbone, the
+    checkpoint's head/classifier keys it dropped, and adaptations (a stem dropped, an
+    embedding resampled), for the trainers' start banner."""
+
+    source: str
+    loaded: int = 0
+    dropped: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        """One line: ``init: FILE: 60 tensors loaded; dropped 2 head keys (fc.weight, ...)``."""
+        parts = [f"{self.loaded} tensors loaded"]
+        if self.dropped:
+            parts.append(f"dropped {len(self.dropped)} head key(s) ({_listing(self.dropped)})")
+        parts.extend(self.adapted)
+        return f"init: {self.source}: {'; '.join(parts)}"
 
 
 def save_state_dict_atomic(state: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
@@ -257,7 +280,9 @@ def _strip(key: str) -> str:
     return key
 
 
-def load_backbone_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+def load_backbone_state(
+    path: str | os.PathLike[str], dropped: list[str] | None = None
+) -> dict[str, torch.Tensor]:
     """Read a backbone state dict (torchvision key layout) from a file or a run directory.
 
     Accepted inputs:
@@ -281,6 +306,8 @@ def load_backbone_state(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]
     for key, value in obj.items():
         name = _strip(key)
         if name.startswith(_HEAD_PREFIXES):
+            if dropped is not None:
+                dropped.append(key)
             continue
         if name in state:
             raise MedsslError(
@@ -335,7 +362,7 @@ def load_into_backbone(
     source: str,
     drop_mismatched_conv1: bool = False,
     question: str = "is it the same architecture, width and stem?",
-) -> None:
+) -> int:
     """Load ``state`` into ``backbone`` strictly (BN ``num_batches_tracked`` aside).
 
     Any missing key, unexpected key or shape mismatch raises one :class:`MedsslError` line
@@ -343,7 +370,8 @@ def load_into_backbone(
 
     ``drop_mismatched_conv1=True`` skips ``conv1.weight`` when only its shape differs, which
     is the case when ImageNet-stem (7x7) weights go into a small-image (3x3) stem: the model
-    keeps its own freshly initialised ``conv1`` and everything else is loaded.
+    keeps its own freshly initialised ``conv1`` and everything else is loaded. Returns the
+    number of tensors loaded.
     """
     expected = backbone.state_dict()
 
@@ -388,29 +416,54 @@ def load_into_backbone(
 
     loadable = {k: v for k, v in state.items() if k in expected}
     backbone.load_state_dict(loadable, strict=False)
+    return len(loadable)
 
 
-def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike[str]) -> None:
+def architecture_question(state: Mapping[str, torch.Tensor], backbone: nn.Module) -> str:
+    """The end of the message for a checkpoint that does not fit a torchvision ResNet
+    (:func:`load_into_backbone`'s ``question``): the ResNet the checkpoint is, and the
+    option that picks it, where its shapes tell."""
+    from medssl.models.backbones import resnet_of_state
+    from medssl.options import spelled
+
+    found, model = resnet_of_state(state), resnet_of_state(backbone.state_dict())
+    if found is None or model is None or found[0] == model[0]:
+        return "is it the same architecture, width and stem?"
+    return f"the checkpoint is a {found[0]}: pass {spelled('backbone')} {found[0]}"
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | os.PathLike[str]) -> LoadReport:
     """Load the checkpoint file or medssl run ``path`` into ``backbone``, strictly.
 
     torchvision ResNets read it with :func:`load_backbone_state` (an ImageNet-stem ``conv1``
     is dropped for a small-image stem); timm backbones with
     :func:`~medssl.models.timm_backbones.timm_backbone_state` (timm's layout, classifier
     dropped, ViT embeddings resampled). A checkpoint of another architecture is one line
-    naming the keys that do not fit.
+    naming the keys that do not fit. Returns what was loaded, dropped and adapted.
     """
     from medssl.models.timm_backbones import is_timm_model, timm_backbone_state
 
+    report = LoadReport(str(path))
     if is_timm_model(backbone):
         p, state = read_state_dict(path)
         name = type(backbone).__name__
         question = f"is it a checkpoint of this timm architecture ({name}, same size)?"
-        load_into_backbone(
-            backbone, timm_backbone_state(state, backbone), str(p), question=question
-        )
+        fitted = timm_backbone_state(state, backbone, report)
+        report.loaded = load_into_backbone(backbone, fitted, str(p), question=question)
     else:
-        state = load_backbone_state(path)
-        load_into_backbone(backbone, state, str(path), drop_mismatched_conv1=True)
+        state = load_backbone_state(path, report.dropped)
+        model_conv1 = backbone.state_dict().get("conv1.weight")
+        report.loaded = load_into_backbone(
+            backbone, state, str(path), drop_mismatched_conv1=True,
+            question=architecture_question(state, backbone),
+        )  # fmt: skip
+        if (
+            "conv1.weight" in state and model_conv1 is not None
+            and state["conv1.weight"].shape != model_conv1.shape
+        ):  # fmt: skip
+            k = "x".join(map(str, state["conv1.weight"].shape[2:]))
+            report.adapted.append(f"conv1 {k} not loaded (the small stem keeps its own)")
+    return report
 
 
 def export_backbone(

@@ -168,8 +168,10 @@ def _classifier_names(model: nn.Module) -> tuple[str, ...]:
 
 def _resized_embeddings(
     state: dict[str, torch.Tensor], model: nn.Module, expected: Mapping[str, torch.Tensor]
-) -> None:
-    """Resample ``pos_embed`` to the model's grid and the patch projection to its patch size."""
+) -> list[str]:
+    """Resample ``pos_embed`` to the model's grid and the patch projection to its patch size;
+    what was resampled, as lines for the start banner."""
+    done: list[str] = []
     from timm.layers import resample_abs_pos_embed, resample_patch_embed
 
     key = "patch_embed.proj.weight"
@@ -177,6 +179,7 @@ def _resized_embeddings(
         old, new = state[key].shape, expected[key].shape
         if old[:2] == new[:2]:  # same channels: only the patch size differs
             state[key] = resample_patch_embed(state[key], list(new[2:]))
+            done.append(f"{key} resampled {list(old[2:])} -> {list(new[2:])}")
     embed = getattr(model, "patch_embed", None)
     key = "pos_embed"
     if key in state and key in expected and state[key].shape != expected[key].shape:
@@ -186,10 +189,13 @@ def _resized_embeddings(
             grid = [int(g) for g in embed.grid_size]
             if int((old.shape[1] - prefix) ** 0.5) ** 2 == old.shape[1] - prefix:
                 state[key] = resample_abs_pos_embed(old, grid, num_prefix_tokens=prefix)
+                side = int((old.shape[1] - prefix) ** 0.5)
+                done.append(f"pos_embed resampled {side}x{side} -> {grid[0]}x{grid[1]}")
+    return done
 
 
 def timm_backbone_state(
-    state: Mapping[str, torch.Tensor], model: nn.Module
+    state: Mapping[str, torch.Tensor], model: nn.Module, report: Any = None
 ) -> dict[str, torch.Tensor]:
     """A timm checkpoint's state dict, made to fit the timm backbone ``model`` if it can.
 
@@ -198,15 +204,21 @@ def timm_backbone_state(
     model's ``pretrained_cfg['classifier']`` (``head``, ``head.fc``, ``fc``, ...) is dropped
     where the backbone has no such keys; position and patch embeddings made at another
     image or patch size are resampled. What still does not fit is for
-    :func:`medssl.models.checkpoint.load_into_backbone` to report.
+    :func:`medssl.models.checkpoint.load_into_backbone` to report. ``report`` (a
+    :class:`~medssl.models.checkpoint.LoadReport`) receives the keys dropped and the
+    embeddings resampled.
     """
     out = _backbone_keys(state)
     expected = model.state_dict()
     heads = _classifier_names(model)
-    out = {
-        k: v
-        for k, v in out.items()
-        if k in expected or not any(k == h or k.startswith(h + ".") for h in heads)
-    }
-    _resized_embeddings(out, model, expected)
+
+    def head(k: str) -> bool:
+        return k not in expected and any(k == h or k.startswith(h + ".") for h in heads)
+
+    dropped = [k for k in out if head(k)]
+    out = {k: v for k, v in out.items() if not head(k)}
+    resampled = _resized_embeddings(out, model, expected)
+    if report is not None:
+        report.dropped.extend(dropped)
+        report.adapted.extend(resampled)
     return out

@@ -19,7 +19,7 @@ from medssl.data.notices import announce
 from medssl.data.spec import DataSpec
 from medssl.data.splits import Splits
 from medssl.errors import MedsslError
-from medssl.models.checkpoint import load_backbone_weights
+from medssl.models.checkpoint import LoadReport, load_backbone_weights
 from medssl.options import spelled
 from medssl.train import distributed as dist
 from medssl.train.run import CONFIG, LOCK, METRICS, checkpoint_epoch, is_complete, read_config
@@ -315,9 +315,32 @@ def init_source(init: str) -> dict[str, Any] | None:
     return read_config(path) if path is not None and path.is_dir() else None
 
 
-def initialise_backbone(backbone: torch.nn.Module, init: str) -> None:
-    """Load ``init`` (a checkpoint file or a medssl run) into ``backbone`` unless random."""
+def checkpoint_resnet(init: str) -> tuple[str, bool] | None:
+    """The torchvision ResNet (name, small stem) of an ``--init`` checkpoint file, read from
+    its shapes (:func:`~medssl.models.backbones.resnet_of_state`); None for ``random``, a
+    medssl run (its config says), or a file that is no torchvision ResNet."""
+    path = _init_path(init)
+    if path is None or path.is_dir():
+        return None
+    stat = path.stat()
+    return _checkpoint_resnet(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@cache
+def _checkpoint_resnet(path: str, mtime_ns: int, size: int) -> tuple[str, bool] | None:
+    from medssl.models.backbones import resnet_of_state
+    from medssl.models.checkpoint import load_backbone_state
+
+    try:
+        return resnet_of_state(load_backbone_state(path))
+    except MedsslError:  # unreadable or not a state dict: loading it says so
+        return None
+
+
+def initialise_backbone(backbone: torch.nn.Module, init: str) -> LoadReport | None:
+    """Load ``init`` (a checkpoint file or a medssl run) into ``backbone`` unless random;
+    what was loaded (None: random)."""
     path = _init_path(init)
     if path is None:
-        return
-    load_backbone_weights(backbone, path)
+        return None
+    return load_backbone_weights(backbone, path)

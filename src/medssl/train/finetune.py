@@ -13,7 +13,7 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -41,10 +41,12 @@ from medssl.models.checkpoint import export_backbone, save_state_dict_atomic
 from medssl.models.heads import Classifier
 from medssl.models.single_pixel import route_single_pixel_convs
 from medssl.options import MAX_SEED, check_fields, default_of, option, spelled
+from medssl.train.banner import describe_data, finetune_summary, start_banner
 from medssl.train.common import (
     PRECISIONS,
     FiniteStepGuard,
     autocast,
+    checkpoint_resnet,
     init_source,
     initialise_backbone,
     load_data,
@@ -70,10 +72,41 @@ def _from_init(name: str) -> str:
 VAL_METRICS = ("accuracy", "balanced_accuracy", "auc_macro", "auc_mean_selected")
 
 
+def inherited_data(
+    data: dict[str, Any] | None, init: str, source: dict[str, Any]
+) -> dict[str, Any]:
+    """A fine-tuning run's data spec: ``data`` when it names a dataset; else the data of
+    its ``--init`` run (``source``: that run's config), with what ``data`` gives over it
+    (say a moved ``root``)."""
+    data = dict(data or {})
+    if "dataset" in data:
+        return data
+    inherited = source.get("data")
+    if not isinstance(inherited, dict) or "dataset" not in inherited:
+        raise MedsslError(
+            f"{spelled('dataset')} is required: {spelled('init')} {init} is not a medssl run "
+            "whose data could be inherited"
+        )
+    options = {**(inherited.get("options") or {}), **(data.pop("options", None) or {})}
+    return {**inherited, **data, "options": options}
+
+
+def describe_inherited(init: str, data: dict[str, Any]) -> str:
+    """The line that says a run took its data from its ``--init`` run."""
+    root = f" at {data['root']}" if data.get("root") else ""
+    return (
+        f"data: {data['dataset']}{root}, as the {spelled('init')} run {init} used (no "
+        f"{spelled('dataset')} given)"
+    )
+
+
 @dataclass
 class FinetuneConfig:
     """Every option of ``medssl finetune`` (flags, config-file keys and protocol keys are
     these fields: see :mod:`medssl.options`)."""
+
+    #: without a dataset, the data spec is the ``--init`` run's (:func:`inherited_data`)
+    inherits_data: ClassVar[bool] = True
 
     data: dict[str, Any] = option(user=False)  # a DataSpec dict, read from the data options
     out: str = option(help="run directory")
@@ -143,11 +176,14 @@ class FinetuneConfig:
         cfg = FinetuneConfig(**asdict(self))
         check_fields(cfg)
         check_out(cfg.out)
-        cfg.data = checked_data(cfg.data)
         cfg.init = resolve_init(cfg.init)
-        # the architecture of the --init run, else a pretraining run's defaults
         source = init_source(cfg.init) or {}
+        cfg.data = checked_data(inherited_data(cfg.data, cfg.init, source))
+        # the architecture of the --init run, else a pretraining run's defaults
         arch = {k: source.get(k, default_of(PretrainConfig, k)) for k in _ARCHITECTURE}
+        found = None if cfg.backbone else checkpoint_resnet(cfg.init)
+        if found:  # a checkpoint file: the ResNet its shapes say
+            arch["backbone"], arch["small_stem"] = found
         cfg.backbone = cfg.backbone or arch["backbone"]
         cfg.small_stem = bool(arch["small_stem"]) if cfg.small_stem is None else cfg.small_stem
         cfg.image_size = cfg.image_size or int(arch["image_size"])
@@ -219,6 +255,14 @@ def check_trainable(manifest: Manifest, rows: np.ndarray, dataset: str, fraction
 class Finetuner:
     def __init__(self, config: FinetuneConfig) -> None:
         self.cfg = cfg = config.resolved()
+        if "dataset" not in (config.data or {}):
+            self._say(describe_inherited(cfg.init, cfg.data))
+        if not config.backbone and checkpoint_resnet(cfg.init):
+            stem = " with the small stem" if cfg.small_stem else ""
+            self._say(
+                f"backbone: {cfg.backbone}{stem}, as the {spelled('init')} checkpoint's shapes "
+                f"say (no {spelled('backbone')} given)"
+            )
         self.device = resolve_device(cfg.device)
         self.manifest, self.splits, self.pixels = load_data(
             cfg.data, cfg.image_size, cfg.cache_dir, cfg.skip_unreadable, cfg.progress,
@@ -257,7 +301,7 @@ class Finetuner:
         self.batch_size = min(cfg.batch_size, len(self.train_rows))
         torch.manual_seed(cfg.seed)
         backbone, feat_dim = backbone_from_config(asdict(cfg))
-        initialise_backbone(backbone, cfg.init)
+        self.init_report = initialise_backbone(backbone, cfg.init)
         route_single_pixel_convs(backbone)  # bf16 CPU gradients on 1x1 maps: see there
         model = Classifier(backbone, feat_dim, m.num_classes, freeze_backbone=cfg.linear_probe)
         self.model = model.to(self.device).to(memory_format=torch.channels_last)
@@ -351,6 +395,9 @@ class Finetuner:
 
     def _fit(self) -> dict[str, Any]:
         cfg, started = self.cfg, time.perf_counter()
+        data = [describe_data(self.manifest, self.splits)]
+        for line in start_banner(cfg, data, self.init_report):
+            self._say(line)
         logged = self.run.logged(self.start_epoch) if self.start_epoch else []  # resumed
         skipped = sum(int(row.get("skipped_steps", 0)) for row in logged)
         for epoch in range(self.start_epoch, cfg.epochs):
@@ -372,27 +419,44 @@ class Finetuner:
             )
             done = epoch + 1 - self.start_epoch
             eta = (time.perf_counter() - started) / done * (cfg.epochs - epoch - 1)
-            if cfg.progress:
-                print(
-                    f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}, "
-                    f"val {self.val_metric} {value if value is None else round(value, 4)}, "
-                    f"{row['images_per_s']:.0f} img/s, ETA {eta / 60:.1f} min",
-                    file=sys.stderr, flush=True,
-                )  # fmt: skip
+            self._say(
+                f"epoch {epoch + 1}/{cfg.epochs}: loss {row['loss']:.4f}, "
+                f"val {self.val_metric} {value if value is None else round(value, 4)}, "
+                f"{row['images_per_s']:.0f} img/s, ETA {eta / 60:.1f} min"
+            )
         if not (self.run.path / BEST).is_file():  # validation never scored: keep the last
             save_state_dict_atomic({"model": self.model.state_dict(), "epoch": cfg.epochs},
                                    self.run.path / BEST)  # fmt: skip
         if cfg.export_backbone:
             self._export_best_backbone()
+        best = self.best if math.isfinite(self.best) else None
+        best_epoch = int(
+            torch.load(self.run.path / BEST, map_location="cpu", weights_only=True, mmap=True)[
+                "epoch"
+            ]
+        )
         metrics = {
-            f"best_val_{self.val_metric}": self.best if math.isfinite(self.best) else None,
+            f"best_val_{self.val_metric}": best,
+            "best_epoch": best_epoch,
             "train_images": int(len(self.train_rows)),
             "train_cases": int(len(set(self.manifest.table["case_id"].iloc[self.train_rows]))),
             "label_fraction": cfg.label_fraction,
             "skipped_steps": skipped,  # over the whole run (per epoch in log.csv)
         }
         self.run.finish(metrics)
+        files = [BEST, "log.csv", "metrics.json"]
+        if cfg.export_backbone:
+            files.insert(1, "backbone.safetensors")
+        summary = finetune_summary(
+            self.run.path, files, best_epoch, cfg.epochs, self.val_metric, best
+        )
+        for line in summary:
+            self._say(line)
         return metrics
+
+    def _say(self, message: str) -> None:
+        if self.cfg.progress:
+            print(message, file=sys.stderr, flush=True)
 
 
     def _export_best_backbone(self) -> None:

@@ -45,6 +45,7 @@ from medssl.models.heads import SimCLRModel
 from medssl.models.single_pixel import route_single_pixel_convs
 from medssl.options import MAX_SEED, Given, check_fields, option, spelled
 from medssl.train import distributed as dist
+from medssl.train.banner import pretrain_summary, start_banner
 from medssl.train.common import (
     PRECISIONS,
     FiniteStepGuard,
@@ -319,15 +320,6 @@ class Pretrainer:
                 "training images"
             )
         self.bags = CaseBags(case_codes)
-        self._say(f"pretraining data: {describe_bags(self.bags)}")
-        for source in sources:
-            self._say(f"  {source.describe()}")
-        if not manifest.labelled:
-            self._say(
-                "no labels: the monitor logs loss, distinct-pair share and the feature spread "
-                "(collapse check, 0 = collapsed)"
-                + (", and k-NN on the excluded labelled set" if cfg.data.get("exclude") else "")
-            )
         self.sampler = PairSampler(
             self.bags, cfg.method, seed=cfg.seed, rank=dist.rank(), world_size=world,
             global_batch_size=cfg.batch_size,
@@ -357,7 +349,7 @@ class Pretrainer:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         backbone, feat_dim = backbone_from_config(asdict(cfg))
-        initialise_backbone(backbone, cfg.init)
+        self.init_report = initialise_backbone(backbone, cfg.init)
         route_single_pixel_convs(backbone)  # bf16 CPU gradients on 1x1 maps: see there
         model = SimCLRModel(
             backbone, feat_dim, out_dim=cfg.proj_dim, output_bn=bool(cfg.head_output_bn)
@@ -491,6 +483,19 @@ class Pretrainer:
             return {}
         return self._knn(manifest, splits, pixels)
 
+    def _data_lines(self) -> list[str]:
+        """The banner's data lines: MICLe's bags over every source, each source, and how a
+        run without labels is monitored."""
+        lines = [f"data: {describe_bags(self.bags)}"]
+        lines += [f"  {source.describe()}" for source in self.sources]
+        if not self.manifest.labelled:
+            knn = ", and k-NN on the excluded labelled set" if self.cfg.data.get("exclude") else ""
+            lines.append(
+                "no labels: the monitor logs loss, distinct-pair share and the feature spread "
+                f"(collapse check, 0 = collapsed){knn}"
+            )
+        return lines
+
     def fit(self) -> dict[str, Any]:
         try:
             return self._fit()
@@ -501,6 +506,8 @@ class Pretrainer:
 
     def _fit(self) -> dict[str, Any]:
         cfg, metrics, skipped = self.cfg, {}, 0
+        for line in start_banner(cfg, self._data_lines(), self.init_report):
+            self._say(line)
         for row in self.run.logged(self.start_epoch) if self.start_epoch else []:
             epoch = row.pop("epoch")  # resumed: the metrics describe the whole run
             metrics.update({f"{k}_init" if epoch == 0 else k: v for k, v in row.items()})
@@ -551,6 +558,9 @@ class Pretrainer:
             metrics["excluded_images"] = sum(e["images"] for e in excluded)
             metrics["excluded_cases"] = sum(e["cases"] for e in excluded)
         self.run.finish(metrics)
+        files = ["backbone.safetensors", "backbone.pt", "log.csv", "metrics.json"]
+        for line in pretrain_summary(self.run.path, files):
+            self._say(line)
         dist.barrier()
         return metrics
 
