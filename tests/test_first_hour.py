@@ -277,11 +277,12 @@ def test_data_summary_wraps_long_lists_and_gives_each_split_its_class_mix(capsys
     from medssl.commands.data import format_summary
 
     class FakeManifest:
-        name, task, num_classes = "tiny-imagenet", "multiclass", 200
+        name, task, num_classes, labelled = "tiny-imagenet", "multiclass", 200, True
 
     classes = {f"n{i:08d}": 500 for i in range(200)}
     text = format_summary(FakeManifest(), {
         "images": 100000, "cases": 100000, "multi_image_cases": 0, "classes": classes,
+        "images_per_case_median": 1.0, "images_per_case_max": 1,
         "sources": {"train": 100000}, "cases_shared_between_splits": 0,
         "splits": {"train": {"images": 70000, "cases": 70000,
                              "classes": {**dict.fromkeys(classes, 350), "n00000000": 0}}},

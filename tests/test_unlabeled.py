@@ -64,6 +64,17 @@ def test_an_unlabeled_folder_is_scanned_recursively_with_parent_folder_bags(fold
     assert summary["cases"] == len(sizes) and summary["classes"] == {}
 
 
+def test_data_summary_describes_a_pool(folder_tree, capsys):
+    assert main(["data", "summary", "--dataset", "images", "--root", str(folder_tree),
+                 "--case-by", "parent"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "images (unlabeled: a pretraining pool)" in out
+    # cases of 1, 2, 2+1, 3+1, 4+1, 5+1 images: ten cases, median 1.5
+    assert "cases        10 (5 with 2+ images; images per case median 1.5, max 5)" in out
+    assert "split train  21 images, 10 cases" in out
+    assert "class mix" not in out and "classes" not in out
+
+
 def test_a_regex_rule_groups_files_and_names_those_it_misses(folder_tree):
     loaded = load("images", folder_tree, case_by=r"regex:^(p\d+)/")
     assert _cases(loaded) == Counter({k + 1: 1 for k in range(6)})

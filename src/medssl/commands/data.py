@@ -58,16 +58,27 @@ def _mix(counts: dict[str, int], total: int) -> str:
 def format_summary(manifest: Manifest, summary: dict[str, Any]) -> str:
     """The summary as text: one item per line, long lists wrapped; each split with its
     class mix."""
+    kind = (f"{manifest.task}, {manifest.num_classes} classes" if manifest.labelled
+            else "unlabeled: a pretraining pool")  # fmt: skip
+    per_case = (f"; images per case median {summary['images_per_case_median']:g}, "
+                f"max {summary['images_per_case_max']}")  # fmt: skip
     lines = [
-        f"dataset      {manifest.name} ({manifest.task}, {manifest.num_classes} classes)",
+        f"dataset      {manifest.name} ({kind})",
         f"images       {summary['images']}",
-        f"cases        {summary['cases']} ({summary['multi_image_cases']} with 2+ images)",
-        *_wrapped("classes      ", [f"{k} {v}" for k, v in summary["classes"].items()]),
-        *_wrapped("sources      ", [f"{k} {v}" for k, v in summary["sources"].items()]),
+        f"cases        {summary['cases']} ({summary['multi_image_cases']} with 2+ images"
+        f"{per_case})",
+        *(_wrapped("classes      ", [f"{k} {v}" for k, v in summary["classes"].items()])
+          if manifest.labelled else []),
+        *_wrapped("sources      ", [f"{k or '(none)'} {v}" for k, v in summary["sources"].items()]),
     ]
+    if summary.get("excluded"):
+        e = summary["excluded"]
+        lines.append(f"excluded     {e['images']} images of {e['cases']} cases ({e['dataset']} "
+                     f"{'/'.join(e['splits'])}, by {e['by']})")  # fmt: skip
     for name, counts in summary["splits"].items():
         lines.append(f"split {name:<6} {counts['images']} images, {counts['cases']} cases")
-        mix = _mix(counts["classes"], counts["images"])
-        lines += _wrapped(f"{_INDENT}class mix: ", mix.split(", "), _INDENT + "  ")
+        if manifest.labelled:
+            mix = _mix(counts["classes"], counts["images"])
+            lines += _wrapped(f"{_INDENT}class mix: ", mix.split(", "), _INDENT + "  ")
     lines.append(f"cases shared between splits: {summary['cases_shared_between_splits']}")
     return "\n".join(lines)
